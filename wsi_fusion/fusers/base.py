@@ -1,0 +1,85 @@
+"""The fuser contract.
+
+A fuser takes a tile stack ``(Z, C, H, W)`` float32 in [0, 1] and returns the fused tile
+``(C, H, W)`` and per-plane soft weights ``(Z, H, W)`` that sum to 1 over Z (one-hot for hard
+decisions, ``None`` only for generative fusers). It declares ``margin``: the width of the border
+of its output that depends on pixels outside the tile. The tile plan refuses an overlap smaller
+than twice the margin, which is what makes tiled fusion equal whole-image fusion.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from wsi_fusion._types import FusedTile, PlaneWeights, TileStack
+
+
+class FuserParams(BaseModel):
+    """Base of each fuser's parameter model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class FusionResult:
+    """What a fuser returns for one tile."""
+
+    fused: FusedTile
+    weights: PlaneWeights | None
+
+
+class Fuser(ABC):
+    """Base class of all fusers; subclasses register with :func:`register_fuser`."""
+
+    #: Registry key, set by the decorator.
+    name: ClassVar[str] = ""
+    #: Source paper (citation) and licence of the method/weights, set by the decorator.
+    paper: ClassVar[str] = ""
+    licence: ClassVar[str] = ""
+    #: Parameter model; subclasses override with their own FuserParams subclass.
+    Params: ClassVar[type[FuserParams]] = FuserParams
+    #: Fewest planes the method can fuse.
+    min_planes: ClassVar[int] = 2
+    #: Whether the fuser needs trained weights.
+    needs_weights: ClassVar[bool] = False
+
+    def __init__(self, **params: Any) -> None:
+        self.params = self.Params(**params)
+
+    @property
+    @abstractmethod
+    def margin(self) -> int:
+        """Unreliable border width of the output in pixels (the receptive-field halo)."""
+
+    @abstractmethod
+    def fuse(self, stack: TileStack) -> FusionResult:
+        """Fuse one ``(Z, C, H, W)`` stack."""
+
+    def fuse_batch(self, stacks: list[TileStack]) -> list[FusionResult]:
+        """Fuse several stacks; learned fusers override this to batch forward passes."""
+        return [self.fuse(s) for s in stacks]
+
+    def weights_status(self) -> str:
+        """Human-readable state of the fuser's weights for ``wsi-fusion fusers``."""
+        return "no weights needed"
+
+    def describe(self) -> dict[str, Any]:
+        """Name, parameters and weight provenance, for run metadata."""
+        return {"name": self.name, "params": self.params.model_dump(), "paper": self.paper}
+
+
+def one_hot_weights(index: np.ndarray, n_planes: int) -> PlaneWeights:
+    """Turn an (H, W) plane-index map into one-hot (Z, H, W) float32 weights."""
+    planes = np.arange(n_planes, dtype=index.dtype)[:, None, None]
+    return (index[None] == planes).astype(np.float32)
+
+
+def weighted_sum(stack: TileStack, weights: PlaneWeights) -> FusedTile:
+    """Combine planes ``(Z, C, H, W)`` with weights ``(Z, H, W)`` into ``(C, H, W)``."""
+    fused = np.einsum("zchw,zhw->chw", stack, weights, optimize=True)
+    return np.clip(fused, 0.0, 1.0).astype(np.float32, copy=False)

@@ -1,0 +1,1 @@
+"""Seam-free stitching of overlapping fused tiles."""

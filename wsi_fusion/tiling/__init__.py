@@ -1,0 +1,1 @@
+"""Tile plans and tissue masks."""

@@ -1,0 +1,96 @@
+"""Tile plans: where the overlapping fusion tiles lie on the slide.
+
+Tiles are ``tile`` pixels square with ``overlap`` pixels shared between neighbours. The last
+row/column of tiles is shifted inward so it ends exactly at the slide edge: no tile needs padding
+(unless the slide is smaller than one tile) and every slide pixel is covered. A tile edge that lies
+on the slide edge is an *outer* edge; only *inner* edges get the blending ramp.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from wsi_fusion._types import Box
+from wsi_fusion.errors import ConfigError
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    """Tile start positions along one axis, the last one flush with the end."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def _overlapping(starts: tuple[int, ...], tile: int, lo: int, hi: int) -> range:
+    """Indices of sorted ``starts`` whose ``[start, start + tile)`` meets ``[lo, hi)``."""
+    first = bisect.bisect_right(starts, lo - tile)
+    last = bisect.bisect_left(starts, hi)
+    return range(first, last)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Overlapping tiles covering a ``shape`` slide."""
+
+    shape: tuple[int, int]
+    tile: int
+    overlap: int
+    margin: int
+    #: Tile start rows and columns; tile ``i`` is at ``(ys[i // len(xs)], xs[i % len(xs)])``.
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+
+    @property
+    def boxes(self) -> tuple[Box, ...]:
+        return tuple(Box(y, x, self.tile, self.tile) for y in self.ys for x in self.xs)
+
+    def __len__(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    def box(self, index: int) -> Box:
+        row, col = divmod(index, len(self.xs))
+        return Box(self.ys[row], self.xs[col], self.tile, self.tile)
+
+    def touching(self, block: Box) -> list[int]:
+        """Indices of the tiles that intersect ``block`` (in plan order)."""
+        rows = _overlapping(self.ys, self.tile, block.y, block.y1)
+        cols = _overlapping(self.xs, self.tile, block.x, block.x1)
+        return [r * len(self.xs) + c for r in rows for c in cols]
+
+    def inner_edges(self, index: int) -> tuple[bool, bool, bool, bool]:
+        """Whether the top, left, bottom, right edges of tile ``index`` are inside the slide."""
+        b = self.box(index)
+        h, w = self.shape
+        return b.y > 0, b.x > 0, b.y1 < h, b.x1 < w
+
+
+def make_plan(shape: tuple[int, int], tile: int = 512, overlap: int = 128, margin: int = 0) -> TilePlan:
+    """Plan ``tile``-square tiles with ``overlap`` over a slide of ``shape`` (height, width).
+
+    Raises :class:`ConfigError` when the overlap cannot hide a fuser's ``margin`` (it must be at
+    least ``2 * margin``) or the numbers are inconsistent.
+    """
+    if tile < 16:
+        raise ConfigError(f"tile size {tile} is too small; use at least 16 (default 512)")
+    if not 0 <= overlap < tile:
+        raise ConfigError(f"overlap {overlap} must be in [0, tile) = [0, {tile}) (default 128)")
+    if overlap < 2 * margin:
+        raise ConfigError(
+            f"overlap {overlap} px is smaller than twice the fuser's margin ({margin} px): tile "
+            f"borders would show seams; use --overlap {2 * margin} or more"
+        )
+    h, w = shape
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"cannot tile an empty slide of shape {shape}")
+    stride = tile - overlap
+    return TilePlan(
+        shape=(h, w),
+        tile=tile,
+        overlap=overlap,
+        margin=margin,
+        ys=tuple(_starts(h, tile, stride)),
+        xs=tuple(_starts(w, tile, stride)),
+    )
