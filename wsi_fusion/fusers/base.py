@@ -64,9 +64,10 @@ class Fuser(ABC):
         """Fuse several stacks; learned fusers override this to batch forward passes."""
         return [self.fuse(s) for s in stacks]
 
-    def weights_status(self) -> str:
-        """Human-readable state of the fuser's weights for ``wsi-fusion fusers``."""
-        return "no weights needed"
+    @classmethod
+    def weights_status(cls) -> str:
+        """State of the fuser's weights for ``wsi-fusion fusers`` (e.g. ``present``, ``missing``)."""
+        return "not needed"
 
     def describe(self) -> dict[str, Any]:
         """Name, parameters and weight provenance, for run metadata."""

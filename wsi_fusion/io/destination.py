@@ -1,0 +1,115 @@
+"""Where a run writes: output format, partial paths and the atomic publish step.
+
+Everything is written under ``OUTPUT.partial`` names and renamed into place only when complete,
+so an interrupted run never leaves an output that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsi_fusion.config import OutputFormat
+from wsi_fusion.errors import ConfigError, OutputExists, OutputNotWritable
+
+_SUFFIXES: tuple[tuple[str, OutputFormat], ...] = (
+    (".ome.zarr", "ome-zarr"),
+    (".zarr", "ome-zarr"),
+    (".ome.tiff", "ome-tiff"),
+    (".ome.tif", "ome-tiff"),
+    (".tiff", "tiff"),
+    (".tif", "tiff"),
+)
+
+
+def format_from_suffix(path: Path) -> OutputFormat | None:
+    name = path.name.lower()
+    for suffix, fmt in _SUFFIXES:
+        if name.endswith(suffix):
+            return fmt
+    return None
+
+
+def stem(path: Path) -> str:
+    """The output name without its format suffix (``slide.ome.zarr`` -> ``slide``)."""
+    name = path.name
+    for suffix, _ in _SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+@dataclass(frozen=True)
+class Destination:
+    """The final and in-progress paths of one run's outputs."""
+
+    output: Path
+    format: OutputFormat
+    cache_dir: Path
+
+    @property
+    def partial(self) -> Path:
+        return self.output.with_name(self.output.name + ".partial")
+
+    @property
+    def run_json(self) -> Path:
+        return self.output.with_name(stem(self.output) + ".run.json")
+
+    @property
+    def focus_map_tiff(self) -> Path:
+        return self.output.with_name(stem(self.output) + ".focus.tif")
+
+    @property
+    def image_zarr(self) -> Path:
+        """The OME-Zarr the pipeline blends into: the output itself, or a cache copy for TIFF."""
+        return self.partial if self.format == "ome-zarr" else self.cache_dir / "image.ome.zarr"
+
+
+def resolve_destination(
+    output: str | os.PathLike[str],
+    fmt: OutputFormat | None,
+    *,
+    overwrite: bool,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Destination:
+    """Check ``output`` can be written and work out the format and the cache location."""
+    path = Path(output).absolute()
+    chosen = fmt or format_from_suffix(path)
+    if chosen is None:
+        raise ConfigError(
+            f"cannot tell the output format from {path.name!r}; end it in .ome.zarr, .ome.tif or "
+            ".tif, or pass --format ome-zarr|ome-tiff|tiff"
+        )
+    if path.exists() and not overwrite:
+        raise OutputExists(f"output {path} already exists; pass --overwrite to replace it")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputNotWritable(f"output folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputNotWritable(
+            f"output folder {folder} is not writable; choose another -o or fix its permissions"
+        )
+    cache = Path(cache_dir) if cache_dir is not None else path.with_name(path.name + ".cache")
+    return Destination(output=path, format=chosen, cache_dir=cache.absolute())
+
+
+def publish(src: Path, dst: Path) -> None:
+    """Move a finished ``src`` to ``dst`` atomically, replacing what was there."""
+    if dst.exists():
+        old = dst.with_name(dst.name + ".old")
+        if old.exists():
+            _remove(old)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        _remove(old)
+    else:
+        os.replace(src, dst)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()

@@ -1,0 +1,337 @@
+"""The fusion pipeline: plane stack -> tiles -> fused tile cache -> blended pyramid -> output.
+
+``fuse_slide`` is the one entry point; the CLI, the demo, batch conversion and the benchmarks all
+call it. Phase 1 fuses tiles into an on-disk cache, phase 2 blends output blocks from the cache;
+both skip work a previous, interrupted run already finished, so a rerun resumes and gives the same
+result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from wsi_fusion import __version__
+from wsi_fusion.config import RunConfig
+from wsi_fusion.errors import UnsupportedInput
+from wsi_fusion.fusers import create_fuser
+from wsi_fusion.io.destination import Destination, publish, resolve_destination
+from wsi_fusion.scheduling.graph import run_calls
+from wsi_fusion.scheduling.tasks import FusionJob, blend_blocks, fuse_tiles
+from wsi_fusion.scheduling.tile_cache import TileCache
+from wsi_fusion.tiling.plan import TilePlan, make_plan
+from wsi_fusion.tiling.tissue import tile_fractions, tissue_mask
+
+logger = logging.getLogger(__name__)
+
+
+class ProgressReporter(Protocol):
+    """How the pipeline reports progress; the CLI implements it with progress bars."""
+
+    def phase(self, name: str, total: int) -> contextlib.AbstractContextManager[Callable[[int], None]]: ...
+
+
+class _Silent:
+    @contextlib.contextmanager
+    def phase(self, name: str, total: int) -> Iterator[Callable[[int], None]]:
+        yield lambda n: None
+
+
+@dataclass
+class RunReport:
+    """What a run did: paths, counts and timings (also written to ``run.json``)."""
+
+    output: Path
+    run_json: Path
+    format: str
+    shape: tuple[int, int]
+    planes: int
+    tiles: int
+    tiles_fused: int
+    tiles_resumed: int
+    blocks_resumed: int
+    timings_s: dict[str, float] = field(default_factory=dict)
+    extra_outputs: list[Path] = field(default_factory=list)
+
+
+def fuse_slide(
+    inputs: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    config: RunConfig | None = None,
+    *,
+    overwrite: bool = False,
+    keep_cache: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: ProgressReporter | None = None,
+) -> RunReport:
+    """Fuse the focal planes of ``inputs`` into one all-in-focus pyramid at ``output``.
+
+    Parameters
+    ----------
+    inputs
+        One multi-plane file/store, or one file per focal plane (in focal order).
+    output
+        Output path; its suffix picks the format (``.ome.zarr``, ``.ome.tif``, ``.tif``) unless
+        ``config.format`` says otherwise.
+    config
+        Run settings (fuser, tiling, output options, scheduler); defaults when ``None``.
+    overwrite
+        Replace an existing output (it is replaced only once the new one is complete).
+    keep_cache
+        Keep the tile cache after success (it is always kept after a failure, for resuming).
+    cache_dir
+        Where the tile cache lives; default ``OUTPUT.cache`` beside the output.
+    progress
+        Progress sink (the CLI's bars); silent when ``None``.
+    """
+    from wsi_fusion.io.readers import describe_stack, open_stack
+
+    config = config or RunConfig()
+    progress = progress or _Silent()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    dest = resolve_destination(output, config.format, overwrite=overwrite, cache_dir=cache_dir)
+    input_paths = tuple(str(Path(p)) for p in inputs)
+
+    stack = open_stack(list(input_paths))
+    try:
+        fuser = create_fuser(config.fuser, **config.fuser_params)
+        if stack.n_planes < fuser.min_planes:
+            raise UnsupportedInput(
+                f"fuser {config.fuser!r} needs at least {fuser.min_planes} focal planes but "
+                f"{', '.join(stack.sources)} has {stack.n_planes}; give more planes or use "
+                "--fuser plane"
+            )
+        reference = _reference_plane(config, stack.n_planes)
+        plan = make_plan(stack.shape, config.tile, config.overlap, fuser.margin)
+        fuse_mask = _fuse_mask(config, plan, stack.thumbnail(reference, config.tissue.thumbnail_side))
+        stack_info = describe_stack(stack)
+        mpp = stack.mpp
+    finally:
+        stack.close()
+    timings["plan"] = time.perf_counter() - started
+    logger.info(
+        "%d planes of %d x %d px, %d tiles (%d with tissue), fuser %s",
+        stack.n_planes, *stack.shape, len(plan), sum(fuse_mask), config.fuser,
+    )
+
+    provenance = _provenance(input_paths, stack_info, config, fuser.describe())
+    cache = TileCache.prepare(
+        dest.cache_dir,
+        _fingerprint(input_paths, config),
+        n_tiles=len(plan),
+        channels=3,
+        planes=stack.n_planes,
+        tile=plan.tile,
+        with_weights=config.focus_map,
+    )
+    job = FusionJob(
+        inputs=input_paths,
+        fuser=config.fuser,
+        fuser_params=dict(config.fuser_params),
+        plan=plan,
+        planes=stack.n_planes,
+        reference_plane=reference,
+        fuse_mask=tuple(bool(f) for f in fuse_mask),
+        cache_root=str(dest.cache_dir),
+        image_path=str(dest.image_zarr),
+        chunk=config.chunk,
+        focus_map=config.focus_map,
+    )
+    tiles_resumed = len(cache.done_tiles())
+    _prepare_image(dest, job, cache, mpp, config, provenance)
+    blocks_resumed = len(cache.done_blocks())
+
+    t0 = time.perf_counter()
+    todo_tiles = sorted(set(range(len(plan))) - cache.done_tiles())
+    with progress.phase("fuse tiles", len(todo_tiles)) as advance:
+        run_calls(
+            fuse_tiles,
+            [(job, group) for group in _groups(todo_tiles, config.tiles_per_task)],
+            scheduler=config.scheduler,
+            workers=config.workers,
+            progress=advance,
+        )
+    timings["fuse"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    todo_blocks = sorted(set(range(job.n_blocks)) - cache.done_blocks())
+    with progress.phase("blend blocks", len(todo_blocks)) as advance:
+        run_calls(
+            blend_blocks,
+            [(job, group) for group in _groups(todo_blocks, 4)],
+            scheduler=config.scheduler,
+            workers=config.workers,
+            progress=advance,
+        )
+    timings["blend"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    _finish_pyramid(dest, config)
+    timings["pyramid"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    extra = _write_final(dest, config, mpp, provenance)
+    timings["write"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+
+    report = RunReport(
+        output=dest.output,
+        run_json=dest.run_json,
+        format=dest.format,
+        shape=plan.shape,
+        planes=job.planes,
+        tiles=len(plan),
+        tiles_fused=int(sum(fuse_mask)),
+        tiles_resumed=tiles_resumed,
+        blocks_resumed=blocks_resumed,
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+        extra_outputs=extra,
+    )
+    dest.run_json.write_text(json.dumps({**provenance, "report": _jsonable(report)}, indent=2))
+    publish(dest.partial, dest.output)
+    if not keep_cache:
+        cache.remove()
+    return report
+
+
+def _reference_plane(config: RunConfig, n_planes: int) -> int:
+    if config.reference_plane is None:
+        return n_planes // 2
+    if not -n_planes <= config.reference_plane < n_planes:
+        raise UnsupportedInput(
+            f"reference_plane {config.reference_plane} is outside the {n_planes} planes; "
+            f"use 0..{n_planes - 1}"
+        )
+    return config.reference_plane % n_planes
+
+
+def _fuse_mask(config: RunConfig, plan: TilePlan, thumbnail: np.ndarray) -> np.ndarray:
+    """Per tile: whether it holds enough tissue to be fused."""
+    if not config.tissue.enabled:
+        return np.ones(len(plan), dtype=bool)
+    fractions = tile_fractions(tissue_mask(thumbnail), plan.shape, list(plan.boxes))
+    return fractions >= config.tissue.min_fraction
+
+
+def _groups(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _fingerprint(inputs: tuple[str, ...], config: RunConfig) -> dict[str, Any]:
+    """What the cached tiles depend on: the inputs' identity and every output-affecting setting."""
+    files = []
+    for path in inputs:
+        st = Path(path).stat()
+        files.append({"path": str(Path(path).absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    settings = config.model_dump(exclude={"scheduler", "workers", "format", "compression", "jpeg_quality", "ngff_version"})
+    return {"version": __version__, "inputs": files, "config": settings}
+
+
+def _prepare_image(
+    dest: Destination, job: FusionJob, cache: TileCache, mpp: float | None, config: RunConfig, provenance: dict[str, Any]
+) -> None:
+    """Create the OME-Zarr to blend into, unless a resumable one exists."""
+    from wsi_fusion.io.writers.ome_zarr import add_label, create_image
+
+    if dest.image_zarr.exists() and cache.done_blocks():
+        return
+    cache.forget_blocks()
+    if dest.image_zarr.exists():
+        shutil.rmtree(dest.image_zarr)
+    group = create_image(
+        dest.image_zarr,
+        (job.channels, *job.plan.shape),
+        chunk=config.chunk,
+        mpp=mpp,
+        ngff_version=config.ngff_version,
+        name=dest.output.name,
+        metadata=provenance,
+    )
+    if config.focus_map:
+        add_label(group, "focus_map", job.plan.shape, chunk=config.chunk)
+
+
+def _finish_pyramid(dest: Destination, config: RunConfig) -> None:
+    import zarr
+
+    from wsi_fusion.io.writers.ome_zarr import build_label_pyramid, build_pyramid
+
+    group = zarr.open_group(dest.image_zarr, mode="r+")
+    build_pyramid(group, compute=True)
+    if config.focus_map:
+        build_label_pyramid(group, "focus_map", compute=True)
+
+
+def _write_final(dest: Destination, config: RunConfig, mpp: float | None, provenance: dict[str, Any]) -> list[Path]:
+    """Write TIFF outputs next to their final names (as partials); return extra outputs."""
+    import zarr
+
+    from wsi_fusion.io.writers.ome_tiff import write_generic_tiff, write_label_tiff, write_ome_tiff
+
+    extra: list[Path] = []
+    if dest.format == "ome-zarr":
+        return extra
+    group = zarr.open_group(dest.image_zarr, mode="r")
+    writer = write_ome_tiff if dest.format == "ome-tiff" else write_generic_tiff
+    writer(
+        group,
+        dest.partial,
+        mpp=mpp,
+        compression=config.compression,
+        jpeg_quality=config.jpeg_quality,
+        description=provenance,
+    )
+    if config.focus_map:
+        partial_map = dest.focus_map_tiff.with_name(dest.focus_map_tiff.name + ".partial")
+        write_label_tiff(group["labels/focus_map/0"], partial_map, mpp=mpp)
+        publish(partial_map, dest.focus_map_tiff)
+        extra.append(dest.focus_map_tiff)
+    return extra
+
+
+def _provenance(
+    inputs: tuple[str, ...], stack_info: dict[str, Any], config: RunConfig, fuser: dict[str, Any]
+) -> dict[str, Any]:
+    import dask
+    import tifffile
+    import zarr
+
+    return {
+        "tool": "wsi_fusion",
+        "version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "inputs": [str(Path(p).absolute()) for p in inputs],
+        "stack": stack_info,
+        "fuser": fuser,
+        "config": config.model_dump(),
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "dask": dask.__version__,
+            "zarr": zarr.__version__,
+            "tifffile": tifffile.__version__,
+        },
+    }
+
+
+def _jsonable(report: RunReport) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in report.__dict__.items():
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, list):
+            value = [str(v) for v in value]
+        out[key] = value
+    return out

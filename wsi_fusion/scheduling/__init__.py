@@ -1,0 +1,1 @@
+"""Dask scheduling of the two pipeline phases."""

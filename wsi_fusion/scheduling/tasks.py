@@ -1,0 +1,133 @@
+"""Task bodies of the two pipeline phases.
+
+Each task gets a :class:`FusionJob` (plain, picklable data) and a list of tile or block indices;
+readers and fusers are opened per worker thread (:mod:`.workers`). Tasks skip work whose done
+marker exists, so a rerun after a crash computes only what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zarr
+
+from wsi_fusion._types import Box, TileStack
+from wsi_fusion.fusers.base import one_hot_weights
+from wsi_fusion.scheduling.tile_cache import TileCache, quantize
+from wsi_fusion.scheduling.workers import thread_fuser, thread_stack
+from wsi_fusion.stitching.blend import blend_block
+from wsi_fusion.tiling.plan import TilePlan
+
+
+@dataclass(frozen=True)
+class FusionJob:
+    """Everything a task needs, as plain data."""
+
+    inputs: tuple[str, ...]
+    fuser: str
+    fuser_params: dict[str, Any]
+    plan: TilePlan
+    planes: int
+    reference_plane: int
+    #: Per tile: fuse it (tissue) or copy the reference plane (background).
+    fuse_mask: tuple[bool, ...]
+    cache_root: str
+    #: The OME-Zarr image group the blended level 0 is written into.
+    image_path: str
+    chunk: int
+    focus_map: bool
+    batch_size: int = 4
+    channels: int = field(default=3)
+
+    def block(self, index: int) -> Box:
+        """Output block ``index`` (row-major over a ``chunk`` grid)."""
+        h, w = self.plan.shape
+        cols = -(-w // self.chunk)
+        row, col = divmod(index, cols)
+        y, x = row * self.chunk, col * self.chunk
+        return Box(y, x, min(self.chunk, h - y), min(self.chunk, w - x))
+
+    @property
+    def n_blocks(self) -> int:
+        h, w = self.plan.shape
+        return (-(-h // self.chunk)) * (-(-w // self.chunk))
+
+
+def read_tile_stack(job: FusionJob, box: Box) -> TileStack:
+    """Read all planes of ``box`` as a (Z, C, H, W) float32 stack in [0, 1]."""
+    stack = thread_stack(job.inputs)
+    planes = np.stack([stack.read(z, box) for z in range(job.planes)])
+    return planes.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+
+
+def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
+    """Phase 1: fuse (or copy) tiles ``indices`` into the cache; return how many were done."""
+    cache = TileCache(job.cache_root)
+    done = cache.done_tiles()
+    todo = [i for i in indices if i not in done]
+    fuser = thread_fuser(job.fuser, job.fuser_params)
+    batch: list[int] = []
+
+    def flush() -> None:
+        stacks = [read_tile_stack(job, job.plan.box(i)) for i in batch]
+        for i, result in zip(batch, fuser.fuse_batch(stacks), strict=True):
+            weights = quantize(result.weights) if job.focus_map and result.weights is not None else None
+            cache.write_tile(i, quantize(result.fused), weights)
+        batch.clear()
+
+    for i in todo:
+        if job.fuse_mask[i]:
+            batch.append(i)
+            if len(batch) >= job.batch_size:
+                flush()
+        else:
+            _copy_reference(job, cache, i)
+    if batch:
+        flush()
+    return len(todo)
+
+
+def _copy_reference(job: FusionJob, cache: TileCache, index: int) -> None:
+    """Background tile: the reference plane unchanged, all weight on it."""
+    box = job.plan.box(index)
+    pixels = thread_stack(job.inputs).read(job.reference_plane, box).transpose(2, 0, 1)
+    weights = None
+    if job.focus_map:
+        choice = np.full((box.h, box.w), job.reference_plane, dtype=np.int64)
+        weights = quantize(one_hot_weights(choice, job.planes))
+    cache.write_tile(index, np.ascontiguousarray(pixels), weights)
+
+
+def blend_blocks(job: FusionJob, indices: Sequence[int]) -> int:
+    """Phase 2: blend cached tiles into output blocks ``indices``; return how many were done."""
+    cache = TileCache(job.cache_root)
+    done = cache.done_blocks()
+    todo = [i for i in indices if i not in done]
+    if not todo:
+        return 0
+    image = zarr.open_group(job.image_path, mode="r+")
+    level0 = image["0"]
+    labels = image["labels/focus_map/0"] if job.focus_map else None
+    for index in todo:
+        block = job.block(index)
+        fused = blend_block(job.plan, block, cache.read_fused, job.channels)
+        level0[:, block.y : block.y1, block.x : block.x1] = _to_uint8_levels(fused)
+        if labels is not None:
+            weights = blend_block(job.plan, block, cache.read_weights, job.planes)
+            labels[block.y : block.y1, block.x : block.x1] = focus_index(weights)
+        cache.mark_block(index)
+    return len(todo)
+
+
+def _to_uint8_levels(values: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+    """Blended uint8-scaled values back to uint8."""
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def focus_index(weights: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+    """The focus/depth map: per pixel, the plane with the largest stitched weight."""
+    return np.argmax(weights, axis=0).astype(np.uint8)

@@ -1,0 +1,110 @@
+"""On-disk tile cache: fused tiles and their plane weights, with per-tile done markers.
+
+Phase 1 tasks write each fused tile into its own zarr chunk and then drop an empty marker file;
+no locks are needed because no two tasks share a chunk. A rerun lists the markers and skips the
+finished tiles, so a killed run resumes where it stopped. The cache is tied to a fingerprint of
+the inputs and the configuration: a cache made for anything else is discarded, never reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import zarr
+
+logger = logging.getLogger(__name__)
+
+_FINGERPRINT = "fingerprint.json"
+
+
+class TileCache:
+    """Fused tiles ``(n, C, T, T)`` uint8 and weights ``(n, Z, T, T)`` uint8 under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._group: zarr.Group | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @classmethod
+    def prepare(
+        cls,
+        root: Path,
+        fingerprint: dict[str, object],
+        n_tiles: int,
+        channels: int,
+        planes: int,
+        tile: int,
+        with_weights: bool,
+    ) -> TileCache:
+        """Open the cache at ``root`` if it matches ``fingerprint``, else start a fresh one."""
+        root = Path(root)
+        stamp = root / _FINGERPRINT
+        wanted = json.dumps(fingerprint, sort_keys=True, default=str)
+        if root.exists():
+            if stamp.exists() and stamp.read_text() == wanted:
+                logger.info("resuming from tile cache %s", root)
+                return cls(root)
+            logger.warning("tile cache %s was made for other inputs or settings; starting over", root)
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        group = zarr.open_group(root / "tiles.zarr", mode="w")
+        chunks = (1, channels, tile, tile)
+        group.create_array("fused", shape=(n_tiles, channels, tile, tile), chunks=chunks, dtype="u1")
+        if with_weights:
+            group.create_array(
+                "weights", shape=(n_tiles, planes, tile, tile), chunks=(1, planes, tile, tile), dtype="u1"
+            )
+        for name in ("tiles_done", "blocks_done"):
+            (root / name).mkdir()
+        # The stamp goes last: a cache without it is incomplete and is rebuilt.
+        stamp.write_text(wanted)
+        return cls(root)
+
+    @property
+    def group(self) -> zarr.Group:
+        if self._group is None:
+            self._group = zarr.open_group(self.root / "tiles.zarr", mode="r+")
+        return self._group
+
+    # -- tiles ---------------------------------------------------------------------------------
+    def done_tiles(self) -> set[int]:
+        return {int(name) for name in os.listdir(self.root / "tiles_done")}
+
+    def write_tile(self, index: int, fused: npt.NDArray[np.uint8], weights: npt.NDArray[np.uint8] | None) -> None:
+        if weights is not None and "weights" in self.group:
+            self.group["weights"][index] = weights
+        self.group["fused"][index] = fused
+        # The marker is created only after the data is on disk.
+        (self.root / "tiles_done" / str(index)).touch()
+
+    def read_fused(self, index: int) -> npt.NDArray[np.uint8]:
+        return np.asarray(self.group["fused"][index])
+
+    def read_weights(self, index: int) -> npt.NDArray[np.uint8]:
+        return np.asarray(self.group["weights"][index])
+
+    # -- output blocks -------------------------------------------------------------------------
+    def done_blocks(self) -> set[int]:
+        return {int(name) for name in os.listdir(self.root / "blocks_done")}
+
+    def mark_block(self, index: int) -> None:
+        (self.root / "blocks_done" / str(index)).touch()
+
+    def forget_blocks(self) -> None:
+        """Drop block markers (the partial output they refer to is gone)."""
+        for name in os.listdir(self.root / "blocks_done"):
+            (self.root / "blocks_done" / name).unlink()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def quantize(values: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
+    """Float [0, 1] to uint8 with rounding (exact for values that came from uint8)."""
+    return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
