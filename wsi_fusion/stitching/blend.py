@@ -27,12 +27,18 @@ def edge_ramp(length: int, overlap: int, margin: int, inner_start: bool, inner_e
     to an inner edge; two facing ramps over an ``overlap`` sum to 1.
     """
     d = np.arange(length, dtype=np.float32)
-    span = max(overlap - 2 * margin, 1)
+    span = overlap - 2 * margin
+
+    def ramp(dist: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        if span <= 0:  # no room for a ramp: a hard switch in the middle of the overlap
+            return (dist >= margin).astype(np.float32)
+        return np.clip((dist - margin + 0.5) / span, 0.0, 1.0)
+
     weight = np.ones(length, dtype=np.float32)
     if inner_start:
-        weight = np.minimum(weight, np.clip((d - margin + 0.5) / span, 0.0, 1.0))
+        weight = np.minimum(weight, ramp(d))
     if inner_end:
-        weight = np.minimum(weight, np.clip((d[::-1] - margin + 0.5) / span, 0.0, 1.0))
+        weight = np.minimum(weight, ramp(d[::-1]))
     return weight
 
 
