@@ -1,0 +1,87 @@
+"""Image-processing helpers shared by the classical fusers (numpy/scipy only).
+
+All filters work on the last two axes and are vectorised over any leading axes (planes,
+channels), so a whole ``(Z, H, W)`` stack goes through one call. Borders are mirrored
+(``scipy.ndimage`` mode ``"reflect"``, i.e. ``d c b a | a b c d``), the same at a tile edge as at
+the slide edge; that is what makes the result inside a fuser's ``margin`` independent of the
+tiling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage as ndi
+
+Float32Array = npt.NDArray[np.float32]
+
+#: ITU-R BT.601 luma weights (R, G, B); the usual choice for focus measures on RGB.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def luminance(images: npt.NDArray[np.floating]) -> Float32Array:
+    """Luma of channel-first images ``(..., C, H, W)`` as ``(..., H, W)`` float32.
+
+    RGB uses the BT.601 weights; any other channel count is averaged (one channel is returned
+    as is).
+    """
+    images = np.asarray(images, dtype=np.float32)
+    channels = images.shape[-3]
+    if channels == 3:
+        return np.einsum("...chw,c->...hw", images, _LUMA, optimize=True)
+    if channels == 1:
+        return images[..., 0, :, :].copy()
+    return images.mean(axis=-3, dtype=np.float32)
+
+
+def box_mean(image: npt.NDArray[np.floating], radius: int) -> Float32Array:
+    """Mean over a ``(2 * radius + 1)²`` window on the last two axes (mirrored borders)."""
+    image = np.asarray(image, dtype=np.float32)
+    if radius <= 0:
+        return image.copy()
+    size = 2 * radius + 1
+    # uniform_filter1d keeps a running sum in double precision: O(1) per pixel whatever the radius.
+    out = ndi.uniform_filter1d(image, size, axis=-1, mode="reflect")
+    return ndi.uniform_filter1d(out, size, axis=-2, mode="reflect", output=out)
+
+
+def guided_filter(
+    guide: npt.NDArray[np.floating],
+    source: npt.NDArray[np.floating],
+    radius: int,
+    eps: float,
+) -> Float32Array:
+    """Edge-preserving smoothing of ``source`` steered by a grey ``guide`` (He et al. 2013).
+
+    Parameters
+    ----------
+    guide
+        Guidance image ``(H, W)``; the output follows its edges.
+    source
+        Images to filter, ``(..., H, W)``; every leading index is filtered with the same guide.
+    radius
+        Window radius ``r`` (windows are ``(2r + 1)²``).
+    eps
+        Regularisation: windows whose guide variance is well below ``eps`` are smoothed, those
+        well above keep the guide's edges.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., H, W)`` float32. The output at a pixel depends on inputs within ``2 * radius``.
+
+    Notes
+    -----
+    K. He, J. Sun and X. Tang, "Guided Image Filtering", IEEE TPAMI 35(6):1397-1409, 2013,
+    algorithm 1 (grey guide), with mirrored instead of truncated windows at the borders.
+    """
+    guide = np.asarray(guide, dtype=np.float32)
+    source = np.asarray(source, dtype=np.float32)
+    mean_i = box_mean(guide, radius)
+    # Clamp at 0: float32 cancellation can make a flat window's variance slightly negative.
+    var_i = np.maximum(box_mean(guide * guide, radius) - mean_i * mean_i, 0.0)
+    mean_p = box_mean(source, radius)
+    cov_ip = box_mean(source * guide, radius) - mean_i * mean_p
+    a = cov_ip / (var_i + np.float32(eps))
+    b = mean_p - a * mean_i
+    return box_mean(a, radius) * guide + box_mean(b, radius)

@@ -1,0 +1,171 @@
+"""``focus_measure``: per-pixel pick of the sharpest plane, refined by a guided filter (default).
+
+Method
+------
+1. Focus measure per plane on luminance: the *sum-modified-Laplacian* (SML) of S. K. Nayar and
+   Y. Nakagawa, "Shape from Focus", IEEE TPAMI 16(8):824-831, 1994 —
+   ``ML = |2I - I(x-s, y) - I(x+s, y)| + |2I - I(x, y-s) - I(x, y+s)|`` with step ``s``, summed
+   over a ``(2r + 1)²`` window — or the windowed energy of the (step-``s``) Laplacian.
+2. Decision: per-pixel argmax over the planes (a hard pick). Soft weighting across planes
+   (weights proportional to a power of the focus measure) blurs and costs about 2 dB against the
+   hard pick on real stacks, so weights stay one-hot wherever the decision is clear.
+3. Refinement (``refine=True``): the one-hot decision maps are smoothed by a guided filter
+   (K. He, J. Sun and X. Tang, "Guided Image Filtering", IEEE TPAMI 35(6), 2013) steered by the
+   luminance of the hard-pick image, as in S. Li, X. Kang and J. Hu, "Image Fusion with Guided
+   Filtering", IEEE TIP 22(7):2864-2875, 2013, so that decision boundaries snap to image edges
+   instead of following the blocky window of the focus measure.
+
+Deviations from Li, Kang & Hu (2013) and why
+--------------------------------------------
+- No two-scale (base/detail) decomposition and no separate base-layer weights: the planes of a
+  z-stack share the same low frequencies, and the wide (r = 45) base filter of the paper makes
+  weights soft over large areas, which is the blur we want to avoid. One guided filter with a
+  small radius is applied to the decision maps.
+- Focus measure is SML (windowed) instead of the paper's Laplacian-magnitude + Gaussian
+  saliency; both are available here (``measure``).
+- The filtered weights are clipped to [0, 1], near-0/1 values are snapped and the rest
+  renormalised, so weights are exactly one-hot away from decision boundaries and the output is a
+  convex combination of source pixels (no geometry or brightness change, no ringing).
+- Blank or saturated glass (focus measure below ``blank_threshold`` on every plane) takes the
+  middle plane instead of an arbitrary argmax over noise; no NaN is possible.
+
+Margin: the output at a pixel depends on inputs within ``radius + step`` (focus measure) plus
+``2 * guided_radius`` (guided filter), so ``margin = radius + step + 2 * guided_radius`` (21 px
+with the defaults). The method is exactly margin-bounded: tiled fusion equals whole-image fusion.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field
+
+from wsi_fusion._types import PlaneWeights, TileStack
+from wsi_fusion.fusers._filters import box_mean, guided_filter, luminance
+from wsi_fusion.fusers._registry import register_fuser
+from wsi_fusion.fusers.base import Fuser, FuserParams, FusionResult, one_hot_weights, weighted_sum
+
+Float32Array = npt.NDArray[np.float32]
+
+
+class FocusMeasureParams(FuserParams):
+    #: Focus measure: sum-modified-Laplacian or windowed Laplacian energy.
+    measure: Literal["sml", "laplacian_energy"] = "sml"
+    #: Window radius ``r`` of the focus measure (windows are ``(2r + 1)²`` pixels).
+    radius: int = Field(default=4, ge=0, le=32)
+    #: Step ``s`` of the (modified) Laplacian in pixels.
+    step: int = Field(default=1, ge=1, le=8)
+    #: Refine the hard decision with a guided filter so boundaries follow image edges.
+    refine: bool = True
+    #: Guided-filter radius (its influence reaches ``2 * guided_radius``).
+    guided_radius: int = Field(default=2, ge=1, le=24)
+    #: Guided-filter regularisation (luminance² units): larger values smooth across weaker edges.
+    guided_eps: float = Field(default=1e-2, gt=0.0)
+    #: After refinement, pixels whose strongest plane has at least this weight become one-hot;
+    #: only the transition band between decisions keeps soft weights.
+    hard_above: float = Field(default=0.8, ge=0.5, le=1.0)
+    #: Regions whose best focus measure (per-pixel Laplacian magnitude, luminance units) is below
+    #: this are treated as blank glass and take the middle plane.
+    blank_threshold: float = Field(default=2e-3, ge=0.0)
+
+
+def _laplacian_terms(lum: Float32Array, step: int) -> tuple[Float32Array, Float32Array]:
+    """Second differences along y and x with step ``step`` (mirrored borders), ``(..., H, W)``."""
+    s = step
+    pad = [(0, 0)] * (lum.ndim - 2) + [(s, s), (s, s)]
+    # "symmetric" numpy padding == scipy.ndimage "reflect", as used by the box filter.
+    p = np.pad(lum, pad, mode="symmetric")
+    centre = p[..., s:-s, s:-s]
+    two = 2.0 * centre
+    d_yy = two - p[..., : -2 * s, s:-s] - p[..., 2 * s :, s:-s]
+    d_xx = two - p[..., s:-s, : -2 * s] - p[..., s:-s, 2 * s :]
+    return d_yy, d_xx
+
+
+def focus_map(
+    lum: Float32Array, measure: str = "sml", radius: int = 4, step: int = 1
+) -> Float32Array:
+    """Per-pixel focus measure of luminance planes ``(Z, H, W)``, in luminance units.
+
+    SML is the window mean of the modified Laplacian; Laplacian energy is the root of the window
+    mean of the squared Laplacian (the root keeps both in the same units for thresholds and does
+    not change the argmax).
+    """
+    d_yy, d_xx = _laplacian_terms(lum, step)
+    if measure == "sml":
+        ml = np.abs(d_yy)
+        ml += np.abs(d_xx)
+        return box_mean(ml, radius)
+    lap = d_yy
+    lap += d_xx
+    lap *= lap
+    # The running-sum box filter can leave -1e-9 where the energy is 0: clamp before the root.
+    return np.sqrt(np.maximum(box_mean(lap, radius), 0.0))
+
+
+@register_fuser(
+    "focus_measure",
+    paper=(
+        "S. K. Nayar and Y. Nakagawa, 'Shape from Focus', IEEE Trans. Pattern Anal. Mach. Intell. "
+        "16(8):824-831, 1994; decision refinement after S. Li, X. Kang and J. Hu, 'Image Fusion "
+        "with Guided Filtering', IEEE Trans. Image Process. 22(7):2864-2875, 2013 (guided filter: "
+        "K. He, J. Sun and X. Tang, IEEE Trans. Pattern Anal. Mach. Intell. 35(6):1397-1409, 2013)"
+    ),
+)
+class FocusMeasureFuser(Fuser):
+    """Hard per-pixel pick of the plane with the highest focus measure, edge-aware refinement."""
+
+    Params = FocusMeasureParams
+    params: FocusMeasureParams
+
+    @property
+    def margin(self) -> int:
+        p = self.params
+        return p.radius + p.step + (2 * p.guided_radius if p.refine else 0)
+
+    def decision(self, stack: TileStack) -> tuple[npt.NDArray[np.intp], Float32Array]:
+        """Hard plane index ``(H, W)`` and the luminance planes ``(Z, H, W)`` of ``stack``."""
+        p = self.params
+        lum = luminance(stack)
+        focus = focus_map(lum, p.measure, p.radius, p.step)
+        index = np.argmax(focus, axis=0)
+        best = np.take_along_axis(focus, index[None], axis=0)[0]
+        # Blank/saturated glass: every plane is flat, the argmax would pick noise (or plane 0 on
+        # exact ties); the middle plane is the neutral choice.
+        index[~(best > p.blank_threshold)] = stack.shape[0] // 2
+        return index, lum
+
+    def fuse(self, stack: TileStack) -> FusionResult:
+        stack = np.asarray(stack, dtype=np.float32)
+        z = stack.shape[0]
+        index, lum = self.decision(stack)
+        weights = one_hot_weights(index, z)
+        if self.params.refine:
+            weights = self._refine(weights, index, lum)
+        return FusionResult(fused=weighted_sum(stack, weights), weights=weights)
+
+    def _refine(
+        self, weights: PlaneWeights, index: npt.NDArray[np.intp], lum: Float32Array
+    ) -> PlaneWeights:
+        """Guided-filter the one-hot maps of the planes that are picked somewhere in the tile."""
+        p = self.params
+        present = np.flatnonzero(np.bincount(index.ravel(), minlength=weights.shape[0]))
+        if present.size < 2:
+            return weights
+        # The hard-pick image is the sharpest guide: its edges are where boundaries should go.
+        guide = np.take_along_axis(lum, index[None], axis=0)[0]
+        soft = guided_filter(guide, weights[present], p.guided_radius, p.guided_eps)
+        # The filter is linear and the maps sum to 1, so ``soft`` sums to 1 already; clipping its
+        # small overshoots keeps the output a convex combination of source pixels.
+        np.clip(soft, 0.0, 1.0, out=soft)
+        total = soft.sum(axis=0)
+        soft /= np.maximum(total, np.float32(1e-6))
+        top = soft.argmax(axis=0)
+        # One-hot wherever the refined decision is clear: soft weighting across planes blurs.
+        hard = soft.max(axis=0) >= p.hard_above
+        soft = np.where(hard[None], one_hot_weights(top, present.size), soft)
+        out = np.zeros_like(weights)
+        out[present] = soft
+        return out
