@@ -30,7 +30,9 @@ def fuse_tiled(fuser: Fuser, stack: FloatArray, tile: int = 160) -> FloatArray:
     """Fuse ``stack`` tile by tile with the package's plan and blending."""
     shape = stack.shape[-2:]
     plan = make_plan(shape, tile=tile, overlap=2 * fuser.margin + 8, margin=fuser.margin)
-    tiles = [fuser.fuse(stack[(slice(None), slice(None), *box.slices())]).fused for box in plan.boxes]
+    tiles = [
+        fuser.fuse(stack[(slice(None), slice(None), *box.slices())]).fused for box in plan.boxes
+    ]
     return blend_block(plan, Box(0, 0, *shape), lambda i: tiles[i], stack.shape[1])
 
 

@@ -20,18 +20,23 @@ Deviations from Li, Kang & Hu (2013) and why
 - No two-scale (base/detail) decomposition and no separate base-layer weights: the planes of a
   z-stack share the same low frequencies, and the wide (r = 45) base filter of the paper makes
   weights soft over large areas, which is the blur we want to avoid. One guided filter with a
-  small radius is applied to the decision maps.
+  small radius (2 px, eps 1e-2) is applied to the decision maps. Measured on synthetic stacks
+  with known ground truth, wider filters (r = 4..16) cost 1-5 dB against the plain argmax, while
+  r = 2 gains 0.1-0.5 dB.
 - Focus measure is SML (windowed) instead of the paper's Laplacian-magnitude + Gaussian
-  saliency; both are available here (``measure``).
-- The filtered weights are clipped to [0, 1], near-0/1 values are snapped and the rest
-  renormalised, so weights are exactly one-hot away from decision boundaries and the output is a
-  convex combination of source pixels (no geometry or brightness change, no ringing).
+  saliency; windowed Laplacian energy is available too (``measure``), 0.4-0.6 dB lower here.
+- The filtered weights are clipped to [0, 1] and renormalised; wherever the strongest plane has
+  at least ``hard_above`` of the weight the pixel becomes one-hot on it. Weights are therefore
+  one-hot except in a narrow band along decision boundaries (~5 % of pixels on the test stacks),
+  and the output is a convex combination of source pixels (no geometry or brightness change, no
+  ringing).
 - Blank or saturated glass (focus measure below ``blank_threshold`` on every plane) takes the
   middle plane instead of an arbitrary argmax over noise; no NaN is possible.
 
 Margin: the output at a pixel depends on inputs within ``radius + step`` (focus measure) plus
-``2 * guided_radius`` (guided filter), so ``margin = radius + step + 2 * guided_radius`` (21 px
-with the defaults). The method is exactly margin-bounded: tiled fusion equals whole-image fusion.
+``2 * guided_radius`` (guided filter), so ``margin = radius + step + 2 * guided_radius`` (9 px
+with the defaults). The method is exactly margin-bounded: tiled fusion equals whole-image fusion
+up to float rounding.
 """
 
 from __future__ import annotations
