@@ -1,0 +1,29 @@
+"""Output writers: OME-Zarr (the working format) and TIFF files streamed from it.
+
+Writers write where they are told; the caller writes to ``OUTPUT.partial`` paths and renames
+them into place once complete.
+"""
+
+from __future__ import annotations
+
+from wsi_fusion.io.writers.ome_tiff import write_generic_tiff, write_label_tiff, write_ome_tiff
+from wsi_fusion.io.writers.ome_zarr import (
+    add_label,
+    build_label_pyramid,
+    build_pyramid,
+    create_image,
+    image_levels,
+    label_levels,
+)
+
+__all__ = [
+    "add_label",
+    "build_label_pyramid",
+    "build_pyramid",
+    "create_image",
+    "image_levels",
+    "label_levels",
+    "write_generic_tiff",
+    "write_label_tiff",
+    "write_ome_tiff",
+]

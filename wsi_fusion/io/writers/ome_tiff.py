@@ -1,0 +1,496 @@
+"""Pyramidal TIFF outputs streamed from a finished OME-Zarr pyramid.
+
+No single TIFF layout serves every viewer (see ECOSYSTEM.md, "Writing pyramids"):
+
+* :func:`write_ome_tiff`: OME-TIFF, level 0 in the main IFD and reduced levels in its SubIFDs,
+  OME-XML with PhysicalSizeX/Y in µm. Read by QuPath, Bio-Formats, OMERO, tiffslide.
+* :func:`write_generic_tiff`: the "generic tiled TIFF" OpenSlide reads (it ignores SubIFDs):
+  every level a page of the main IFD chain, reduced ones marked ``subfiletype=1``.
+* :func:`write_label_tiff`: the focus/depth map as a single-channel, losslessly compressed,
+  pyramidal TIFF.
+
+Tiles are read from the zarr levels one tile row at a time and handed to
+:meth:`tifffile.TiffWriter.write` as an iterator, with a small ``buffersize`` so tifffile
+compresses a few MB of tiles at a time instead of gathering ~0.5 GB; memory is bounded by one
+band of ``tile`` rows times the zarr chunk width, never a whole level. Resolution is written in
+pixels per centimetre (``resolutionunit=CENTIMETER``), which is what OpenSlide and tiffslide turn
+into ``mpp``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import tifffile
+import zarr
+
+from wsi_fusion import __version__
+from wsi_fusion.errors import OutputNotWritable
+from wsi_fusion.io.writers.ome_zarr import image_levels
+from wsi_fusion.pyramid.downsample import level_shapes
+
+__all__ = ["Compression", "write_generic_tiff", "write_label_tiff", "write_ome_tiff"]
+
+logger = logging.getLogger(__name__)
+
+Compression = Literal["jpeg", "deflate", "zstd", "lzw", "none"]
+
+#: tifffile compression names; every one of these OpenSlide and Bio-Formats can decode.
+_CODECS: dict[str, str | None] = {
+    "jpeg": "jpeg",
+    "deflate": "zlib",
+    "zstd": "zstd",
+    "lzw": "lzw",
+    "none": None,
+}
+#: Bytes tifffile gathers before compressing them in parallel (its default is ~0.5 GB).
+_BUFFERSIZE = 32 * 2**20
+_SOFTWARE = f"wsi_fusion {__version__}"
+#: Columns read from zarr at a time (rounded to whole tiles and chunks).
+_WINDOW_PX = 4096
+
+
+def write_ome_tiff(
+    group: zarr.Group | str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    mpp: float | None,
+    compression: Compression = "jpeg",
+    jpeg_quality: int = 90,
+    jpeg_subsampling: tuple[int, int] = (2, 2),
+    tile: int = 512,
+    description: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    maxworkers: int | None = None,
+) -> Path:
+    """Write an OME-Zarr image pyramid as a pyramidal OME-TIFF.
+
+    Parameters
+    ----------
+    group
+        A finished image group (see :func:`wsi_fusion.io.writers.ome_zarr.create_image` and
+        ``build_pyramid``), or its path. Levels are (C, H, W) uint8 with C = 3 (RGB) or 1.
+    path
+        File to write (the caller's ``.partial`` name is fine: OME mode does not depend on the
+        suffix). Replaced if it exists.
+    mpp
+        Microns per pixel at level 0; ``None`` writes no physical size or resolution.
+    compression
+        ``"jpeg"`` (lossy, at ``jpeg_quality``) or lossless ``"deflate"``, ``"zstd"``, ``"lzw"``
+        or ``"none"``.
+    jpeg_quality
+        JPEG quality, 1..100.
+    jpeg_subsampling
+        Chroma subsampling of JPEG tiles, which are stored as YCbCr (PhotometricInterpretation
+        YCbCr, as in scanners' SVS files): (2, 2) is 4:2:0, about half the size of full-chroma
+        tiles at the same quality; (1, 1) keeps full colour resolution.
+    tile
+        Tile side in pixels (a multiple of 16).
+    description
+        Provenance (JSON-serialisable), stored as an OME ``CommentAnnotation`` in JSON.
+    name
+        OME ``Image`` name (default: the file name).
+    maxworkers
+        Threads tifffile compresses with (default: its own choice).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    OutputNotWritable
+        If the folder of ``path`` does not exist or cannot be written.
+    ValueError
+        If a setting is invalid or the group is not a uint8 pyramid with 1 or 3 channels.
+    """
+    path = Path(path)
+    levels = _levels_of(group)
+    options = _tiff_options(levels[0], compression, jpeg_quality, jpeg_subsampling, tile, maxworkers)
+    metadata: dict[str, Any] = {"axes": "YXS" if levels[0].shape[0] > 1 else "YX"}
+    metadata["Name"] = name if name is not None else path.name
+    if mpp is not None:
+        _check_mpp(mpp)
+        metadata.update(
+            PhysicalSizeX=float(mpp), PhysicalSizeXUnit="µm",
+            PhysicalSizeY=float(mpp), PhysicalSizeYUnit="µm",
+        )
+    if description is not None:
+        metadata["CommentAnnotation"] = {
+            "Namespace": "wsi_fusion/provenance",
+            # OME-XML is UTF-8, so non-ASCII (µm, names) is kept as it is.
+            "Value": json.dumps(dict(description), default=str, ensure_ascii=False),
+        }
+    with _open_writer(path, ome=True) as tif:
+        for level, arr in enumerate(levels):
+            first = level == 0
+            tif.write(
+                _iter_tiles(arr, tile),
+                shape=_hwc(arr.shape),
+                dtype=np.uint8,
+                subifds=len(levels) - 1 if first else None,
+                subfiletype=0 if first else 1,
+                metadata=metadata if first else None,
+                **_resolution(mpp, level),
+                **options,
+            )
+            logger.debug("OME-TIFF %s: level %d %s written", path, level, arr.shape)
+    logger.info("wrote OME-TIFF %s (%d levels, %s)", path, len(levels), compression)
+    return path
+
+
+def write_generic_tiff(
+    group: zarr.Group | str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    mpp: float | None,
+    compression: Compression = "jpeg",
+    jpeg_quality: int = 90,
+    jpeg_subsampling: tuple[int, int] = (2, 2),
+    tile: int = 512,
+    description: Mapping[str, Any] | None = None,
+    maxworkers: int | None = None,
+) -> Path:
+    """Write an OME-Zarr image pyramid as an OpenSlide-readable generic tiled TIFF.
+
+    Every level is a tiled page of the main IFD chain (reduced ones with ``subfiletype=1``),
+    because OpenSlide ignores SubIFDs. Resolution is in pixels per centimetre, so OpenSlide
+    reports ``openslide.mpp-x``/``-y``. The ImageDescription is plain text (no OME-XML, which would
+    make readers expect SubIFD levels): a ``wsi_fusion`` line followed by the provenance JSON.
+
+    Parameters
+    ----------
+    group, path, mpp, compression, jpeg_quality, jpeg_subsampling, tile, maxworkers
+        As :func:`write_ome_tiff`.
+    description
+        Provenance (JSON-serialisable) appended to the ImageDescription as ASCII JSON.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    OutputNotWritable
+        If the folder of ``path`` does not exist or cannot be written.
+    ValueError
+        If a setting is invalid or the group is not a uint8 pyramid with 1 or 3 channels.
+    """
+    path = Path(path)
+    levels = _levels_of(group)
+    options = _tiff_options(levels[0], compression, jpeg_quality, jpeg_subsampling, tile, maxworkers)
+    if mpp is not None:
+        _check_mpp(mpp)
+    # Plain ASCII: TIFF ASCII tags must be 7-bit; json.dumps escapes anything else.
+    text = f"wsi_fusion {__version__} all-in-focus image"
+    if mpp is not None:
+        text += f"; mpp={mpp:.6g}"
+    if description is not None:
+        text += "\n" + json.dumps(dict(description), default=str)
+    with _open_writer(path, ome=False) as tif:
+        for level, arr in enumerate(levels):
+            first = level == 0
+            tif.write(
+                _iter_tiles(arr, tile),
+                shape=_hwc(arr.shape),
+                dtype=np.uint8,
+                subfiletype=0 if first else 1,
+                description=text if first else None,
+                # metadata=None stops tifffile adding its own JSON description to the page.
+                metadata=None,
+                **_resolution(mpp, level),
+                **options,
+            )
+    logger.info("wrote generic TIFF %s (%d levels, %s)", path, len(levels), compression)
+    return path
+
+
+def write_label_tiff(
+    array_hw: zarr.Array[Any] | npt.NDArray[np.uint8] | Sequence[Any],
+    path: str | os.PathLike[str],
+    *,
+    mpp: float | None,
+    tile: int = 512,
+    min_side: int = 256,
+    compression: Compression = "deflate",
+) -> Path:
+    """Write a label map (the focus/depth map) as a pyramidal single-channel TIFF.
+
+    Level 0 is in the main IFD and reduced levels in SubIFDs (as OME-TIFF, without OME-XML).
+    Reduced levels pick every ``2**l``-th pixel, like
+    :func:`wsi_fusion.pyramid.downsample.downsample_labels2`: averaging plane indices would
+    invent planes.
+
+    Parameters
+    ----------
+    array_hw
+        (H, W) uint8 level 0 (zarr array or numpy), or a sequence of levels, level 0 first (e.g.
+        the label's zarr pyramid), which are then used as they are.
+    path
+        File to write; replaced if it exists.
+    mpp
+        Microns per pixel at level 0, or ``None``.
+    tile
+        Tile side in pixels (a multiple of 16).
+    min_side
+        When only level 0 is given: reduced levels are added until both sides are at most this.
+    compression
+        Lossless only (``"deflate"`` default, ``"zstd"``, ``"lzw"``, ``"none"``): a label map must
+        not be altered.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    OutputNotWritable
+        If the folder of ``path`` does not exist or cannot be written.
+    ValueError
+        If the array is not 2-D uint8 or ``compression`` is lossy or unknown.
+    """
+    path = Path(path)
+    if compression == "jpeg":
+        raise ValueError("a label map needs lossless compression: use deflate, zstd, lzw or none")
+    levels = _label_levels(array_hw, min_side)
+    for arr in levels:
+        if len(arr.shape) != 2 or np.dtype(arr.dtype) != np.uint8:
+            raise ValueError(
+                f"label level of shape {tuple(arr.shape)} and dtype {arr.dtype}: expected a 2-D "
+                "uint8 (H, W) map"
+            )
+    if mpp is not None:
+        _check_mpp(mpp)
+    _check_tile(tile)
+    codec = _codec(compression)
+    options: dict[str, Any] = {
+        "tile": (tile, tile),
+        "photometric": "minisblack",
+        "compression": codec,
+        "predictor": codec is not None,
+        "software": _SOFTWARE,
+    }
+    with _open_writer(path, ome=False) as tif:
+        for level, arr in enumerate(levels):
+            first = level == 0
+            tif.write(
+                _iter_tiles(arr, tile),
+                shape=tuple(arr.shape),
+                dtype=np.uint8,
+                subifds=len(levels) - 1 if first else None,
+                subfiletype=0 if first else 1,
+                description="wsi_fusion focus map (value = focal plane)" if first else None,
+                metadata=None,
+                **_resolution(mpp, level),
+                **options,
+            )
+    logger.info("wrote label TIFF %s (%d levels)", path, len(levels))
+    return path
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Strided:
+    """A lazily read ``arr[::step, ::step]`` of a 2-D array (numpy, or zarr without a pyramid)."""
+
+    def __init__(self, arr: Any, step: int) -> None:
+        self.arr, self.step = arr, step
+        self.shape = tuple(math.ceil(s / step) for s in arr.shape)
+        self.dtype = arr.dtype
+
+    def __getitem__(self, key: tuple[Any, slice, slice]) -> npt.NDArray[Any]:
+        _, ys, xs = key  # (..., rows, columns), as _windows indexes
+        s = self.step
+        y1 = min(ys.stop, self.shape[0]) * s
+        x1 = min(xs.stop, self.shape[1]) * s
+        return np.asarray(self.arr[ys.start * s : y1 : s, xs.start * s : x1 : s])
+
+
+def _label_levels(array_hw: Any, min_side: int) -> list[Any]:
+    """The levels to write for a label given as one array or as a list of levels."""
+    if not isinstance(array_hw, (zarr.Array, np.ndarray)):
+        return list(array_hw)
+    if isinstance(array_hw, zarr.Array) and "/" in array_hw.path:
+        # Level 0 of a label pyramid written by build_label_pyramid: use its stored levels
+        # instead of re-reading level 0 at every stride.
+        parent_path, leaf = array_hw.path.rsplit("/", 1)
+        try:
+            parent = zarr.open_group(array_hw.store, path=parent_path, mode="r")
+            levels = image_levels(parent)
+        except (ValueError, KeyError, FileNotFoundError, TypeError):
+            levels = []
+        if levels and levels[0].path == array_hw.path:
+            return levels
+    shapes = level_shapes(tuple(array_hw.shape), min_side)  # type: ignore[arg-type]
+    return [array_hw] + [_Strided(array_hw, 2**lv) for lv in range(1, len(shapes))]
+
+
+def _levels_of(group: zarr.Group | str | os.PathLike[str]) -> list[zarr.Array[Any]]:
+    if not isinstance(group, zarr.Group):
+        group = zarr.open_group(str(group), mode="r")
+    levels = image_levels(group)
+    first = levels[0]
+    if first.ndim != 3 or first.shape[0] not in (1, 3) or first.dtype != np.uint8:
+        raise ValueError(
+            f"{group.store_path} level 0 has shape {first.shape} and dtype {first.dtype}; the TIFF "
+            "writers take (C, H, W) uint8 with C = 3 (RGB) or 1"
+        )
+    return levels
+
+
+def _hwc(shape_chw: tuple[int, ...]) -> tuple[int, ...]:
+    c, h, w = shape_chw
+    return (h, w, c) if c > 1 else (h, w)
+
+
+def _check_mpp(mpp: float) -> None:
+    if not (math.isfinite(mpp) and mpp > 0):
+        raise ValueError(f"mpp {mpp} must be a positive number of microns per pixel, or None")
+
+
+def _check_tile(tile: int) -> None:
+    # The TIFF spec requires tile sides that are multiples of 16.
+    if tile < 16 or tile % 16:
+        raise ValueError(f"tile {tile} must be a positive multiple of 16 (512 is usual)")
+
+
+def _codec(compression: str) -> str | None:
+    try:
+        return _CODECS[compression]
+    except KeyError:
+        raise ValueError(
+            f"compression {compression!r} is not one of {', '.join(_CODECS)}"
+        ) from None
+
+
+def _tiff_options(
+    level0: zarr.Array[Any],
+    compression: str,
+    jpeg_quality: int,
+    jpeg_subsampling: tuple[int, int],
+    tile: int,
+    maxworkers: int | None,
+) -> dict[str, Any]:
+    """tifffile ``write`` keywords shared by every level."""
+    _check_tile(tile)
+    codec = _codec(compression)
+    rgb = level0.shape[0] == 3
+    options: dict[str, Any] = {
+        "tile": (tile, tile),
+        "photometric": "rgb" if rgb else "minisblack",
+        "compression": codec,
+        "software": _SOFTWARE,
+        "maxworkers": maxworkers,
+        "buffersize": _BUFFERSIZE,
+    }
+    if codec == "jpeg":
+        if not 1 <= jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality {jpeg_quality} must be between 1 and 100")
+        options["compressionargs"] = {"level": int(jpeg_quality)}
+        if rgb:
+            if tuple(jpeg_subsampling) not in {(1, 1), (2, 1), (2, 2), (4, 1)}:
+                raise ValueError(
+                    f"jpeg_subsampling {jpeg_subsampling} must be (1, 1), (2, 1), (2, 2) or (4, 1)"
+                )
+            options["subsampling"] = tuple(jpeg_subsampling)
+    elif codec is not None:
+        # Horizontal differencing makes deflate/LZW/zstd tiles of natural images ~30 % smaller;
+        # libtiff (OpenSlide), Bio-Formats and tifffile all undo it.
+        options["predictor"] = True
+    return options
+
+
+def _resolution(mpp: float | None, level: int) -> dict[str, Any]:
+    if mpp is None:
+        return {}
+    px_per_cm = 1e4 / (mpp * 2**level)
+    return {"resolution": (px_per_cm, px_per_cm), "resolutionunit": "CENTIMETER"}
+
+
+class _open_writer:
+    """``tifffile.TiffWriter`` on ``path``, turning a missing or read-only folder into
+    :class:`OutputNotWritable`."""
+
+    def __init__(self, path: Path, *, ome: bool) -> None:
+        self.path, self.ome = path, ome
+
+    def __enter__(self) -> tifffile.TiffWriter:
+        parent = self.path.absolute().parent
+        if not parent.is_dir():
+            raise OutputNotWritable(
+                f"cannot write {self.path}: folder {parent} does not exist; create it or choose "
+                "another output path"
+            )
+        try:
+            self.writer = tifffile.TiffWriter(self.path, bigtiff=True, ome=self.ome)
+        except OSError as err:
+            raise OutputNotWritable(
+                f"cannot write {self.path} ({err}): choose a folder you can write to, or fix its "
+                "permissions"
+            ) from err
+        return self.writer
+
+    def __exit__(self, *exc: object) -> None:
+        self.writer.close()
+
+
+def _windows(arr: Any, tile: int) -> Iterator[npt.NDArray[Any]]:
+    """Blocks of ``tile`` rows by a few thousand columns, in tile row-major order.
+
+    Each block is read in a background thread while the previous one is being compressed, so
+    zarr decompression overlaps with tifffile's encoding. At most two blocks (a few MB) are in
+    memory, whatever the slide width.
+    """
+    height, width = arr.shape[-2:]
+    chunk_w = int(arr.chunks[-1]) if hasattr(arr, "chunks") else tile
+    # Whole tiles and, where possible, whole zarr chunks per block.
+    step = math.lcm(tile, chunk_w)
+    window = max(step, _WINDOW_PX // step * step)
+    starts = [(y, x) for y in range(0, height, tile) for x in range(0, width, window)]
+
+    def read(i: int) -> npt.NDArray[Any]:
+        y, x = starts[i]
+        return np.asarray(arr[..., y : y + tile, x : x + window])
+
+    with ThreadPoolExecutor(1, thread_name_prefix="wsi-fusion-tiff-read") as pool:
+        pending: Future[npt.NDArray[Any]] = pool.submit(read, 0)
+        for i in range(len(starts)):
+            block = pending.result()
+            if i + 1 < len(starts):
+                pending = pool.submit(read, i + 1)
+            yield block
+
+
+def _iter_tiles(arr: Any, tile: int) -> Iterator[npt.NDArray[np.uint8]]:
+    """Tiles of a (C, H, W) or (H, W) level as (tile, tile, C) or (tile, tile), row-major."""
+    for block in _windows(arr, tile):
+        if block.ndim == 3:
+            block = block[0] if block.shape[0] == 1 else np.moveaxis(block, 0, -1)
+        yield from _split(block, tile)
+
+
+def _split(block: npt.NDArray[Any], tile: int) -> Iterator[npt.NDArray[Any]]:
+    """Cut a block one tile high into tiles; edge tiles are padded by replicating the edge.
+
+    tifffile would zero-pad them, and the step from image to black rings in JPEG tiles.
+    """
+    h, w = block.shape[:2]
+    for x in range(0, w, tile):
+        t = block[:, x : x + tile]
+        if t.shape[0] != tile or t.shape[1] != tile:
+            pad = [(0, tile - t.shape[0]), (0, tile - t.shape[1])] + [(0, 0)] * (t.ndim - 2)
+            t = np.pad(t, pad, mode="edge")
+        yield np.ascontiguousarray(t)
