@@ -27,7 +27,7 @@ from wsi_fusion.io.writers import (
 )
 from wsi_fusion.pyramid.downsample import downsample2, level_shapes
 
-SHAPE = (3, 1500, 2100)
+SHAPE: tuple[int, int, int] = (3, 1500, 2100)
 CHUNK = 256
 TILE = 256
 MPP = 0.5
@@ -57,7 +57,7 @@ def image() -> np.ndarray:
 def _make(path: Path, image: np.ndarray, version: str, mpp: float | None = MPP) -> zarr.Group:
     group = create_image(
         path,
-        image.shape,  # type: ignore[arg-type]
+        SHAPE,
         chunk=CHUNK,
         mpp=mpp,
         ngff_version=version,  # type: ignore[arg-type]
@@ -65,7 +65,7 @@ def _make(path: Path, image: np.ndarray, version: str, mpp: float | None = MPP) 
         metadata={"tool": "wsi_fusion", "inputs": [Path("/a/b.tif")]},
     )
     image_levels(group)[0][:] = image
-    label0 = add_label(group, "focus_map", image.shape[1:], chunk=CHUNK)  # type: ignore[arg-type]
+    label0 = add_label(group, "focus_map", SHAPE[1:], chunk=CHUNK)
     label0[:] = _labels()
     build_pyramid(group, compute=True)
     build_label_pyramid(group, "focus_map", compute=True)
@@ -180,9 +180,7 @@ def test_build_pyramid_is_lazy_and_ordered(
 
     monkeypatch.setattr(ome_zarr, "_BLOCK_PX", CHUNK)  # several blocks per level
 
-    group = create_image(
-        tmp_path / "lazy.ome.zarr", image.shape, chunk=CHUNK, mpp=MPP  # type: ignore[arg-type]
-    )
+    group = create_image(tmp_path / "lazy.ome.zarr", SHAPE, chunk=CHUNK, mpp=MPP)
     levels = image_levels(group)
     levels[0][:] = image
     work = build_pyramid(group)

@@ -15,7 +15,9 @@ def _reference_mean(block: np.ndarray) -> np.ndarray:
     out = np.empty((c, (h + 1) // 2, (w + 1) // 2), np.int64)
     for y in range(out.shape[1]):
         for x in range(out.shape[2]):
-            out[:, y, x] = (padded[:, 2 * y : 2 * y + 2, 2 * x : 2 * x + 2].sum(axis=(1, 2)) + 2) // 4
+            out[:, y, x] = (
+                padded[:, 2 * y : 2 * y + 2, 2 * x : 2 * x + 2].sum(axis=(1, 2)) + 2
+            ) // 4
     return out.astype(np.uint8)
 
 

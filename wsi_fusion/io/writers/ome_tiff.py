@@ -116,14 +116,18 @@ def write_ome_tiff(
     """
     path = Path(path)
     levels = _levels_of(group)
-    options = _tiff_options(levels[0], compression, jpeg_quality, jpeg_subsampling, tile, maxworkers)
+    options = _tiff_options(
+        levels[0], compression, jpeg_quality, jpeg_subsampling, tile, maxworkers
+    )
     metadata: dict[str, Any] = {"axes": "YXS" if levels[0].shape[0] > 1 else "YX"}
     metadata["Name"] = name if name is not None else path.name
     if mpp is not None:
         _check_mpp(mpp)
         metadata.update(
-            PhysicalSizeX=float(mpp), PhysicalSizeXUnit="µm",
-            PhysicalSizeY=float(mpp), PhysicalSizeYUnit="µm",
+            PhysicalSizeX=float(mpp),
+            PhysicalSizeXUnit="µm",
+            PhysicalSizeY=float(mpp),
+            PhysicalSizeYUnit="µm",
         )
     if description is not None:
         metadata["CommentAnnotation"] = {
@@ -189,7 +193,9 @@ def write_generic_tiff(
     """
     path = Path(path)
     levels = _levels_of(group)
-    options = _tiff_options(levels[0], compression, jpeg_quality, jpeg_subsampling, tile, maxworkers)
+    options = _tiff_options(
+        levels[0], compression, jpeg_quality, jpeg_subsampling, tile, maxworkers
+    )
     if mpp is not None:
         _check_mpp(mpp)
     # Plain ASCII: TIFF ASCII tags must be 7-bit; json.dumps escapes anything else.
