@@ -241,8 +241,10 @@ def write_label_tiff(
     Parameters
     ----------
     array_hw
-        (H, W) uint8 level 0 (zarr array or numpy), or a sequence of levels, level 0 first (e.g.
-        the label's zarr pyramid), which are then used as they are.
+        (H, W) uint8 level 0 (zarr array or numpy), or a sequence of levels, level 0 first,
+        used as they are. Level 0 of a label pyramid (``group["labels/<name>/0"]`` after
+        ``build_label_pyramid``) brings its stored levels along; otherwise reduced levels are
+        read from level 0 with a stride (cheap for numpy, slow for a large zarr array).
     path
         File to write; replaced if it exists.
     mpp
