@@ -67,6 +67,8 @@ def _matlab_edge(img: FloatImage) -> FloatImage:
     m, n = b.shape
     # Thinning: a pixel is an edge if b is a strict local maximum across the dominant gradient
     # direction (left/right when |bx| >= |by|, up/down when |by| >= |bx|); borders never qualify.
+    # This is the pure-MATLAB thinning of edge.m before it moved to a MEX file; how the MEX
+    # breaks exact ties (a two-pixel plateau of b) has not been checked.
     horiz = np.zeros((m, n), dtype=bool)
     horiz[:, 1:-1] = (b[:, :-2] < b[:, 1:-1]) & (b[:, 1:-1] > b[:, 2:])
     vert = np.zeros((m, n), dtype=bool)
