@@ -1,0 +1,330 @@
+"""One file per focal plane ("layer files"): slides through OpenSlide or tiffslide, rasters through
+Pillow.
+
+OpenSlide is tried first (it knows the most vendor formats), tiffslide next (TIFF flavours that
+OpenSlide refuses, e.g. stripped or exotic-compression TIFF), Pillow last. Plain rasters
+(JPEG/PNG/BMP, and plain TIFF that neither slide library opens) are decoded once into memory: they
+are camera images of at most a few tens of megapixels, and random access into a JPEG costs a full
+decode each time.
+
+Whether a file holds several focal planes is decided *before* this module sees it
+(:mod:`wsi_fusion.io.readers._detect`): OpenSlide silently returns plane 0 of a z-stack.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from wsi_fusion._types import Box, RGBRegion
+from wsi_fusion.errors import PlaneMismatch, UnreadableSlide, UnsupportedInput, WsiFusionError
+from wsi_fusion.io.readers._base import (
+    BaseStack,
+    check_pixel_type,
+    positive_or_none,
+    resize_rgb,
+    to_rgb,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Extensions decoded with Pillow directly (no slide library knows them).
+RASTER_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
+#: Relative tolerance when comparing the pixel sizes of two planes.
+MPP_RTOL = 1e-3
+
+# Pillow modes converted losslessly to 8-bit RGB/RGBA/L before use; anything else (I;16, I, F)
+# is more than 8 bits per channel and refused.
+_PIL_CONVERT = {
+    "1": "L",
+    "P": "RGBA",
+    "PA": "RGBA",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LAB": "RGB",
+    "HSV": "RGB",
+    "La": "LA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+}
+_PIL_OK = {"L", "LA", "RGB", "RGBA"}
+_PIL_DTYPES = {
+    "I;16": "uint16",
+    "I;16B": "uint16",
+    "I;16L": "uint16",
+    "I;16N": "uint16",
+    "I": "int32",
+    "F": "float32",
+}
+
+
+class _Plane(Protocol):
+    """One single-plane file."""
+
+    path: str
+    reader: str
+    shape: tuple[int, int]
+    mpp: float | None
+
+    def read(self, box: Box) -> RGBRegion: ...
+
+    def thumbnail(self, target_hw: tuple[int, int]) -> RGBRegion: ...
+
+    def close(self) -> None: ...
+
+
+def _mpp_from(props: Any, key_x: str, key_y: str, path: str) -> float | None:
+    """Pixel size from slide properties; the mean of x and y, with a warning when they differ."""
+    try:
+        mx = positive_or_none(float(props[key_x]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    try:
+        my = positive_or_none(float(props[key_y]))
+    except (KeyError, TypeError, ValueError):
+        my = mx
+    if mx is None or my is None:
+        return mx or my
+    if not math.isclose(mx, my, rel_tol=0.01):
+        logger.warning("%s: anisotropic pixels (%g x %g um); using their mean", path, mx, my)
+    return (mx + my) / 2
+
+
+class _OpenSlidePlane:
+    """A slide file read with openslide-python."""
+
+    reader = "openslide"
+
+    def __init__(self, path: str) -> None:
+        import openslide
+
+        self.path = path
+        self._slide = openslide.OpenSlide(path)
+        w, h = self._slide.dimensions
+        self.shape = (int(h), int(w))
+        self.mpp = _mpp_from(
+            self._slide.properties,
+            openslide.PROPERTY_NAME_MPP_X,
+            openslide.PROPERTY_NAME_MPP_Y,
+            path,
+        )
+
+    def read(self, box: Box) -> RGBRegion:
+        # RGBA: alpha is 0 where the slide has no data; compositing makes that white glass.
+        region = self._slide.read_region((box.x, box.y), 0, (box.w, box.h))
+        return to_rgb(np.asarray(region))
+
+    def thumbnail(self, target_hw: tuple[int, int]) -> RGBRegion:
+        image = self._slide.get_thumbnail((target_hw[1], target_hw[0]))
+        return to_rgb(np.asarray(image.convert("RGBA")))
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+class _TiffSlidePlane:
+    """A TIFF-based slide read with tiffslide (OpenSlide's fallback)."""
+
+    reader = "tiffslide"
+
+    def __init__(self, path: str) -> None:
+        import tiffslide
+
+        self.path = path
+        self._slide = tiffslide.TiffSlide(path)
+        w, h = self._slide.dimensions
+        self.shape = (int(h), int(w))
+        self.mpp = _mpp_from(
+            self._slide.properties,
+            tiffslide.PROPERTY_NAME_MPP_X,
+            tiffslide.PROPERTY_NAME_MPP_Y,
+            path,
+        )
+        series = self._slide.ts_tifffile.series[0]
+        sizes = zip(series.shape, series.axes, strict=True)
+        samples = int(np.prod([n for n, a in sizes if a in "SC"]))
+        check_pixel_type(series.dtype, samples, path)
+
+    def read(self, box: Box) -> RGBRegion:
+        region = self._slide.read_region((box.x, box.y), 0, (box.w, box.h), as_array=True)
+        return to_rgb(np.asarray(region))
+
+    def thumbnail(self, target_hw: tuple[int, int]) -> RGBRegion:
+        image = self._slide.get_thumbnail((target_hw[1], target_hw[0]))
+        return to_rgb(np.asarray(image.convert("RGBA")))
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+class _RasterPlane:
+    """A plain raster image (JPEG, PNG, BMP, plain TIFF) decoded once into memory."""
+
+    reader = "pillow"
+
+    def __init__(self, path: str) -> None:
+        with Image.open(path) as image:
+            frames = int(getattr(image, "n_frames", 1))
+            if frames > 1:
+                # A multi-page file reaching Pillow was not understood by tifffile; reading only
+                # its first page could silently drop focal planes.
+                raise UnsupportedInput(
+                    f"{path}: holds {frames} images, but its layout is not understood; save it "
+                    "as an OME-TIFF z-stack (e.g. with Fiji or bfconvert) or as one file per plane."
+                )
+            image.load()
+            mode = image.mode
+            converted: Image.Image = image
+            if mode in _PIL_CONVERT:
+                converted = image.convert(_PIL_CONVERT[mode])
+            elif mode not in _PIL_OK:
+                dtype = _PIL_DTYPES.get(mode)
+                if dtype is not None:
+                    check_pixel_type(dtype, 1, f"{path} (Pillow mode {mode})")
+                raise UnsupportedInput(
+                    f"{path}: image mode {mode!r} is not supported; convert the image to 8-bit "
+                    "RGB (e.g. save it as an RGB JPEG or PNG)."
+                )
+            pixels = np.asarray(converted)
+        self.path = path
+        self._pixels = pixels if pixels.ndim == 3 else pixels[:, :, None]
+        check_pixel_type(self._pixels.dtype, self._pixels.shape[2], path)
+        self.shape = (int(self._pixels.shape[0]), int(self._pixels.shape[1]))
+        # Camera rasters carry a nominal screen DPI (72/96), not the microscope's pixel size.
+        self.mpp = None
+
+    def read(self, box: Box) -> RGBRegion:
+        return to_rgb(self._pixels[box.y : box.y1, box.x : box.x1])
+
+    def thumbnail(self, target_hw: tuple[int, int]) -> RGBRegion:
+        return resize_rgb(to_rgb(self._pixels), target_hw)
+
+    def close(self) -> None:
+        self._pixels = np.zeros((0, 0, 3), dtype=np.uint8)
+
+
+def open_plane_file(path: str) -> _Plane:
+    """Open one single-plane file with the first library that can.
+
+    Raises
+    ------
+    UnreadableSlide
+        When no library can open it; the message lists each library's complaint.
+    UnsupportedInput
+        When it opens but holds pixels this tool refuses (16-bit, many channels).
+    """
+    if Path(path).suffix.lower() in RASTER_SUFFIXES:
+        openers: Sequence[type[Any]] = (_RasterPlane,)
+    else:
+        openers = (_OpenSlidePlane, _TiffSlidePlane, _RasterPlane)
+    complaints: list[str] = []
+    last: Exception | None = None
+    for opener in openers:
+        try:
+            plane: _Plane = opener(path)
+        except WsiFusionError:
+            raise
+        except Image.DecompressionBombError as err:
+            raise UnsupportedInput(
+                f"{path}: plain raster image is too large to load into memory ({err}); convert "
+                "it to a tiled pyramidal TIFF (e.g. `vips tiffsave --tile --pyramid`)."
+            ) from err
+        except Exception as err:  # each library signals "not mine" differently
+            complaints.append(f"{opener.reader}: {err}")
+            last = err
+            continue
+        logger.debug("%s opened with %s", path, plane.reader)
+        return plane
+    raise UnreadableSlide(
+        f"{path}: cannot open this file ({'; '.join(complaints)}). It is corrupt, truncated or "
+        "not an image; check the file (e.g. re-copy or re-export it) or convert it to a tiled TIFF."
+    ) from last
+
+
+class LayerStack(BaseStack):
+    """A stack made of one single-plane file per focal plane, in the order given."""
+
+    form = "layers"
+
+    def __init__(self, planes: Sequence[_Plane]) -> None:
+        readers = sorted({p.reader for p in planes})
+        super().__init__(
+            sources=[p.path for p in planes],
+            z_positions_um=[None] * len(planes),
+            shape=planes[0].shape,
+            mpp=planes[0].mpp,
+            reader="+".join(readers),
+            details={"plane_readers": [p.reader for p in planes]},
+        )
+        self._planes = list(planes)
+
+    def _read_inside(self, plane: int, box: Box) -> RGBRegion:
+        return self._planes[plane].read(box)
+
+    def _thumbnail(self, plane: int, target_hw: tuple[int, int]) -> RGBRegion:
+        return self._planes[plane].thumbnail(target_hw)
+
+    def _close(self) -> None:
+        for p in self._planes:
+            p.close()
+
+
+def _check_same_geometry(planes: Sequence[_Plane]) -> None:
+    """Raise ``PlaneMismatch`` naming the first plane whose size or pixel size differs."""
+    first = planes[0]
+    for other in planes[1:]:
+        if other.shape != first.shape:
+            raise PlaneMismatch(
+                f"focal planes differ in size: {first.path} is {first.shape[1]}x{first.shape[0]} "
+                f"px (w x h) but {other.path} is {other.shape[1]}x{other.shape[0]} px. Every "
+                "plane must be the same field of view at the same size; crop or re-export them."
+            )
+        if (
+            first.mpp is not None
+            and other.mpp is not None
+            and not math.isclose(first.mpp, other.mpp, rel_tol=MPP_RTOL)
+        ):
+            raise PlaneMismatch(
+                f"focal planes differ in pixel size: {first.path} has {first.mpp:g} um/px but "
+                f"{other.path} has {other.mpp:g} um/px. Give planes scanned at the same "
+                "magnification."
+            )
+
+
+def open_layers(paths: Sequence[str | os.PathLike[str]]) -> LayerStack:
+    """Open one single-plane file per focal plane.
+
+    Parameters
+    ----------
+    paths
+        Files in focal-plane order; each must exist and hold a single plane (checked by the
+        caller, :func:`wsi_fusion.io.readers.open_stack`).
+
+    Returns
+    -------
+    LayerStack
+        Probed stack (a pixel at two corners of every plane has been decoded).
+
+    Raises
+    ------
+    UnreadableSlide, UnsupportedInput, PlaneMismatch
+    """
+    planes: list[_Plane] = []
+    try:
+        for path in paths:
+            planes.append(open_plane_file(os.fspath(path)))
+        _check_same_geometry(planes)
+        stack = LayerStack(planes)
+        stack.probe()
+    except BaseException:
+        for p in planes:
+            p.close()
+        raise
+    return stack
