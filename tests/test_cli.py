@@ -45,7 +45,7 @@ def test_fuse_per_plane_files(monkeypatch, capsys, planes, tmp_path: Path) -> No
         "--tile", "128", "--overlap", "64", "-q",
     )
     assert code == 0, err
-    assert (tmp_path / "out.ome.zarr").is_dir() and (tmp_path / "out.run.json").exists()
+    assert (tmp_path / "out.ome.zarr").is_dir() and (tmp_path / "out.ome.zarr.run.json").exists()
 
 
 def test_missing_file(monkeypatch, capsys, planes, tmp_path: Path) -> None:
@@ -136,3 +136,19 @@ def test_help_does_not_import_torch() -> None:
     code = "import sys; from wsi_fusion.cli import cli; import wsi_fusion.fusers as f; f.list_fusers(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_synth_then_fuse(monkeypatch, capsys, tmp_path: Path) -> None:
+    from wsi_fusion.synth.demo import demo_source_path
+
+    out = tmp_path / "synthetic"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "synth", str(demo_source_path()), "-o", str(out), "--size", "300", "400",
+        "--planes", "3", "--forms", "planes", "--lossless",
+    )
+    assert code == 0, err
+    planes = sorted((out / "planes").glob("*.tif"))
+    assert len(planes) == 3 and (out / "ground_truth.tif").exists()
+    code, _, err = run_cli(monkeypatch, capsys, "fuse", *map(str, planes), "-o", str(tmp_path / "f.tif"), "-q",
+                           "--tile", "128", "--overlap", "64")
+    assert code == 0, err

@@ -55,7 +55,8 @@ class Destination:
 
     @property
     def run_json(self) -> Path:
-        return self.output.with_name(stem(self.output) + ".run.json")
+        # The full name, so an OME-Zarr and a TIFF of the same slide keep separate records.
+        return self.output.with_name(self.output.name + ".run.json")
 
     @property
     def focus_map_tiff(self) -> Path:
