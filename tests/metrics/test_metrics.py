@@ -619,3 +619,12 @@ def test_errors() -> None:
         fmi(SHARP, [SHARP], feature="sift")  # type: ignore[arg-type]
     with pytest.raises(UnsupportedInput, match="window"):
         fmi(SHARP, [SHARP], window=4)
+
+
+def test_sources_as_generator_array_or_single_image() -> None:
+    a, b = multifocus_pair()
+    ref = evaluate(SHARP, [a, b], metrics=["q_abf", "mi"])
+    assert evaluate(SHARP, (s for s in (a, b)), metrics=["q_abf", "mi"]) == ref
+    assert evaluate(SHARP, np.stack([a, b]), metrics=["q_abf", "mi"]) == ref
+    with pytest.raises(UnsupportedInput, match="single"):
+        q_abf(SHARP, SHARP)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ MATLAB reference implementations do (they call ``rgb2gray`` and work on ``double
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -85,7 +85,7 @@ def to_luma(image: ImageLike, *, name: str = "image") -> FloatImage:
     return luma
 
 
-def to_sources(sources: Sequence[ImageLike], shape: tuple[int, int]) -> list[FloatImage]:
+def to_sources(sources: Iterable[ImageLike], shape: tuple[int, int]) -> list[FloatImage]:
     """Luminance of every source image; all must match the fused image's ``shape``.
 
     Raises
@@ -95,10 +95,12 @@ def to_sources(sources: Sequence[ImageLike], shape: tuple[int, int]) -> list[Flo
     PlaneMismatch
         When a source's size differs from ``shape``.
     """
-    if isinstance(sources, np.ndarray) and sources.ndim == 2:
+    if isinstance(sources, np.ndarray) and (
+        sources.ndim == 2 or (sources.ndim == 3 and sources.shape[-1] == 3)
+    ):
         raise UnsupportedInput(
-            "sources is a single (H, W) array; pass a sequence of images (a list, or a (N, H, W) "
-            "array)"
+            f"sources is a single {sources.shape} image; pass a sequence of images (a list, or "
+            "an (N, H, W) array)"
         )
     out = [to_luma(s, name=f"sources[{i}]") for i, s in enumerate(sources)]
     if not out:

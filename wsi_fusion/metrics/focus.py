@@ -16,7 +16,7 @@ All work on luminance on the 0-255 scale (see :mod:`._image`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import TypedDict
 
 import numpy as np
@@ -72,7 +72,7 @@ def _block_rms(energy: FloatImage, block: int) -> FloatImage:
 
 def focus_attainment(
     fused: ImageLike,
-    planes: Sequence[ImageLike],
+    planes: Iterable[ImageLike],
     block: int = 64,
     *,
     sigma: float = 1.0,
@@ -136,7 +136,7 @@ def focus_attainment(
 
 def halo_score(
     fused: ImageLike,
-    planes: Sequence[ImageLike],
+    planes: Iterable[ImageLike],
     *,
     radius: int = 3,
     edge_quantile: float = 0.9,

@@ -15,7 +15,7 @@ Q_AVG
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,7 +75,7 @@ def _preservation(
 
 
 def q_abf(
-    fused: ImageLike, sources: Sequence[ImageLike], *, constants: QabfConstants = QABF_REFERENCE
+    fused: ImageLike, sources: Iterable[ImageLike], *, constants: QabfConstants = QABF_REFERENCE
 ) -> float:
     """Xydeas-Petrovic edge-preservation metric Q^AB/F, generalised to N sources.
 
@@ -115,7 +115,7 @@ def q_abf(
     return num / den if den > 0.0 else 0.0
 
 
-def q_avg(fused: ImageLike, sources: Sequence[ImageLike] | None = None) -> float:
+def q_avg(fused: ImageLike, sources: Iterable[ImageLike] | None = None) -> float:
     """Average gradient of the fused image (m-SegNet Eq. 16).
 
     ``Q_AVG = 1/((M-1)(N-1)) sum_{i<M, j<N} sqrt((dx^2 + dy^2) / 2)`` with

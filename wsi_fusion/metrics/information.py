@@ -14,7 +14,7 @@ N-source generalisation
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -31,13 +31,13 @@ from wsi_fusion.metrics._image import (
 __all__ = ["mi", "mi_norm", "q_ncie"]
 
 
-def _levels(fused: ImageLike, sources: Sequence[ImageLike]) -> tuple[np.ndarray, list[np.ndarray]]:
+def _levels(fused: ImageLike, sources: Iterable[ImageLike]) -> tuple[np.ndarray, list[np.ndarray]]:
     f = to_luma(fused, name="fused")
     srcs = to_sources(sources, f.shape)
     return normalize1(f), [normalize1(s) for s in srcs]
 
 
-def mi(fused: ImageLike, sources: Sequence[ImageLike]) -> float:
+def mi(fused: ImageLike, sources: Iterable[ImageLike]) -> float:
     """Fusion mutual information ``MI = (2/N) sum_s I(S; F)`` in bits.
 
     m-SegNet (Pei et al. 2021, Eq. 20) defines ``MI(A, B) = H(A) + H(B) + H(A, B)``; the ``+``
@@ -55,7 +55,7 @@ def mi(fused: ImageLike, sources: Sequence[ImageLike]) -> float:
     return 2.0 / len(sl) * sum(mutual_information(s, fl)[0] for s in sl)
 
 
-def mi_norm(fused: ImageLike, sources: Sequence[ImageLike]) -> float:
+def mi_norm(fused: ImageLike, sources: Iterable[ImageLike]) -> float:
     """Hossny's normalised fusion MI ``(2/N) sum_s 2 I(S; F) / (H(S) + H(F))``.
 
     M. Hossny, S. Nahavandi, D. Creighton, "Comments on 'Information measure for performance of
@@ -83,7 +83,7 @@ def _ncc(a: np.ndarray, b: np.ndarray, bins: int = 256) -> float:
     return (entropy(pab.sum(axis=1), bins) + entropy(pab.sum(axis=0), bins)) - entropy(pab, bins)
 
 
-def q_ncie(fused: ImageLike, sources: Sequence[ImageLike]) -> float:
+def q_ncie(fused: ImageLike, sources: Iterable[ImageLike]) -> float:
     """Nonlinear correlation information entropy Q_NCIE (Wang, Shen & Zhang), N sources.
 
     Q. Wang, Y. Shen, J. Jin, "Performance evaluation of image fusion techniques", ch. 19 of

@@ -25,7 +25,7 @@ N-source generalisation
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -76,7 +76,7 @@ def _masked_contrast(luma: FloatImage, csf: FloatImage) -> FloatImage:
     return _K * c**_P / (_H * c**_Q + _Z)
 
 
-def q_cb(fused: ImageLike, sources: Sequence[ImageLike]) -> float:
+def q_cb(fused: ImageLike, sources: Iterable[ImageLike]) -> float:
     """Chen-Blum metric Q_CB, generalised to N sources (see the module docstring).
 
     Parameters

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -103,7 +103,7 @@ def _applicable(spec: MetricSpec, have_ground_truth: bool, have_sources: bool) -
 
 def evaluate(
     fused: ImageLike,
-    sources: Sequence[ImageLike] | None = None,
+    sources: Iterable[ImageLike] | None = None,
     ground_truth: ImageLike | None = None,
     metrics: Iterable[str] | None = None,
 ) -> dict[str, float]:
@@ -133,6 +133,8 @@ def evaluate(
     UnsupportedInput
         When an explicitly requested metric lacks its input (ground truth or sources).
     """
+    # A generator would be used up by the first metric.
+    src_list = None if sources is None else list(sources)
     if metrics is None:
         chosen = [
             s
@@ -150,7 +152,7 @@ def evaluate(
                 )
     results: dict[str, float] = {}
     for s in chosen:
-        other = ground_truth if s.kind == "full_reference" else sources
+        other = ground_truth if s.kind == "full_reference" else src_list
         results[s.name] = s.fn(fused, other)
         log.debug("metric %s = %.6g", s.name, results[s.name])
     return results

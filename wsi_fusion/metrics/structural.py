@@ -24,7 +24,7 @@ N-source generalisation
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -77,7 +77,7 @@ def _ssim_map(
     )
 
 
-def q_y(fused: ImageLike, sources: Sequence[ImageLike]) -> float:
+def q_y(fused: ImageLike, sources: Iterable[ImageLike]) -> float:
     """Yang's metric Q_Y, generalised to N sources (see the module docstring).
 
     Parameters
