@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: Side of the fixed global grid on which noise generators are seeded (pixels).
 NOISE_BLOCK = 256
+#: Rows rendered at once inside a box (a multiple of 8, JPEG's block); bounds memory.
+BAND = 256
 #: Gaussian kernels are truncated at this many standard deviations (the halo is sized from it).
 TRUNCATE = 3.0
 
@@ -321,28 +323,6 @@ def plane_drift(n_planes: int, *, seed: int, params: SynthParams) -> npt.NDArray
 # --------------------------------------------------------------------------- rendering
 
 
-def _hat_weight(
-    sigma: npt.NDArray[np.float32], levels: npt.NDArray[np.float64], i: int
-) -> npt.NDArray[np.float32]:
-    """Linear-interpolation weight of level ``i`` at each pixel's sigma."""
-    s = sigma.astype(np.float32)
-    w = np.zeros(s.shape, np.float32)
-    li = np.float32(levels[i])
-    if i > 0:
-        lo = np.float32(levels[i - 1])
-        m = (s > lo) & (s <= li)
-        w[m] = (s[m] - lo) / (li - lo)
-    else:
-        w[s <= li] = 1.0
-    if i < len(levels) - 1:
-        hi = np.float32(levels[i + 1])
-        m = (s > li) & (s < hi)
-        w[m] = (hi - s[m]) / (hi - li)
-    else:
-        w[s > li] = 1.0
-    return w
-
-
 def _blur(image: npt.NDArray[np.float32], sigma: float) -> npt.NDArray[np.float32]:
     """Separable Gaussian over the two spatial axes of an (H, W, 3) image."""
     if sigma <= 0:
@@ -445,6 +425,39 @@ def render_box(
         planes (Z, h, w, 3) uint8, ground_truth (h, w, 3) uint8, focus_index (h, w) uint8 and
         depth (h, w) float32.
     """
+    if box.h <= BAND:
+        return _render_band(read_sharp, box, n_planes, seed=seed, params=params, drift=drift)
+    # Bands of BAND rows bound the memory of the blur levels; the pixels do not change, since a
+    # pixel never depends on the box it is rendered in.
+    parts = [
+        _render_band(
+            read_sharp,
+            Box(y, box.x, min(BAND, box.y1 - y), box.w),
+            n_planes,
+            seed=seed,
+            params=params,
+            drift=drift,
+        )
+        for y in range(box.y, box.y1, BAND)
+    ]
+    return RenderedTile(
+        planes=np.concatenate([t.planes for t in parts], axis=1),
+        ground_truth=np.concatenate([t.ground_truth for t in parts], axis=0),
+        focus_index=np.concatenate([t.focus_index for t in parts], axis=0),
+        depth=np.concatenate([t.depth for t in parts], axis=0),
+    )
+
+
+def _render_band(
+    read_sharp: SharpReader,
+    box: Box,
+    n_planes: int,
+    *,
+    seed: int,
+    params: SynthParams,
+    drift: npt.NDArray[np.float64],
+) -> RenderedTile:
+    """:func:`render_box` for one band of rows."""
     margin = math.ceil(float(np.abs(drift).max())) + 1 if np.any(drift != 0) else 0
     ext = Box(box.y - margin, box.x - margin, box.h + 2 * margin, box.w + 2 * margin)
     levels = blur_levels(n_planes, params)
@@ -453,22 +466,43 @@ def render_box(
     sharp = src.astype(np.float32) * np.float32(1 / 255)
 
     depth_ext = depth_field(ext, n_planes, seed=seed, params=params)
-    sigmas = [defocus_sigma(depth_ext, k, params) for k in range(n_planes)]
-    acc = np.zeros((n_planes, ext.h, ext.w, 3), np.float32)
+    # Per plane and pixel: the lower of the two blur levels bracketing its sigma, and the
+    # linear-interpolation weight of the upper one.
+    lower: list[npt.NDArray[np.uint8]] = []
+    frac: list[npt.NDArray[np.float32]] = []
+    top = max(len(levels) - 2, 0)
+    lv32 = levels.astype(np.float32)
+    for k in range(n_planes):
+        sig = defocus_sigma(depth_ext, k, params)
+        i = np.clip(np.searchsorted(lv32, sig, side="right") - 1, 0, top)
+        if len(levels) > 1:
+            lo, hi = lv32[i], lv32[i + 1]
+            t = np.clip((sig - lo) / (hi - lo), 0, 1).astype(np.float32)
+        else:
+            t = np.zeros(sig.shape, np.float32)
+        lower.append(i.astype(np.uint8))  # few levels: uint8 keeps Z index maps small
+        frac.append(t)
+    used = np.zeros(len(levels), bool)
+    for idx in lower:
+        present = np.bincount(idx.ravel(), minlength=len(levels)) > 0
+        used |= present
+        used[1:] |= present[:-1]  # the upper level of each bracket
+    blurred = np.zeros((len(levels), ext.h, ext.w, 3), np.float32)
     core = (slice(hal, hal + ext.h), slice(hal, hal + ext.w))
-    for i, s in enumerate(levels):
-        weights = [_hat_weight(sig, levels, i) for sig in sigmas]
-        if not any(w.any() for w in weights):
-            continue  # no pixel of any plane uses this level: skip the blur
-        level = _blur(sharp, float(s))[core]
-        for k, w in enumerate(weights):
-            if w.any():
-                acc[k] += w[..., None] * level
+    for j in np.flatnonzero(used):
+        blurred[j] = _blur(sharp, float(levels[j]))[core]  # unused levels are never read
     del sharp
 
     planes = np.empty((n_planes, box.h, box.w, 3), np.uint8)
     for k in range(n_planes):
-        v = _shift(acc[k], margin, box, drift[k])
+        i, t = lower[k][None, ..., None].astype(np.intp), frac[k][..., None]
+        a = np.take_along_axis(blurred, i, axis=0)[0]
+        b = np.take_along_axis(blurred, np.minimum(i + 1, len(levels) - 1), axis=0)[0]
+        b -= a
+        b *= t
+        a += b
+        del b
+        v = _shift(a, margin, box, drift[k])
         if params.noise_sigma > 0 or params.photons is not None:
             var = np.full(v.shape, np.float32(params.noise_sigma) ** 2, np.float32)
             if params.photons is not None:

@@ -24,7 +24,9 @@ import math
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +44,7 @@ from wsi_fusion.errors import (
     UnsupportedInput,
 )
 from wsi_fusion.synth.defocus import (
+    RenderedTile,
     SharpReader,
     SynthParams,
     blur_levels,
@@ -418,6 +421,7 @@ def synthesize(
     compression: Compression = "jpeg",
     jpeg_quality: int = 95,
     overwrite: bool = False,
+    workers: int | None = None,
     params: SynthParams | Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> Path:
@@ -460,6 +464,9 @@ def synthesize(
         JPEG quality when ``compression="jpeg"``.
     overwrite : bool
         Replace an existing ``out_dir`` that holds an earlier synthetic stack (``synth.json``).
+    workers : int, optional
+        Threads rendering tiles (default: the CPU count, at most 4). Each holds about
+        ``(tile + 2 * halo)**2 * 12 * (levels + 2)`` bytes; the result does not depend on it.
     params : SynthParams or mapping, optional
         Defocus model parameters; see :class:`wsi_fusion.synth.defocus.SynthParams`.
     **overrides
@@ -495,6 +502,8 @@ def synthesize(
         raise ConfigError(f"jpeg_quality {jpeg_quality} must be in 1..100")
     if mpp is not None and not mpp > 0:
         raise ConfigError(f"mpp {mpp} must be positive")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers {workers} must be at least 1")
     if not z_step_um > 0:
         raise ConfigError(f"z_step_um {z_step_um} must be positive")
     drift = plane_drift(n_planes, seed=seed, params=p)
@@ -524,6 +533,7 @@ def synthesize(
             pyramid=pyramid,
             compression=compression,
             jpeg_quality=jpeg_quality,
+            workers=workers or min(4, os.cpu_count() or 1),
         )
         files = _generate(_mirror_reader(src), partial, spec)
     finally:
@@ -583,6 +593,15 @@ class _Spec:
     pyramid: bool
     compression: Compression
     jpeg_quality: int
+    workers: int
+
+
+def _store(r: RenderedTile, box: Box, level0: Any, gt: Any, fi: Any, dp: Any) -> None:
+    """Write one rendered tile into the zarr stack and the ground-truth arrays."""
+    level0[:, :, box.y : box.y1, box.x : box.x1] = np.moveaxis(r.planes, -1, 0)
+    gt[box.y : box.y1, box.x : box.x1] = r.ground_truth
+    fi[box.y : box.y1, box.x : box.x1] = r.focus_index
+    dp[box.y : box.y1, box.x : box.x1] = r.depth
 
 
 def _generate(read_sharp: SharpReader, root: Path, spec: _Spec) -> list[str]:
@@ -622,21 +641,39 @@ def _generate(read_sharp: SharpReader, root: Path, spec: _Spec) -> list[str]:
         "depth", shape=(h, w), chunks=(chunk, chunk), dtype="float32", compressors=_compressor()
     )
 
-    n_tiles = math.ceil(h / tile) * math.ceil(w / tile)
-    done = 0
+    boxes = [
+        Box(y, x, min(tile, h - y), min(tile, w - x))
+        for y in range(0, h, tile)
+        for x in range(0, w, tile)
+    ]
+
+    def render(box: Box) -> RenderedTile:
+        return render_box(
+            read_sharp, box, n_planes, seed=spec.seed, params=spec.params, drift=spec.drift
+        )
+
     t0 = time.perf_counter()
-    for y in range(0, h, tile):
-        for x in range(0, w, tile):
-            box = Box(y, x, min(tile, h - y), min(tile, w - x))
-            r = render_box(
-                read_sharp, box, n_planes, seed=spec.seed, params=spec.params, drift=spec.drift
-            )
-            levels[0][:, :, box.y : box.y1, box.x : box.x1] = np.moveaxis(r.planes, -1, 0)
-            gt[box.y : box.y1, box.x : box.x1] = r.ground_truth
-            fi[box.y : box.y1, box.x : box.x1] = r.focus_index
-            dp[box.y : box.y1, box.x : box.x1] = r.depth
-            done += 1
-        log.info("rendered %d/%d tiles (%.1f s)", done, n_tiles, time.perf_counter() - t0)
+    stored = 0
+
+    def store_oldest(pending: deque[tuple[Box, Future[RenderedTile]]]) -> None:
+        nonlocal stored
+        box, fut = pending.popleft()
+        _store(fut.result(), box, levels[0], gt, fi, dp)
+        stored += 1
+        if stored % max(1, len(boxes) // 10) == 0:
+            log.info("rendered %d/%d tiles (%.1f s)", stored, len(boxes), time.perf_counter() - t0)
+
+    # Threads render tiles concurrently (scipy's filters and numpy release the GIL); the main
+    # thread writes them in order. At most 2 * workers tiles are in flight: bounded memory.
+    with ThreadPoolExecutor(spec.workers) as pool:
+        pending: deque[tuple[Box, Future[RenderedTile]]] = deque()
+        for box in boxes:
+            pending.append((box, pool.submit(render, box)))
+            if len(pending) >= 2 * spec.workers:
+                store_oldest(pending)
+        while pending:
+            store_oldest(pending)
+    log.info("rendered %d tiles in %.1f s", len(boxes), time.perf_counter() - t0)
 
     for lvl in range(1, len(shapes)):
         prev, cur = levels[lvl - 1], levels[lvl]
