@@ -394,10 +394,12 @@ def _prepare_output(out_dir: Path, overwrite: bool) -> Path:
                 "refusing to delete it: choose another folder"
             )
     parent = out_dir.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OutputNotWritable(
-            f"cannot write into {parent}: it does not exist or is not writable; create it first"
-        )
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputNotWritable(f"cannot create the folder {parent}: {err}") from err
+    if not os.access(parent, os.W_OK):
+        raise OutputNotWritable(f"cannot write into {parent}: check its permissions")
     partial = out_dir.with_name(out_dir.name + ".partial")
     if partial.exists():
         log.warning("removing %s left by an interrupted run", partial)
@@ -535,7 +537,12 @@ def synthesize(
             jpeg_quality=jpeg_quality,
             workers=workers or min(4, os.cpu_count() or 1),
         )
-        files = _generate(_mirror_reader(src), partial, spec)
+        try:
+            files = _generate(_mirror_reader(src), partial, spec)
+        except BaseException:
+            # Leave nothing half-written behind; the error itself propagates unchanged.
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     finally:
         src.close()
 
