@@ -28,6 +28,18 @@ class TissueConfig(BaseModel):
     min_fraction: float = Field(0.02, ge=0.0, le=1.0)
 
 
+class RegistrationConfig(BaseModel):
+    """Lateral registration of the focal planes to the reference plane before fusion."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: ``auto``: measure the drift and register only when it exceeds ``threshold_px``.
+    mode: Literal["auto", "on", "off"] = "auto"
+    #: Largest shift (px) that ``auto`` leaves uncorrected.
+    threshold_px: float = Field(0.5, ge=0.0)
+    #: Regions per side of the slide on which the drift is measured.
+    grid: int = Field(4, ge=1, le=64)
+
+
 class RunConfig(BaseModel):
     """Everything that determines a fusion run's output."""
 
@@ -47,6 +59,7 @@ class RunConfig(BaseModel):
     #: Plane copied for background tiles and used for the tissue thumbnail (None: middle plane).
     reference_plane: int | None = None
     tissue: TissueConfig = Field(default_factory=TissueConfig)
+    registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
     #: Fusion tiles per Dask task (tasks of many tiles keep the graph small).
     tiles_per_task: int = Field(32, ge=1)
     #: Output chunk side (OME-Zarr chunks, blending blocks) in pixels.
