@@ -147,9 +147,47 @@ def write_ome_zarr(
 
 
 def write_dicom_wsi(
-    path: Path, planes: Planes, *, tile: int = 64, mpp: float = 0.5, z_step_um: float = 1.5
+    path: Path,
+    planes: Planes,
+    *,
+    tile: int = 64,
+    mpp: float = 0.5,
+    z_step_um: float = 1.5,
+    levels: int = 1,
 ) -> Path:
-    """A VL Whole Slide Microscopy Image, TILED_FULL, uncompressed, several focal planes.
+    """A DICOM WSI with several focal planes: one instance per pyramid level.
+
+    Level 0 goes to ``path``, level ``k`` (2**k downsampled by striding) to ``<stem>_l<k>.dcm``
+    beside it; all instances share the study, series, frame-of-reference and dimension UIDs so
+    wsidicom assembles them into one slide.
+    """
+    from pydicom.uid import generate_uid
+
+    uids = {key: generate_uid() for key in ("study", "series", "frame", "dimension")}
+    for level in range(levels):
+        step = 2**level
+        target = path if level == 0 else path.with_name(f"{path.stem}_l{level}.dcm")
+        _dicom_instance(
+            target,
+            planes[:, ::step, ::step],
+            tile=tile,
+            mpp=mpp * step,
+            z_step_um=z_step_um,
+            uids=uids,
+        )
+    return path
+
+
+def _dicom_instance(
+    path: Path,
+    planes: Planes,
+    *,
+    tile: int,
+    mpp: float,
+    z_step_um: float,
+    uids: dict[str, str],
+) -> None:
+    """One VL Whole Slide Microscopy Image instance, TILED_FULL, uncompressed, all planes.
 
     Frames run columns fastest, then rows, then focal planes; focal plane ``i`` lies at
     ``i * SpacingBetweenSlices`` from the origin's z offset.
@@ -182,9 +220,9 @@ def write_dicom_wsi(
     ds = item(
         SOPClassUID=VLWholeSlideMicroscopyImageStorage,
         SOPInstanceUID=meta.MediaStorageSOPInstanceUID,
-        StudyInstanceUID=generate_uid(),
-        SeriesInstanceUID=generate_uid(),
-        FrameOfReferenceUID=generate_uid(),
+        StudyInstanceUID=uids["study"],
+        SeriesInstanceUID=uids["series"],
+        FrameOfReferenceUID=uids["frame"],
         Modality="SM",
         ImageType=frame_type,
         Manufacturer="wsi_fusion tests",
@@ -218,7 +256,7 @@ def write_dicom_wsi(
         ImagedVolumeDepth=nz * z_step_um / 1000,
         DimensionOrganizationType="TILED_FULL",
         DimensionOrganizationSequence=DicomSequence(
-            [item(DimensionOrganizationUID=generate_uid())]
+            [item(DimensionOrganizationUID=uids["dimension"])]
         ),
         TotalPixelMatrixOriginSequence=DicomSequence(
             [
@@ -277,7 +315,6 @@ def write_dicom_wsi(
     ds.file_meta = meta
     ds.PixelData = np.ascontiguousarray(frames).tobytes()
     ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 @pytest.fixture

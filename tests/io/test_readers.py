@@ -144,7 +144,25 @@ def test_multipage_tiff_without_axes_read_as_planes(
             tw.write(plane, tile=(128, 128), photometric="rgb", metadata=None)
     with open_stack([path]) as stack:
         assert stack.n_planes == 3
+        assert describe_stack(stack)["form"] == "multipage-tiff"
         assert_reads_exactly(stack, planes)
+
+
+def test_imagej_hyperstack(tmp_path: Path, writers: SimpleNamespace) -> None:
+    planes = writers.make_planes(3, channels=0, seed=4)
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(
+        path,
+        planes,
+        imagej=True,
+        resolution=(4.0, 4.0),
+        metadata={"axes": "ZYX", "spacing": 0.5, "unit": "um"},
+    )
+    with open_stack([path]) as stack:
+        assert describe_stack(stack)["form"] == "imagej-tiff"
+        assert stack.mpp == pytest.approx(0.25)
+        assert stack.z_positions_um == pytest.approx((0.0, 0.5, 1.0))
+        assert_reads_exactly(stack, np.repeat(planes[..., None], 3, axis=3))
 
 
 def test_ndpi_like_zstack_sorted_by_offset(tmp_path: Path, writers: SimpleNamespace) -> None:
@@ -229,6 +247,17 @@ def test_raster_planes_grey_and_rgba(tmp_path: Path, writers: SimpleNamespace) -
         expected = np.stack([first, np.repeat(grey[..., None], 3, 2)])
         assert_reads_exactly(stack, expected)
         assert_thumbnails(stack, expected)
+
+
+def test_regions_are_fresh_writable_arrays(tmp_path: Path, writers: SimpleNamespace) -> None:
+    """Callers may write into a region; that must not reach the reader's cached pixels."""
+    Image.fromarray(writers.make_planes(1)[0], "RGB").save(tmp_path / "a.png")
+    with open_stack([tmp_path / "a.png"]) as stack:
+        first = stack.read(0, Box(0, 0, 300, 200))
+        first[:] = 7
+        again = stack.read(0, Box(0, 0, 300, 200))
+    assert first.flags.writeable and again.flags.writeable
+    assert not (again == 7).all()
 
 
 def test_jpeg_planes(tmp_path: Path) -> None:
@@ -325,10 +354,14 @@ def test_dicom_focal_planes(tmp_path: Path, writers: SimpleNamespace) -> None:
     planes = writers.make_planes(3, seed=15)
     folder = tmp_path / "slide"
     folder.mkdir()
-    path = writers.dicom(folder / "level0.dcm", planes, mpp=0.5, z_step_um=1.5)
+    path = writers.dicom(folder / "level0.dcm", planes, mpp=0.5, z_step_um=1.5, levels=2)
     for source in (folder, path):
         with open_stack([source]) as stack:
-            assert describe_stack(stack)["form"] == "dicom"
+            info = describe_stack(stack)
+            assert info["form"] == "dicom"
+            assert info["details"]["levels"] == (
+                [[300, 200], [150, 100]] if source == folder else [[300, 200]]
+            )
             assert stack.shape == (300, 200) and stack.mpp == pytest.approx(0.5)
             assert stack.z_positions_um == pytest.approx((0.0, 1.5, 3.0))
             assert_reads_exactly(stack, planes)

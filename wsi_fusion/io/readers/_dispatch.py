@@ -168,7 +168,8 @@ def describe_stack(stack: PlaneStack) -> dict[str, Any]:
     Returns
     -------
     dict
-        JSON-serialisable: ``form`` (``layers``, ``ome-tiff``, ``ndpi``, ``ome-zarr``, ``dicom``),
+        JSON-serialisable: ``form`` (``layers``, ``ome-tiff``, ``imagej-tiff``,
+        ``multipage-tiff``, ``ndpi``, ``ome-zarr``, ``dicom``),
         ``reader`` (decoding library), ``planes``, ``z_positions_um`` (``None`` where unknown),
         ``shape`` ``[h, w]``, ``mpp`` (``None`` where unknown), ``sources`` and ``details``
         (form-specific: axes, pyramid levels, per-plane readers, ...).

@@ -28,6 +28,7 @@ from wsi_fusion.errors import PlaneMismatch, UnreadableSlide, UnsupportedInput, 
 from wsi_fusion.io.readers._base import (
     BaseStack,
     check_pixel_type,
+    pil_to_rgb,
     positive_or_none,
     resize_rgb,
     to_rgb,
@@ -119,11 +120,10 @@ class _OpenSlidePlane:
     def read(self, box: Box) -> RGBRegion:
         # RGBA: alpha is 0 where the slide has no data; compositing makes that white glass.
         region = self._slide.read_region((box.x, box.y), 0, (box.w, box.h))
-        return to_rgb(np.asarray(region))
+        return pil_to_rgb(region)
 
     def thumbnail(self, target_hw: tuple[int, int]) -> RGBRegion:
-        image = self._slide.get_thumbnail((target_hw[1], target_hw[0]))
-        return to_rgb(np.asarray(image.convert("RGBA")))
+        return pil_to_rgb(self._slide.get_thumbnail((target_hw[1], target_hw[0])))
 
     def close(self) -> None:
         self._slide.close()
@@ -157,8 +157,7 @@ class _TiffSlidePlane:
         return to_rgb(np.asarray(region))
 
     def thumbnail(self, target_hw: tuple[int, int]) -> RGBRegion:
-        image = self._slide.get_thumbnail((target_hw[1], target_hw[0]))
-        return to_rgb(np.asarray(image.convert("RGBA")))
+        return pil_to_rgb(self._slide.get_thumbnail((target_hw[1], target_hw[0])))
 
     def close(self) -> None:
         self._slide.close()

@@ -395,7 +395,8 @@ def open_tiff_stack(path: str | os.PathLike[str]) -> TiffZStack:
             spacing = ij.get("spacing")
             step = to_um(float(spacing), unit) if isinstance(spacing, int | float) else None
             z = [i * step if step is not None else None for i in range(layout.n_planes)]
-        stack = TiffZStack(tif, layout, z_positions_um=z, mpp=mpp)
+        form = "ome-tiff" if tif.is_ome else ("imagej-tiff" if tif.is_imagej else "multipage-tiff")
+        stack = TiffZStack(tif, layout, z_positions_um=z, mpp=mpp, form=form)
         stack.probe()
     except BaseException:
         tif.close()
