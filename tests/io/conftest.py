@@ -163,7 +163,7 @@ def write_dicom_wsi(
     """
     from pydicom.uid import generate_uid
 
-    uids = {key: generate_uid() for key in ("study", "series", "frame", "dimension")}
+    uids = {key: str(generate_uid()) for key in ("study", "series", "frame", "dimension")}
     for level in range(levels):
         step = 2**level
         target = path if level == 0 else path.with_name(f"{path.stem}_l{level}.dcm")

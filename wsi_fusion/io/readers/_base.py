@@ -139,8 +139,8 @@ def pil_to_rgb(image: Image.Image) -> RGBRegion:
     the same rounding.
     """
     if image.mode in ("RGBA", "LA"):
-        lowest, _ = image.getchannel("A").getextrema()
-        if lowest < 255:  # transparent = no slide data there: white glass
+        lowest, _ = image.getchannel("A").getextrema()  # one band: (min, max)
+        if int(lowest) < 255:  # type: ignore[arg-type]  # transparent = no slide data there: white glass
             rgba = image.convert("RGBA")
             background = Image.new("RGBA", image.size, (WHITE, WHITE, WHITE, 255))
             image = Image.alpha_composite(background, rgba)
