@@ -23,10 +23,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from wsi_fusion import __version__
+from wsi_fusion._types import PlaneStack
 from wsi_fusion.config import RunConfig
 from wsi_fusion.errors import UnsupportedInput
 from wsi_fusion.fusers import create_fuser
 from wsi_fusion.io.destination import Destination, publish, resolve_destination
+from wsi_fusion.registration import DriftField, estimate_drift, should_apply
 from wsi_fusion.scheduling.graph import run_calls
 from wsi_fusion.scheduling.tasks import FusionJob, blend_blocks, fuse_tiles
 from wsi_fusion.scheduling.tile_cache import TileCache
@@ -118,6 +120,9 @@ def fuse_slide(
         fuse_mask = _fuse_mask(config, plan, stack.thumbnail(reference, config.tissue.thumbnail_side))
         stack_info = describe_stack(stack)
         mpp = stack.mpp
+        t0 = time.perf_counter()
+        drift, registration_info = _registration(stack, config, reference)
+        timings["register"] = time.perf_counter() - t0
     finally:
         stack.close()
     timings["plan"] = time.perf_counter() - started
@@ -127,6 +132,7 @@ def fuse_slide(
     )
 
     provenance = _provenance(input_paths, stack_info, config, fuser.describe())
+    provenance["registration"] = registration_info
     cache = TileCache.prepare(
         dest.cache_dir,
         _fingerprint(input_paths, config),
@@ -148,6 +154,7 @@ def fuse_slide(
         image_path=str(dest.image_zarr),
         chunk=config.chunk,
         focus_map=config.focus_map,
+        drift=drift,
     )
     tiles_resumed = len(cache.done_tiles())
     _prepare_image(dest, job, cache, mpp, config, provenance)
@@ -215,6 +222,25 @@ def _reference_plane(config: RunConfig, n_planes: int) -> int:
             f"use 0..{n_planes - 1}"
         )
     return config.reference_plane % n_planes
+
+
+def _registration(
+    stack: PlaneStack, config: RunConfig, reference: int
+) -> tuple[DriftField | None, dict[str, Any]]:
+    """Measure the planes' lateral drift; return the field to correct (or None) and its record."""
+    settings = config.registration
+    if settings.mode == "off" or stack.n_planes < 2:
+        return None, {"mode": settings.mode, "applied": False}
+    field = estimate_drift(stack, reference=reference, grid=settings.grid)
+    applied = should_apply(field, settings.mode, settings.threshold_px)
+    logger.info(
+        "plane drift vs plane %d, max |shift| px per plane: %s; %s",
+        reference,
+        ", ".join(f"{field.max_abs(z):.2f}" for z in range(field.n_planes)),
+        "registering" if applied else f"below {settings.threshold_px} px, not registering",
+    )
+    record = {"mode": settings.mode, "threshold_px": settings.threshold_px, "applied": applied}
+    return (field if applied else None), {**record, "drift": field.to_json()}
 
 
 def _fuse_mask(config: RunConfig, plan: TilePlan, thumbnail: np.ndarray) -> np.ndarray:

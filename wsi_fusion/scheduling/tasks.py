@@ -17,8 +17,9 @@ import zarr
 
 from wsi_fusion._types import Box, TileStack
 from wsi_fusion.fusers.base import one_hot_weights
+from wsi_fusion.registration import DriftField
 from wsi_fusion.scheduling.tile_cache import TileCache, quantize
-from wsi_fusion.scheduling.workers import thread_fuser, thread_stack
+from wsi_fusion.scheduling.workers import thread_fuser, thread_registered_stack, thread_stack
 from wsi_fusion.stitching.blend import blend_block
 from wsi_fusion.tiling.plan import TilePlan
 
@@ -42,6 +43,8 @@ class FusionJob:
     focus_map: bool
     batch_size: int = 4
     channels: int = field(default=3)
+    #: Lateral drift of the planes to correct while reading tiles (``None``: read as stored).
+    drift: DriftField | None = None
 
     def block(self, index: int) -> Box:
         """Output block ``index`` (row-major over a ``chunk`` grid)."""
@@ -59,7 +62,11 @@ class FusionJob:
 
 def read_tile_stack(job: FusionJob, box: Box) -> TileStack:
     """Read all planes of ``box`` as a (Z, C, H, W) float32 stack in [0, 1]."""
-    stack = thread_stack(job.inputs)
+    stack = (
+        thread_stack(job.inputs)
+        if job.drift is None
+        else thread_registered_stack(job.inputs, job.drift)
+    )
     planes = np.stack([stack.read(z, box) for z in range(job.planes)])
     return planes.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
 

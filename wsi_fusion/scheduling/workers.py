@@ -14,6 +14,7 @@ from typing import Any
 
 from wsi_fusion._types import PlaneStack
 from wsi_fusion.fusers import Fuser, create_fuser
+from wsi_fusion.registration import DriftField, RegisteredStack
 
 _local = threading.local()
 
@@ -34,6 +35,15 @@ def thread_stack(inputs: Sequence[str]) -> PlaneStack:
     key = tuple(inputs)
     if key not in cache:
         cache[key] = open_stack(list(inputs))
+    return cache[key]  # type: ignore[no-any-return]
+
+
+def thread_registered_stack(inputs: Sequence[str], drift: DriftField) -> PlaneStack:
+    """The calling thread's stack for ``inputs`` with its planes aligned by ``drift``."""
+    cache = _cache("registered")
+    key = (tuple(inputs), drift.digest())
+    if key not in cache:
+        cache[key] = RegisteredStack(thread_stack(inputs), drift)
     return cache[key]  # type: ignore[no-any-return]
 
 
