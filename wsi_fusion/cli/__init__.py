@@ -14,6 +14,7 @@ import click
 
 from wsi_fusion import __version__
 from wsi_fusion.cli.demo import demo
+from wsi_fusion.cli.evaluate import evaluate
 from wsi_fusion.cli.fuse import fuse
 from wsi_fusion.cli.fusers import fusers
 from wsi_fusion.cli.info import info
@@ -30,7 +31,7 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (fuse, info, synth, fusers, demo):
+for command in (fuse, info, synth, fusers, demo, evaluate):
     cli.add_command(command)
 
 

@@ -1,0 +1,250 @@
+"""``wsi-fusion evaluate`` / :mod:`wsi_fusion.evaluation`: sampled-tile quality of a fused slide."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import tifffile
+from scipy import ndimage
+from skimage import data as skdata
+
+from wsi_fusion.cli import main
+from wsi_fusion.errors import PlaneMismatch, UnsupportedInput
+from wsi_fusion.evaluation import (
+    SEAM,
+    SEAM_PLANES,
+    default_metrics,
+    evaluate_slide,
+    sample_tiles,
+    seam_region,
+    summarise,
+)
+from wsi_fusion.metrics import UnknownMetric
+from wsi_fusion.synth import make_stack
+
+SIZE = (256, 384)
+#: Background columns on the right: no sampled tile may reach them.
+BLANK_FROM = 288
+#: Small tiles and plan keep the suite fast (metrics cost ~ tile area x planes).
+FAST: dict[str, Any] = {"n_tiles": 3, "tile": 96, "plan_tile": 96, "plan_overlap": 32}
+
+
+def write_ome_tiff(path: Path, image: npt.NDArray[np.uint8]) -> Path:
+    """OME-TIFF, tiled and lossless: (Y, X, 3) one plane or (Z, Y, X, 3) a z-stack."""
+    axes = "ZYXS" if image.ndim == 4 else "YXS"
+    tifffile.imwrite(
+        path,
+        image,
+        ome=True,
+        metadata={"axes": axes},
+        tile=(64, 64),
+        compression="zlib",
+        photometric="rgb",
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 3-plane synthetic stack with ground truth, a blurred "fusion" and a mismatched stack."""
+    root = tmp_path_factory.mktemp("evaluate")
+    sharp = skdata.immunohistochemistry()[: SIZE[0], : SIZE[1]].copy()
+    sharp[:, BLANK_FROM:] = 255  # glass: the tissue mask must keep sampled tiles off it
+    stack = make_stack(sharp, 3, seed=3, sigma_per_plane=2.0)
+    blurred = ndimage.gaussian_filter(stack.ground_truth, sigma=(2.0, 2.0, 0)).astype(np.uint8)
+    return {
+        "planes": write_ome_tiff(root / "planes.ome.tif", stack.planes),
+        "gt": write_ome_tiff(root / "gt.ome.tif", stack.ground_truth),
+        "blurred": write_ome_tiff(root / "blurred.ome.tif", blurred),
+        "small_planes": write_ome_tiff(root / "small.ome.tif", stack.planes[:, :200]),
+        "small_gt": write_ome_tiff(root / "small_gt.ome.tif", stack.ground_truth[:200]),
+    }
+
+
+def test_fused_equal_to_ground_truth(slide: dict[str, Path]) -> None:
+    report = evaluate_slide(slide["gt"], [slide["planes"]], slide["gt"], **FAST)
+    s = report.summary
+    assert s["psnr"].mean == math.inf and s["psnr"].std == 0.0
+    assert s["ssim"].mean == pytest.approx(1.0) and s["cc"].mean == pytest.approx(1.0)
+    assert list(s) == [*default_metrics(True), "focus_attainment", "halo", SEAM, SEAM_PLANES]
+    assert s["psnr"].n == len(report.boxes) == FAST["n_tiles"]
+    # An all-in-focus image is as sharp as the sharpest plane and stays inside their envelope.
+    assert 0.9 < s["focus_attainment"].median < 1.2 and s["halo"].mean < 0.01
+    assert all(b.w == b.h == FAST["tile"] and b.x + b.w <= BLANK_FROM for b in report.boxes)
+
+
+def test_blurred_fusion_scores_lower(slide: dict[str, Path]) -> None:
+    sharp = evaluate_slide(slide["gt"], [slide["planes"]], metrics=["q_abf"], **FAST)
+    blurred = evaluate_slide(slide["blurred"], [slide["planes"]], metrics=["q_abf"], **FAST)
+    assert [b for b in sharp.boxes] == [b for b in blurred.boxes]  # same seed, same tiles
+    assert blurred.summary["q_abf"].mean < sharp.summary["q_abf"].mean - 0.1
+    assert blurred.summary["focus_attainment"].mean < 0.8 < sharp.summary["focus_attainment"].mean
+
+
+def test_json_and_csv(slide: dict[str, Path], tmp_path: Path) -> None:
+    report = evaluate_slide(slide["gt"], [slide["planes"]], slide["gt"], **FAST)
+    loaded = json.loads(report.write_json(tmp_path / "q.json").read_text())  # strict JSON
+    assert {
+        "fused",
+        "planes",
+        "ground_truth",
+        "shape",
+        "tile",
+        "seed",
+        "n_tiles",
+        "plan",
+        "seam_box",
+        "summary",
+        "tiles",
+    } <= set(loaded)
+    assert loaded["summary"]["psnr"]["mean"] == "inf"
+    assert set(loaded["summary"]["ssim"]) == {"mean", "std", "median", "min", "max", "n", "better"}
+    assert len(loaded["tiles"]) == FAST["n_tiles"]
+    assert {"y", "x", "h", "w", "psnr", "q_abf", "focus_attainment"} <= set(loaded["tiles"][0])
+    with report.write_csv(tmp_path / "q.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["metric", "mean", "std", "median", "min", "max", "n", "better"]
+    assert [r["metric"] for r in rows] == list(report.summary)
+    assert float(rows[0]["mean"]) == math.inf
+
+
+@pytest.mark.parametrize("which", ["planes", "gt"])
+def test_size_mismatch(slide: dict[str, Path], which: str) -> None:
+    planes = slide["small_planes"] if which == "planes" else slide["planes"]
+    gt = slide["small_gt"] if which == "gt" else slide["gt"]
+    with pytest.raises(PlaneMismatch, match="384 x 200") as err:
+        evaluate_slide(slide["gt"], [planes], gt, **FAST)
+    assert "384 x 256" in str(err.value) and ("small" in str(err.value))
+
+
+def test_bad_metric_names(slide: dict[str, Path]) -> None:
+    with pytest.raises(UnknownMetric, match="'nope'"):
+        evaluate_slide(slide["gt"], [slide["planes"]], metrics=["nope"], **FAST)
+    with pytest.raises(UnsupportedInput, match="psnr.*ground truth"):
+        evaluate_slide(slide["gt"], [slide["planes"]], metrics=["psnr"], **FAST)
+    with pytest.raises(UnsupportedInput, match="3 planes"):
+        evaluate_slide(slide["planes"], [slide["planes"]], **FAST)
+
+
+def test_sampling_is_seeded_and_avoids_glass() -> None:
+    mask = np.zeros((100, 200), dtype=bool)
+    mask[:, :100] = True  # tissue in the left half of a 1000 x 2000 slide
+    draw = [sample_tiles(mask, (1000, 2000), 5, 200, seed=s) for s in (1, 1, 2)]
+    assert draw[0] == draw[1] != draw[2]
+    assert all(b.x + b.w <= 1000 for b in draw[0]) and len(set(draw[0])) == 5
+    assert len(sample_tiles(mask, (1000, 2000), 100, 200)) == 25  # all tissue tiles
+    with pytest.raises(UnsupportedInput):
+        sample_tiles(mask, (1000, 2000), 0, 200)
+
+
+def test_seam_region_lies_on_the_plan() -> None:
+    mask = np.ones((50, 60), dtype=bool)
+    box = seam_region(mask, (5000, 6000), 512, 128)
+    assert (box.h, box.w) == (2 * 384 + 512,) * 2 and box.y % 384 == 0 and box.x % 384 == 0
+    assert seam_region(mask, (700, 900), 512, 128) == seam_region(mask, (700, 900), 512, 128)
+    assert (
+        seam_region(mask, (700, 900), 512, 128).h,
+        seam_region(mask, (700, 900), 512, 128).w,
+    ) == (700, 900)
+
+
+def test_summarise_nan_and_inf() -> None:
+    s = summarise("psnr", [math.inf, math.inf, math.nan])
+    assert (s.mean, s.std, s.n) == (math.inf, 0.0, 2)
+    empty = summarise("halo", [math.nan])
+    assert empty.n == 0 and math.isnan(empty.mean) and empty.better == "lower"
+
+
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["wsi-fusion", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def test_cli(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    slide: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        str(slide["blurred"]),
+        "--planes",
+        str(slide["planes"]),
+        "--ground-truth",
+        str(slide["gt"]),
+        "--metrics",
+        "psnr,q_abf",
+        "--tiles",
+        "2",
+        "--tile",
+        "96",
+        "--plan-tile",
+        "96",
+        "--plan-overlap",
+        "32",
+        "--json",
+        str(tmp_path / "q.json"),
+        "--csv",
+        str(tmp_path / "q.csv"),
+        "-q",
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.split()[:1] == ["metric"] and "mean ± std" in line for line in lines)
+    for name in ("psnr", "q_abf", "focus_attainment", "halo", "seam"):
+        assert any(line.startswith(name + " ") for line in lines), name
+    assert (tmp_path / "q.json").exists() and (tmp_path / "q.csv").exists()
+
+
+def test_cli_mismatch_and_per_plane_files(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    slide: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        str(slide["gt"]),
+        "--planes",
+        str(slide["small_planes"]),
+    )
+    assert code == 1 and "small.ome.tif" in err and "384 x 200" in err
+    # One file per plane after a single --planes.
+    planes = tifffile.imread(slide["planes"])
+    files = [str(write_ome_tiff(tmp_path / f"z{k}.ome.tif", p)) for k, p in enumerate(planes)]
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        str(slide["gt"]),
+        "--planes",
+        *files,
+        "--metrics",
+        "q_abf",
+        "--tiles",
+        "1",
+        "--tile",
+        "96",
+        "-q",
+    )
+    assert code == 0, err
+    assert "q_abf" in out
