@@ -232,7 +232,7 @@ def test_blood_smear_drift_and_registered_fusion() -> None:
         assert np.abs(step - [direct.dy, direct.dx]).max() < 0.3, (z, step, direct)
 
     # fusing registered planes keeps more of the planes' edges than fusing them as they are
-    box = Box(300, 600, 512, 512)
+    box = Box(400, 700, 384, 384)
     registered = RegisteredStack(stack, field)
     raw = np.stack([stack.read(z, box) for z in range(10)])
     aligned = np.stack([registered.read(z, box) for z in range(10)])
@@ -244,8 +244,42 @@ def test_blood_smear_drift_and_registered_fusion() -> None:
 
     fused_raw, fused_reg = fuse(raw), fuse(aligned)
     sources = list(aligned)
-    q_raw, q_reg = q_abf(fused_raw, sources), q_abf(fused_reg, sources)
+    # each fusion against its own sources, and both against the registered planes
+    q_raw, q_reg = q_abf(fused_raw, list(raw)), q_abf(fused_reg, sources)
+    q_raw_vs_aligned = q_abf(fused_raw, sources)
     fa_raw = focus_attainment(fused_raw, sources)["mean"]
     fa_reg = focus_attainment(fused_reg, sources)["mean"]
-    # measured: Q^AB/F 0.530 -> 0.583, focus attainment 0.985 -> 0.987
-    assert q_reg > q_raw + 0.02 and fa_reg >= fa_raw - 0.01, (q_raw, q_reg, fa_raw, fa_reg)
+    # measured: Q^AB/F 0.536 (0.537 vs registered planes) -> 0.591; focus attainment ~0.985 both
+    assert q_reg > max(q_raw, q_raw_vs_aligned) + 0.02 and fa_reg >= fa_raw - 0.01, (
+        q_raw,
+        q_reg,
+        fa_raw,
+        fa_reg,
+    )
+
+
+def test_pipeline_records_and_applies_registration(
+    tmp_path: Path, constant_stack: tuple[ArrayStack, np.ndarray]
+) -> None:
+    from PIL import Image
+
+    from wsi_fusion.config import RunConfig
+    from wsi_fusion.pipeline import fuse_slide
+
+    stack, _ = constant_stack
+    files = []
+    for z in range(stack.n_planes):
+        files.append(tmp_path / f"plane_{z}.png")
+        Image.fromarray(stack.planes[z]).save(files[-1])
+    config = RunConfig(reference_plane=2, scheduler="sync", registration={"grid": 2})
+    report = fuse_slide(files, tmp_path / "out.ome.zarr", config)
+    record = json.loads(report.run_json.read_text())["registration"]
+    assert record["applied"] and record["mode"] == "auto"
+    measured = np.array(record["drift"]["global_shift_px"])
+    assert np.abs(measured - np.array(CONSTANT)).max() < 0.25
+    off = RunConfig(reference_plane=2, scheduler="sync", registration={"mode": "off"})
+    report = fuse_slide(files, tmp_path / "off.ome.zarr", off)
+    assert json.loads(report.run_json.read_text())["registration"] == {
+        "mode": "off",
+        "applied": False,
+    }
