@@ -7,12 +7,12 @@ import click
 
 @click.command()
 def fusers() -> None:
-    """List fusers: name, whether it needs weights and whether they are present, paper."""
+    """List fusers, tab-separated: name, needs weights?, weights present?, paper [, default]."""
     from wsi_fusion.fusers import DEFAULT_FUSER, fuser_class, list_fusers
 
     for name in list_fusers():
         cls = fuser_class(name)
         needs = "needs weights" if cls.needs_weights else "no weights"
         weights = f"{needs}\t{cls.weights_status()}"
-        default = " (default)" if name == DEFAULT_FUSER else ""
-        click.echo(f"{name}{default}\t{weights}\t{cls.paper}")
+        default = "\tdefault" if name == DEFAULT_FUSER else ""
+        click.echo(f"{name}\t{weights}\t{cls.paper}{default}")
