@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch stored on these machines; an unpinned torch pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test test-all bench evaluate lint clean
 
 $(BIN)/wsi-fusion: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test-all: $(BIN)/wsi-fusion
 
 bench: $(BIN)/wsi-fusion
 	$(BIN)/python benchmarks/bench_pipeline.py
+
+evaluate: $(BIN)/wsi-fusion
+	$(BIN)/python workflows/evaluate.py
 
 lint: $(BIN)/wsi-fusion
 	$(BIN)/ruff check wsi_fusion tests workflows benchmarks
