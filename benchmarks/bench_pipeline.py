@@ -50,16 +50,22 @@ def main() -> None:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="wsi_fusion_bench_"))
     print(f"workdir {workdir}; fuser {args.fuser}; 5 planes")
-    print(f"{'size':>13} {'format':>9} {'wall s':>8} {'Mpx/s':>7} {'peak RSS MB':>12} {'synth s':>8}")
+    print(
+        f"{'size':>13} {'format':>9} {'wall s':>8} {'Mpx/s':>7} {'peak RSS MB':>12} {'synth s':>8}"
+    )
     for scale in (float(s) for s in args.scales.split(",")):
         side = int(round(args.side * math.sqrt(scale)))
         stack_dir = workdir / f"stack_{side}"
         t = time.perf_counter()
         if not (stack_dir / "stack.ome.tif").exists():
-            synthesize(demo_source_path(), stack_dir, size=(side, side), n_planes=5, forms=("ome-tiff",))
+            synthesize(
+                demo_source_path(), stack_dir, size=(side, side), n_planes=5, forms=("ome-tiff",)
+            )
         synth_s = time.perf_counter() - t
         for suffix, fmt in ((".ome.tif", "ome-tiff"), (".ome.zarr", "ome-zarr")):
-            result = run_fusion(stack_dir / "stack.ome.tif", workdir / f"fused_{side}{suffix}", args.fuser)
+            result = run_fusion(
+                stack_dir / "stack.ome.tif", workdir / f"fused_{side}{suffix}", args.fuser
+            )
             mpx = side * side / 1e6
             wall = float(result["wall_s"])  # type: ignore[arg-type]
             print(
@@ -67,7 +73,10 @@ def main() -> None:
                 f"{float(result['peak_rss_mb']):12.0f} {synth_s:8.1f}",  # type: ignore[arg-type]
                 flush=True,
             )
-    print(f"(this process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
+    print(
+        f"(this process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
+        " MB)"
+    )
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ import tifffile
 import zarr
 
 import wsi_fusion.pipeline as pipeline
-from wsi_fusion.config import RunConfig
 from wsi_fusion._types import Box
+from wsi_fusion.config import RunConfig
 from wsi_fusion.pipeline import fuse_slide
 from wsi_fusion.tiling.plan import make_plan
 
@@ -58,7 +58,9 @@ def test_identity_fusion_reproduces_the_plane_bit_for_bit(textured_stack, tmp_pa
 
 def test_focus_map_and_tiff_outputs(textured_stack, tmp_path: Path) -> None:
     stack, planes = textured_stack
-    config = RunConfig(fuser="plane", fuser_params={"index": 1}, focus_map=True, tissue={"enabled": False}, **SMALL)
+    config = RunConfig(
+        fuser="plane", fuser_params={"index": 1}, focus_map=True, tissue={"enabled": False}, **SMALL
+    )
     out = tmp_path / "out.ome.zarr"
     fuse_slide([stack], out, config)
     labels = np.asarray(zarr.open_group(out, mode="r")["labels/focus_map/0"])
@@ -123,9 +125,9 @@ def test_changed_settings_do_not_reuse_the_cache(textured_stack, tmp_path: Path)
 def test_default_fuser_beats_every_plane_on_a_synthetic_stack(tmp_path: Path) -> None:
     from skimage.metrics import peak_signal_noise_ratio
 
+    from wsi_fusion.io.readers import open_stack
     from wsi_fusion.synth.defocus import make_stack
     from wsi_fusion.synth.demo import demo_source_path
-    from wsi_fusion.io.readers import open_stack
 
     source = open_stack([str(demo_source_path())])
     sharp = source.read(0, Box(600, 600, 640, 768))

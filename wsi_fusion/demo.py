@@ -18,7 +18,9 @@ from wsi_fusion.config import RunConfig
 from wsi_fusion.pipeline import ProgressReporter, fuse_slide
 
 
-def run_demo(out_dir: Path, *, fuser: str = "focus_measure", progress: ProgressReporter | None = None) -> list[str]:
+def run_demo(
+    out_dir: Path, *, fuser: str = "focus_measure", progress: ProgressReporter | None = None
+) -> list[str]:
     """Run the demo into ``out_dir``; return the summary lines to print."""
     from wsi_fusion.synth.demo import make_demo_stack
 
@@ -32,7 +34,15 @@ def run_demo(out_dir: Path, *, fuser: str = "focus_measure", progress: ProgressR
     cache = out_dir / "fused.cache"
     zarr_out = out_dir / "fused.ome.zarr"
     tiff_out = out_dir / "fused.ome.tif"
-    first = fuse_slide([stack], zarr_out, config, overwrite=True, keep_cache=True, cache_dir=cache, progress=progress)
+    first = fuse_slide(
+        [stack],
+        zarr_out,
+        config,
+        overwrite=True,
+        keep_cache=True,
+        cache_dir=cache,
+        progress=progress,
+    )
     # Same inputs and settings: the second run takes every fused tile from the cache.
     fuse_slide([stack], tiff_out, config, overwrite=True, cache_dir=cache, progress=progress)
 
@@ -55,7 +65,8 @@ def run_demo(out_dir: Path, *, fuser: str = "focus_measure", progress: ProgressR
         f"provenance:  {first.run_json}",
         "PSNR vs ground truth: planes "
         + ", ".join(f"z{k} {v:.1f} dB" for k, v in enumerate(plane_psnr))
-        + f"; fused ({fuser}) {fused_psnr:.1f} dB, {fused_psnr - plane_psnr[best]:+.1f} dB over the "
-        f"best plane (true focus plane per pixel: {oracle_psnr:.1f} dB)",
-        "open the OME-Zarr in napari (napari --plugin napari-ome-zarr) or QuPath, the OME-TIFF in QuPath",
+        + f"; fused ({fuser}) {fused_psnr:.1f} dB, "
+        f"{fused_psnr - plane_psnr[best]:+.1f} dB over the best plane "
+        f"(true focus plane per pixel: {oracle_psnr:.1f} dB)",
+        "open the OME-Zarr in napari (napari-ome-zarr plugin) or QuPath, the OME-TIFF in QuPath",
     ]

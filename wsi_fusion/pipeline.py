@@ -41,7 +41,9 @@ logger = logging.getLogger(__name__)
 class ProgressReporter(Protocol):
     """How the pipeline reports progress; the CLI implements it with progress bars."""
 
-    def phase(self, name: str, total: int) -> contextlib.AbstractContextManager[Callable[[int], None]]: ...
+    def phase(
+        self, name: str, total: int
+    ) -> contextlib.AbstractContextManager[Callable[[int], None]]: ...
 
 
 class _Silent:
@@ -117,7 +119,9 @@ def fuse_slide(
             )
         reference = _reference_plane(config, stack.n_planes)
         plan = make_plan(stack.shape, config.tile, config.overlap, fuser.margin)
-        fuse_mask = _fuse_mask(config, plan, stack.thumbnail(reference, config.tissue.thumbnail_side))
+        fuse_mask = _fuse_mask(
+            config, plan, stack.thumbnail(reference, config.tissue.thumbnail_side)
+        )
         stack_info = describe_stack(stack)
         mpp = stack.mpp
         t0 = time.perf_counter()
@@ -128,7 +132,11 @@ def fuse_slide(
     timings["plan"] = time.perf_counter() - started
     logger.info(
         "%d planes of %d x %d px, %d tiles (%d with tissue), fuser %s",
-        stack.n_planes, *stack.shape, len(plan), sum(fuse_mask), config.fuser,
+        stack.n_planes,
+        *stack.shape,
+        len(plan),
+        sum(fuse_mask),
+        config.fuser,
     )
 
     provenance = _provenance(input_paths, stack_info, config, fuser.describe())
@@ -260,13 +268,22 @@ def _fingerprint(inputs: tuple[str, ...], config: RunConfig) -> dict[str, Any]:
     files = []
     for path in inputs:
         st = Path(path).stat()
-        files.append({"path": str(Path(path).absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    settings = config.model_dump(exclude={"scheduler", "workers", "format", "compression", "jpeg_quality", "ngff_version"})
+        files.append(
+            {"path": str(Path(path).absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        )
+    settings = config.model_dump(
+        exclude={"scheduler", "workers", "format", "compression", "jpeg_quality", "ngff_version"}
+    )
     return {"version": __version__, "inputs": files, "config": settings}
 
 
 def _prepare_image(
-    dest: Destination, job: FusionJob, cache: TileCache, mpp: float | None, config: RunConfig, provenance: dict[str, Any]
+    dest: Destination,
+    job: FusionJob,
+    cache: TileCache,
+    mpp: float | None,
+    config: RunConfig,
+    provenance: dict[str, Any],
 ) -> None:
     """Create the OME-Zarr to blend into, unless a resumable one exists."""
     from wsi_fusion.io.writers.ome_zarr import add_label, create_image
@@ -300,11 +317,14 @@ def _finish_pyramid(dest: Destination, config: RunConfig) -> None:
         build_label_pyramid(group, "focus_map", compute=True)
 
 
-def _write_final(dest: Destination, config: RunConfig, mpp: float | None, provenance: dict[str, Any]) -> list[Path]:
+def _write_final(
+    dest: Destination, config: RunConfig, mpp: float | None, provenance: dict[str, Any]
+) -> list[Path]:
     """Write TIFF outputs next to their final names (as partials); return extra outputs."""
     import zarr
 
     from wsi_fusion.io.writers.ome_tiff import write_generic_tiff, write_label_tiff, write_ome_tiff
+    from wsi_fusion.io.writers.ome_zarr import label_levels
 
     extra: list[Path] = []
     if dest.format == "ome-zarr":
@@ -321,7 +341,7 @@ def _write_final(dest: Destination, config: RunConfig, mpp: float | None, proven
     )
     if config.focus_map:
         partial_map = dest.focus_map_tiff.with_name(dest.focus_map_tiff.name + ".partial")
-        write_label_tiff(group["labels/focus_map/0"], partial_map, mpp=mpp)
+        write_label_tiff(label_levels(group, "focus_map"), partial_map, mpp=mpp)
         publish(partial_map, dest.focus_map_tiff)
         extra.append(dest.focus_map_tiff)
     return extra

@@ -37,7 +37,9 @@ def test_identical_tiles_stitch_back_exactly(margin: int) -> None:
 
     for block in [Box(0, 0, 1100, 1333), Box(256, 512, 512, 512), Box(1024, 1024, 76, 309)]:
         out = blend_block(plan, block, load, 3)
-        assert np.array_equal(np.rint(out).astype(np.uint8), image[:, block.y : block.y1, block.x : block.x1])
+        assert np.array_equal(
+            np.rint(out).astype(np.uint8), image[:, block.y : block.y1, block.x : block.x1]
+        )
 
 
 def test_blend_has_no_seam_between_different_tiles() -> None:

@@ -20,14 +20,19 @@ def test_plan_covers_every_pixel_without_padding(shape: tuple[int, int]) -> None
     # Each row/column start is at most a stride after the previous one: no gaps.
     for starts in (plan.ys, plan.xs):
         assert starts[0] == 0
-        assert all(0 < b - a <= 512 - 128 for a, b in zip(starts, starts[1:]))
+        assert all(0 < b - a <= 512 - 128 for a, b in zip(starts, starts[1:], strict=False))
     assert plan.ys[-1] + 512 >= shape[0] and plan.xs[-1] + 512 >= shape[1]
     assert len(covered) == len(plan)
 
 
 def test_touching_matches_brute_force() -> None:
     plan = make_plan((2100, 1700), tile=256, overlap=64)
-    for block in [Box(0, 0, 100, 100), Box(500, 700, 300, 1), Box(2000, 1600, 100, 100), Box(0, 0, 2100, 1700)]:
+    for block in [
+        Box(0, 0, 100, 100),
+        Box(500, 700, 300, 1),
+        Box(2000, 1600, 100, 100),
+        Box(0, 0, 2100, 1700),
+    ]:
         brute = [i for i, b in enumerate(plan.boxes) if b.intersect(block) is not None]
         assert plan.touching(block) == brute
 

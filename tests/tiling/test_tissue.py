@@ -12,8 +12,14 @@ def slide_thumbnail() -> np.ndarray:
     thumb = np.full((200, 300, 3), 245, dtype=np.uint8)
     yy, xx = np.mgrid[:200, :300]
     blob = (yy - 50) ** 2 + (xx - 70) ** 2 < 40**2
-    tissue = np.stack([200 + rng.integers(-20, 20, blob.sum()), 120 + rng.integers(-30, 30, blob.sum()),
-                       170 + rng.integers(-20, 20, blob.sum())], axis=1)
+    tissue = np.stack(
+        [
+            200 + rng.integers(-20, 20, blob.sum()),
+            120 + rng.integers(-30, 30, blob.sum()),
+            170 + rng.integers(-20, 20, blob.sum()),
+        ],
+        axis=1,
+    )
     thumb[blob] = tissue.astype(np.uint8)
     return thumb
 

@@ -16,5 +16,7 @@ class BarProgress:
 
     @contextlib.contextmanager
     def phase(self, name: str, total: int) -> Iterator[Callable[[int], None]]:
-        with tqdm(total=total, desc=name, unit="", disable=self.quiet or total == 0, leave=True) as bar:
+        with tqdm(
+            total=total, desc=name, unit="", disable=self.quiet or total == 0, leave=True
+        ) as bar:
             yield bar.update

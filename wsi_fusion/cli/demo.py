@@ -10,8 +10,15 @@ from wsi_fusion.cli._progress import BarProgress
 
 
 @click.command()
-@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("demo_output"),
-              show_default=True, help="Folder for the demo stack and the fused slide.")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("demo_output"),
+    show_default=True,
+    help="Folder for the demo stack and the fused slide.",
+)
 @click.option("--fuser", default="focus_measure", show_default=True)
 @click.option("-q", "--quiet", is_flag=True)
 def demo(out_dir: Path, fuser: str, quiet: bool) -> None:

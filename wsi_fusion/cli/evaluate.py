@@ -13,29 +13,72 @@ from wsi_fusion.cli._progress import BarProgress
 @click.argument("fused", type=click.Path(path_type=Path))
 # click options take one value each; the plane files after the first one arrive as arguments.
 @click.argument("more_planes", nargs=-1, type=click.Path(path_type=Path), metavar="")
-@click.option("--planes", "planes", required=True, multiple=True, type=click.Path(path_type=Path),
-              help="Source focal planes, in focal order, after FUSED: one multi-plane file or one "
-                   "file per plane (`--planes a.tif b.tif c.tif`), as given to `fuse`.")
-@click.option("--ground-truth", type=click.Path(path_type=Path), default=None,
-              help="All-in-focus reference (synthetic stacks); adds psnr, ssim, cc, q_mi.")
-@click.option("--metrics", "metric_names", default=None,
-              help="Comma-separated metrics (default: the fast ones; fmi_dct and mi_norm only "
-                   "when named). focus_attainment, halo and seam are always reported.")
-@click.option("--tiles", "n_tiles", type=int, default=16, show_default=True,
-              help="Number of random tissue tiles to measure.")
+@click.option(
+    "--planes",
+    "planes",
+    required=True,
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Source focal planes, in focal order, after FUSED: one multi-plane file or one "
+    "file per plane (`--planes a.tif b.tif c.tif`), as given to `fuse`.",
+)
+@click.option(
+    "--ground-truth",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="All-in-focus reference (synthetic stacks); adds psnr, ssim, cc, q_mi.",
+)
+@click.option(
+    "--metrics",
+    "metric_names",
+    default=None,
+    help="Comma-separated metrics (default: the fast ones; fmi_dct and mi_norm only "
+    "when named). focus_attainment, halo and seam are always reported.",
+)
+@click.option(
+    "--tiles",
+    "n_tiles",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Number of random tissue tiles to measure.",
+)
 @click.option("--tile", type=int, default=512, show_default=True, help="Sampled tile side in px.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the tile draw.")
-@click.option("--min-tissue", type=float, default=0.25, show_default=True,
-              help="Smallest tissue fraction of a sampled tile (mask on a thumbnail of FUSED).")
-@click.option("--plan-tile", type=int, default=None,
-              help="Tile size of the fusion whose seams are checked "
-                   "(default: from FUSED.run.json, else 512).")
-@click.option("--plan-overlap", type=int, default=None,
-              help="Overlap of that fusion (default: from FUSED.run.json, else 128).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Write the summary and per-tile values as JSON.")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None,
-              help="Write the summary (one row per metric) as CSV.")
+@click.option(
+    "--min-tissue",
+    type=float,
+    default=0.25,
+    show_default=True,
+    help="Smallest tissue fraction of a sampled tile (mask on a thumbnail of FUSED).",
+)
+@click.option(
+    "--plan-tile",
+    type=int,
+    default=None,
+    help="Tile size of the fusion whose seams are checked "
+    "(default: from FUSED.run.json, else 512).",
+)
+@click.option(
+    "--plan-overlap",
+    type=int,
+    default=None,
+    help="Overlap of that fusion (default: from FUSED.run.json, else 128).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the summary and per-tile values as JSON.",
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the summary (one row per metric) as CSV.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def evaluate(
     fused: Path,

@@ -12,28 +12,70 @@ from wsi_fusion.cli._progress import BarProgress
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Output path: .ome.zarr, .ome.tif or .tif (format follows the suffix).")
-@click.option("--fuser", default=None, help="Fusion method (see `wsi-fusion fusers`); default focus_measure.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="YAML run config (see configs/); command-line options override it.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output path: .ome.zarr, .ome.tif or .tif (format follows the suffix).",
+)
+@click.option(
+    "--fuser", default=None, help="Fusion method (see `wsi-fusion fusers`); default focus_measure."
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML run config (see configs/); command-line options override it.",
+)
 @click.option("--tile", type=int, default=None, help="Tile size in px (default 512).")
 @click.option("--overlap", type=int, default=None, help="Tile overlap in px (default 128).")
-@click.option("--format", "fmt", type=click.Choice(["ome-zarr", "ome-tiff", "tiff"]), default=None,
-              help="Output format when the suffix does not say.")
-@click.option("--ngff-version", type=click.Choice(["0.4", "0.5"]), default=None,
-              help="OME-Zarr version: 0.4 (QuPath, OMERO; default) or 0.5 (napari, vizarr).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["ome-zarr", "ome-tiff", "tiff"]),
+    default=None,
+    help="Output format when the suffix does not say.",
+)
+@click.option(
+    "--ngff-version",
+    type=click.Choice(["0.4", "0.5"]),
+    default=None,
+    help="OME-Zarr version: 0.4 (QuPath, OMERO; default) or 0.5 (napari, vizarr).",
+)
 @click.option("--lossless", is_flag=True, help="Lossless (deflate) TIFF tiles instead of JPEG q90.")
-@click.option("--focus-map", is_flag=True, default=None,
-              help="Also write the focus/depth map (labels in OME-Zarr, .focus.tif for TIFF).")
+@click.option(
+    "--focus-map",
+    is_flag=True,
+    default=None,
+    help="Also write the focus/depth map (labels in OME-Zarr, .focus.tif for TIFF).",
+)
+@click.option(
+    "--register",
+    type=click.Choice(["auto", "on", "off"]),
+    default=None,
+    help="Align drifting planes: auto (default; when the measured drift > 0.5 px), on, off.",
+)
 @click.option("--no-tissue", is_flag=True, help="Fuse every tile, not only those with tissue.")
-@click.option("--scheduler", default=None,
-              help="threads (default), processes, sync, local-cluster, or a scheduler address.")
-@click.option("--workers", type=int, default=None, help="Worker threads/processes (default: all cores).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
-              help="Tile cache location (default OUTPUT.cache); reruns resume from it.")
+@click.option(
+    "--scheduler",
+    default=None,
+    help="threads (default), processes, sync, local-cluster, or a scheduler address.",
+)
+@click.option(
+    "--workers", type=int, default=None, help="Worker threads/processes (default: all cores)."
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Tile cache location (default OUTPUT.cache); reruns resume from it.",
+)
 @click.option("--keep-cache", is_flag=True, help="Keep the tile cache after success.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output once the new one is complete.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing output once the new one is complete."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 def fuse(
     inputs: tuple[Path, ...],
@@ -46,6 +88,7 @@ def fuse(
     ngff_version: str | None,
     lossless: bool,
     focus_map: bool | None,
+    register: str | None,
     no_tissue: bool,
     scheduler: str | None,
     workers: int | None,
@@ -71,7 +114,13 @@ def fuse(
     }
     config = load_config(config_path, **overrides)
     if no_tissue:
-        config = config.model_copy(update={"tissue": config.tissue.model_copy(update={"enabled": False})})
+        config = config.model_copy(
+            update={"tissue": config.tissue.model_copy(update={"enabled": False})}
+        )
+    if register is not None:
+        config = config.model_copy(
+            update={"registration": config.registration.model_copy(update={"mode": register})}
+        )
     report = fuse_slide(
         [str(p) for p in inputs],
         output,

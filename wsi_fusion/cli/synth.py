@@ -9,15 +9,33 @@ import click
 
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder to write the stack, ground truth and focus-index map into.")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder to write the stack, ground truth and focus-index map into.",
+)
 @click.option("--planes", type=int, default=5, show_default=True, help="Number of focal planes.")
-@click.option("--size", type=(int, int), default=None, help="Output HEIGHT WIDTH (mirror-tiles the source).")
-@click.option("--forms", default="ome-zarr,ome-tiff,planes", show_default=True,
-              help="Comma-separated input forms to write: ome-zarr, ome-tiff, planes.")
-@click.option("--noise", type=float, default=None, help="Read-noise sigma in intensity units (0-1).")
-@click.option("--drift", type=float, default=None, help="Largest random lateral drift per plane in px.")
-@click.option("--sigma-per-plane", type=float, default=None, help="Blur growth per plane of defocus (px).")
+@click.option(
+    "--size", type=(int, int), default=None, help="Output HEIGHT WIDTH (mirror-tiles the source)."
+)
+@click.option(
+    "--forms",
+    default="ome-zarr,ome-tiff,planes",
+    show_default=True,
+    help="Comma-separated input forms to write: ome-zarr, ome-tiff, planes.",
+)
+@click.option(
+    "--noise", type=float, default=None, help="Read-noise sigma in intensity units (0-1)."
+)
+@click.option(
+    "--drift", type=float, default=None, help="Largest random lateral drift per plane in px."
+)
+@click.option(
+    "--sigma-per-plane", type=float, default=None, help="Blur growth per plane of defocus (px)."
+)
 @click.option("--lossless", is_flag=True, help="Deflate instead of JPEG q95 for the TIFF forms.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")

@@ -35,7 +35,9 @@ def register_fuser(name: str, *, paper: str, licence: str = "Apache-2.0") -> Cal
 
     def decorate(cls: F) -> F:
         if name in _REGISTRY:
-            raise ValueError(f"fuser {name!r} is registered twice ({_REGISTRY[name]!r} and {cls!r})")
+            raise ValueError(
+                f"fuser {name!r} is registered twice ({_REGISTRY[name]!r} and {cls!r})"
+            )
         cls.name, cls.paper, cls.licence = name, paper, licence
         _REGISTRY[name] = cls
         return cls

@@ -66,7 +66,7 @@ class Fuser(ABC):
 
     @classmethod
     def weights_status(cls) -> str:
-        """State of the fuser's weights for ``wsi-fusion fusers`` (e.g. ``present``, ``missing``)."""
+        """State of the fuser's weights for ``wsi-fusion fusers`` (``present``, ``missing``…)."""
         return "not needed"
 
     def describe(self) -> dict[str, Any]:

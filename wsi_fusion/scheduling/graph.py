@@ -59,7 +59,9 @@ def run_calls(
     return _run_distributed(tasks, scheduler, workers, report)
 
 
-def _run_distributed(tasks: list[Any], scheduler: str, workers: int | None, report: Progress) -> list[Any]:
+def _run_distributed(
+    tasks: list[Any], scheduler: str, workers: int | None, report: Progress
+) -> list[Any]:
     from distributed import Client, LocalCluster, as_completed
 
     if scheduler == "local-cluster":

@@ -17,6 +17,7 @@ import zarr
 
 from wsi_fusion._types import Box, TileStack
 from wsi_fusion.fusers.base import one_hot_weights
+from wsi_fusion.io.writers.ome_zarr import image_levels, label_levels
 from wsi_fusion.registration import DriftField
 from wsi_fusion.scheduling.tile_cache import TileCache, quantize
 from wsi_fusion.scheduling.workers import thread_fuser, thread_registered_stack, thread_stack
@@ -82,7 +83,9 @@ def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
     def flush() -> None:
         stacks = [read_tile_stack(job, job.plan.box(i)) for i in batch]
         for i, result in zip(batch, fuser.fuse_batch(stacks), strict=True):
-            weights = quantize(result.weights) if job.focus_map and result.weights is not None else None
+            weights = (
+                quantize(result.weights) if job.focus_map and result.weights is not None else None
+            )
             cache.write_tile(i, quantize(result.fused), weights)
         batch.clear()
 
@@ -117,8 +120,8 @@ def blend_blocks(job: FusionJob, indices: Sequence[int]) -> int:
     if not todo:
         return 0
     image = zarr.open_group(job.image_path, mode="r+")
-    level0 = image["0"]
-    labels = image["labels/focus_map/0"] if job.focus_map else None
+    level0 = image_levels(image)[0]
+    labels = label_levels(image, "focus_map")[0] if job.focus_map else None
     for index in todo:
         block = job.block(index)
         fused = blend_block(job.plan, block, cache.read_fused, job.channels)

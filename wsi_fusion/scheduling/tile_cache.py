@@ -26,7 +26,7 @@ _FINGERPRINT = "fingerprint.json"
 class TileCache:
     """Fused tiles ``(n, C, T, T)`` uint8 and weights ``(n, Z, T, T)`` uint8 under ``root``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._group: zarr.Group | None = None
 
@@ -50,15 +50,22 @@ class TileCache:
             if stamp.exists() and stamp.read_text() == wanted:
                 logger.info("resuming from tile cache %s", root)
                 return cls(root)
-            logger.warning("tile cache %s was made for other inputs or settings; starting over", root)
+            logger.warning(
+                "tile cache %s was made for other inputs or settings; starting over", root
+            )
             shutil.rmtree(root)
         root.mkdir(parents=True)
         group = zarr.open_group(root / "tiles.zarr", mode="w")
         chunks = (1, channels, tile, tile)
-        group.create_array("fused", shape=(n_tiles, channels, tile, tile), chunks=chunks, dtype="u1")
+        group.create_array(
+            "fused", shape=(n_tiles, channels, tile, tile), chunks=chunks, dtype="u1"
+        )
         if with_weights:
             group.create_array(
-                "weights", shape=(n_tiles, planes, tile, tile), chunks=(1, planes, tile, tile), dtype="u1"
+                "weights",
+                shape=(n_tiles, planes, tile, tile),
+                chunks=(1, planes, tile, tile),
+                dtype="u1",
             )
         for name in ("tiles_done", "blocks_done"):
             (root / name).mkdir()
@@ -66,28 +73,31 @@ class TileCache:
         stamp.write_text(wanted)
         return cls(root)
 
-    @property
-    def group(self) -> zarr.Group:
+    def _array(self, name: str) -> zarr.Array:
         if self._group is None:
             self._group = zarr.open_group(self.root / "tiles.zarr", mode="r+")
-        return self._group
+        array = self._group[name]
+        assert isinstance(array, zarr.Array)  # internal layout, written by prepare()
+        return array
 
     # -- tiles ---------------------------------------------------------------------------------
     def done_tiles(self) -> set[int]:
         return {int(name) for name in os.listdir(self.root / "tiles_done")}
 
-    def write_tile(self, index: int, fused: npt.NDArray[np.uint8], weights: npt.NDArray[np.uint8] | None) -> None:
-        if weights is not None and "weights" in self.group:
-            self.group["weights"][index] = weights
-        self.group["fused"][index] = fused
+    def write_tile(
+        self, index: int, fused: npt.NDArray[np.uint8], weights: npt.NDArray[np.uint8] | None
+    ) -> None:
+        if weights is not None:
+            self._array("weights")[index] = weights
+        self._array("fused")[index] = fused
         # The marker is created only after the data is on disk.
         (self.root / "tiles_done" / str(index)).touch()
 
     def read_fused(self, index: int) -> npt.NDArray[np.uint8]:
-        return np.asarray(self.group["fused"][index])
+        return np.asarray(self._array("fused")[index])
 
     def read_weights(self, index: int) -> npt.NDArray[np.uint8]:
-        return np.asarray(self.group["weights"][index])
+        return np.asarray(self._array("weights")[index])
 
     # -- output blocks -------------------------------------------------------------------------
     def done_blocks(self) -> set[int]:

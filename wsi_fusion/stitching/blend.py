@@ -20,7 +20,9 @@ from wsi_fusion._types import Box
 from wsi_fusion.tiling.plan import TilePlan
 
 
-def edge_ramp(length: int, overlap: int, margin: int, inner_start: bool, inner_end: bool) -> npt.NDArray[np.float32]:
+def edge_ramp(
+    length: int, overlap: int, margin: int, inner_start: bool, inner_end: bool
+) -> npt.NDArray[np.float32]:
     """1-D blending weights along one tile axis.
 
     ``ramp(d) = clip((d - margin + 0.5) / (overlap - 2 * margin), 0, 1)`` with ``d`` the distance
@@ -77,4 +79,4 @@ def blend_block(
         dst = inside.slices(block)
         acc[(slice(None), *dst)] += values.astype(np.float32) * weight
         total[dst] += weight
-    return acc / np.maximum(total, np.float32(1e-12))
+    return (acc / np.maximum(total, np.float32(1e-12))).astype(np.float32, copy=False)

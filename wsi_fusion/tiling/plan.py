@@ -67,7 +67,9 @@ class TilePlan:
         return b.y > 0, b.x > 0, b.y1 < h, b.x1 < w
 
 
-def make_plan(shape: tuple[int, int], tile: int = 512, overlap: int = 128, margin: int = 0) -> TilePlan:
+def make_plan(
+    shape: tuple[int, int], tile: int = 512, overlap: int = 128, margin: int = 0
+) -> TilePlan:
     """Plan ``tile``-square tiles with ``overlap`` over a slide of ``shape`` (height, width).
 
     Raises :class:`ConfigError` when the overlap cannot hide a fuser's ``margin`` (it must be at

@@ -33,7 +33,9 @@ def tissue_mask(thumbnail: RGBRegion) -> npt.NDArray[np.bool_]:
     return remove_small_objects(mask, max_size=min_area)
 
 
-def tile_fractions(mask: npt.NDArray[np.bool_], shape: tuple[int, int], boxes: list[Box]) -> npt.NDArray[np.float32]:
+def tile_fractions(
+    mask: npt.NDArray[np.bool_], shape: tuple[int, int], boxes: list[Box]
+) -> npt.NDArray[np.float32]:
     """Fraction of tissue in each level-0 ``box``, measured on ``mask`` of a ``shape`` slide."""
     sy, sx = mask.shape[0] / shape[0], mask.shape[1] / shape[1]
     # An integral image makes each box sum O(1).
