@@ -43,6 +43,7 @@ from wsi_fusion.errors import (
     UnreadableSlide,
     UnsupportedInput,
 )
+from wsi_fusion.pyramid.downsample import downsample2, level_shapes
 from wsi_fusion.synth.defocus import (
     RenderedTile,
     SharpReader,
@@ -172,79 +173,27 @@ def _mirror_reader(src: _Source) -> SharpReader:
 
 def _level_shapes(h: int, w: int, pyramid: bool) -> list[tuple[int, int]]:
     """Level sizes of a 2x2 pyramid, down to a longer side of at most PYRAMID_MIN_SIDE."""
-    shapes = [(h, w)]
-    while pyramid and max(shapes[-1]) > PYRAMID_MIN_SIDE:
-        ph, pw = shapes[-1]
-        shapes.append(((ph + 1) // 2, (pw + 1) // 2))
-    return shapes
+    return level_shapes((h, w), PYRAMID_MIN_SIDE) if pyramid else [(h, w)]
 
 
-def _downsample2(a: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """2x2 mean over the last two axes, rounding half up, edge-replicated at odd sizes."""
-    if a.shape[-2] % 2:
-        a = np.concatenate([a, a[..., -1:, :]], axis=-2)
-    if a.shape[-1] % 2:
-        a = np.concatenate([a, a[..., -1:]], axis=-1)
-    s = (
-        a[..., 0::2, 0::2].astype(np.uint16)
-        + a[..., 1::2, 0::2]
-        + a[..., 0::2, 1::2]
-        + a[..., 1::2, 1::2]
-    )
-    return ((s + 2) // 4).astype(np.uint8)
-
-
-def _multiscales(shapes: Sequence[tuple[int, int]], mpp: float, z_step_um: float) -> dict[str, Any]:
+def _ngff_attrs(n_levels: int, mpp: float, z_step_um: float) -> dict[str, Any]:
     """NGFF 0.4 ``multiscales`` and ``omero`` attributes for a (c, z, y, x) RGB pyramid."""
-    datasets = []
-    for lvl in range(len(shapes)):
-        f = 2.0**lvl
-        datasets.append(
-            {
-                "path": str(lvl),
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": [1.0, z_step_um, mpp * f, mpp * f]},
-                    # A 2x2 mean's pixel centre sits half a parent pixel in from the corner.
-                    {
-                        "type": "translation",
-                        "translation": [0.0, 0.0, (f - 1) / 2 * mpp, (f - 1) / 2 * mpp],
-                    },
-                ],
-            }
-        )
-    return {
-        "multiscales": [
-            {
-                "version": "0.4",
-                "name": "synthetic focal stack",
-                "axes": [
-                    {"name": "c", "type": "channel"},
-                    {"name": "z", "type": "space", "unit": "micrometer"},
-                    {"name": "y", "type": "space", "unit": "micrometer"},
-                    {"name": "x", "type": "space", "unit": "micrometer"},
-                ],
-                "datasets": datasets,
-                "type": "mean",
-            }
-        ],
-        "omero": {
-            "name": "synthetic focal stack",
-            "version": "0.4",
-            "channels": [
-                {
-                    "label": name,
-                    "color": color,
-                    "active": True,
-                    "coefficient": 1.0,
-                    "family": "linear",
-                    "inverted": False,
-                    "window": {"start": 0, "end": 255, "min": 0, "max": 255},
-                }
-                for name, color in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
-            ],
-            "rdefs": {"model": "color", "defaultZ": 0, "defaultT": 0},
-        },
-    }
+    from wsi_fusion.io.writers.ome_zarr import _multiscale, _omero
+
+    name = "synthetic focal stack"
+    multiscale = _multiscale(
+        name,
+        n_levels,
+        mpp,
+        "0.4",
+        channel_axis=True,
+        method="wsi_fusion.pyramid.downsample.downsample2",
+        description="2x2 mean, rounding half up, odd edge replicated",
+        z_scale=z_step_um,
+    )
+    # The NGFF 0.4 spec's omero example carries the version; synth stacks always had it.
+    omero = {**_omero(name, ("red", "green", "blue")), "version": "0.4"}
+    return {"multiscales": [multiscale], "omero": omero}
 
 
 def _compressor() -> Any:
@@ -260,29 +209,23 @@ def _tiles(
     read_strip: Callable[[int, int], npt.NDArray[Any]], h: int, w: int, strip: int
 ) -> Iterator[npt.NDArray[Any]]:
     """TIFF tiles in row-major order, reading ``strip`` rows at a time (edge tiles padded)."""
+    from wsi_fusion.io.writers.ome_tiff import _split
+
     t = TIFF_TILE
     for sy in range(0, h, strip):
         rows = read_strip(sy, min(sy + strip, h))
         for ty in range(0, rows.shape[0], t):
-            band = rows[ty : ty + t]
-            for tx in range(0, w, t):
-                tile = band[:, tx : tx + t]
-                if tile.shape[0] < t or tile.shape[1] < t:
-                    pad = [(0, t - tile.shape[0]), (0, t - tile.shape[1])]
-                    pad += [(0, 0)] * (tile.ndim - 2)
-                    tile = np.pad(tile, pad, mode="edge")
-                yield np.ascontiguousarray(tile)
+            yield from _split(rows[ty : ty + t], t)
 
 
 def _tiff_compression(compression: Compression, jpeg_quality: int) -> dict[str, Any]:
     """tifffile keyword arguments for a compression choice."""
+    from wsi_fusion.io.writers.ome_tiff import _codec
+
+    options: dict[str, Any] = {"compression": _codec(compression)}
     if compression == "jpeg":
-        return {"compression": "jpeg", "compressionargs": {"level": jpeg_quality}}
-    if compression == "deflate":
-        return {"compression": "zlib"}
-    if compression == "zstd":
-        return {"compression": "zstd"}
-    return {"compression": None}
+        options["compressionargs"] = {"level": jpeg_quality}
+    return options
 
 
 def _bigtiff(nbytes: int) -> bool:
@@ -303,6 +246,8 @@ def _write_ome_tiff(
     """OME-TIFF with axes ZYXS, reduced levels in SubIFDs, streamed from the zarr levels."""
     import tifffile
 
+    from wsi_fusion.io.writers.ome_tiff import _resolution
+
     h, w = shapes[0]
     with tifffile.TiffWriter(path, bigtiff=_bigtiff(n_planes * h * w * 4), ome=True) as tw:
         for lvl, (arr, (lh, lw)) in enumerate(zip(levels, shapes, strict=True)):
@@ -315,15 +260,13 @@ def _write_ome_tiff(
 
                     yield from _tiles(rows, lh, lw, strip)
 
-            res = 1e4 / (mpp * 2**lvl)
             kw: dict[str, Any] = dict(
                 shape=(n_planes, lh, lw, 3),
                 dtype=np.uint8,
                 tile=(TIFF_TILE, TIFF_TILE),
                 photometric="rgb",
-                resolution=(res, res),
-                resolutionunit="CENTIMETER",
                 buffersize=_TIFF_BUFFER,
+                **_resolution(mpp, lvl),
                 **comp,
             )
             if lvl == 0:
@@ -356,19 +299,19 @@ def _write_generic_tiff(
     """A tiled TIFF OpenSlide opens: reduced levels in the main IFD chain, mpp in px/cm."""
     import tifffile
 
+    from wsi_fusion.io.writers.ome_tiff import _resolution
+
     h, w = shapes[0]
     nbytes = h * w * samples * np.dtype(dtype).itemsize * 4 // 3
     with tifffile.TiffWriter(path, bigtiff=_bigtiff(nbytes)) as tw:
         for lvl, (read, (lh, lw)) in enumerate(zip(levels, shapes, strict=True)):
-            res = 1e4 / (mpp * 2**lvl)
             tw.write(
                 _tiles(read, lh, lw, strip),
                 shape=(lh, lw, samples) if samples > 1 else (lh, lw),
                 dtype=dtype,
                 tile=(TIFF_TILE, TIFF_TILE),
                 photometric="rgb" if samples == 3 else "minisblack",
-                resolution=(res, res),
-                resolutionunit="CENTIMETER",
+                **_resolution(mpp, lvl),
                 subfiletype=1 if lvl else 0,
                 description=description if lvl == 0 else None,
                 metadata=None,
@@ -615,24 +558,26 @@ def _generate(read_sharp: SharpReader, root: Path, spec: _Spec) -> list[str]:
     """Render into the zarr, build its pyramid, convert to the TIFF forms; return the files."""
     import zarr
 
+    from wsi_fusion.io.writers.ome_zarr import _create_level
+
     h, w, n_planes, tile, mpp = spec.h, spec.w, spec.n_planes, spec.tile, spec.mpp
     shapes = _level_shapes(h, w, spec.pyramid)
     chunk = min(tile, max(h, w))
     group = zarr.open_group(root / _ZARR_NAME, mode="w", zarr_format=2)
-    sep: Any = {"name": "v2", "separator": "/"}  # NGFF 0.4 requires nested chunk keys
     levels = [
-        group.create_array(
+        _create_level(
+            group,
             str(lvl),
-            shape=(3, n_planes, lh, lw),
-            chunks=(1, 1, chunk, chunk),
-            dtype="uint8",
+            (3, n_planes, lh, lw),
+            (1, 1, chunk, chunk),
+            ("c", "z", "y", "x"),
+            "0.4",
+            _compressor(),
             fill_value=255,
-            compressors=_compressor(),
-            chunk_key_encoding=sep,
         )
         for lvl, (lh, lw) in enumerate(shapes)
     ]
-    group.attrs.update(_multiscales(shapes, mpp, spec.z_step_um))
+    group.attrs.update(_ngff_attrs(len(shapes), mpp, spec.z_step_um))
     truth = zarr.open_group(root / _TRUTH_NAME, mode="w", zarr_format=2)
     gt = truth.create_array(
         "ground_truth",
@@ -690,7 +635,7 @@ def _generate(read_sharp: SharpReader, root: Path, spec: _Spec) -> list[str]:
                 for x in range(0, lw, chunk):
                     y1, x1 = min(y + chunk, lh), min(x + chunk, lw)
                     block = np.asarray(prev[:, z, 2 * y : 2 * y1, 2 * x : 2 * x1])
-                    cur[:, z, y:y1, x:x1] = _downsample2(block)[:, : y1 - y, : x1 - x]
+                    cur[:, z, y:y1, x:x1] = downsample2(block)[:, : y1 - y, : x1 - x]
     log.info("zarr pyramid: %d levels", len(shapes))
 
     # Strips of whole zarr chunks and whole TIFF tiles, so neither is decoded twice.

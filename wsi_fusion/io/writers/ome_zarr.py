@@ -516,16 +516,24 @@ def _multiscale(
     channel_axis: bool,
     method: str,
     description: str,
+    z_scale: float | None = None,
 ) -> dict[str, Any]:
+    """NGFF ``multiscales`` entry for axes ``[c,] [z,] y, x`` halved in y and x per level.
+
+    ``z_scale`` adds a z axis (same unit as y and x) that keeps its scale at every level.
+    """
     pixel = 1.0 if mpp is None else float(mpp)
     space: dict[str, Any] = {"type": "space"}
     if mpp is not None:
         space["unit"] = "micrometer"
     axes: list[dict[str, Any]] = [{"name": "y", **space}, {"name": "x", **space}]
     lead: list[float] = []
+    if z_scale is not None:
+        axes.insert(0, {"name": "z", **space})
+        lead = [float(z_scale)]
     if channel_axis:
         axes.insert(0, {"name": "c", "type": "channel"})
-        lead = [1.0]
+        lead = [1.0, *lead]
     datasets = []
     for level in range(n_levels):
         s = pixel * 2**level
