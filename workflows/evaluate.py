@@ -331,7 +331,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines += [
         "",
         "`plane` is the baseline (the middle plane copied, no fusion). Timings are on a shared "
-        "2-core machine and vary by about ±20 % between runs.",
+        "2-core machine (other jobs running) and vary by ±30 % between runs, more for the trivial "
+        "`plane` copy.",
         "",
         "Reading the no-reference scores: Q^AB/F and Q_CB generalised to N planes reward a "
         "fused image for agreeing with *every* plane, including the defocused ones, so on real "
