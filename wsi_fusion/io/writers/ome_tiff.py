@@ -115,14 +115,12 @@ def write_ome_tiff(
         If a setting is invalid or the group is not a uint8 pyramid with 1 or 3 channels.
     """
     path = Path(path)
-    levels = _levels_of(group)
-    options = _tiff_options(
-        levels[0], compression, jpeg_quality, jpeg_subsampling, tile, maxworkers
+    levels, options = _image_setup(
+        group, mpp, compression, jpeg_quality, jpeg_subsampling, tile, maxworkers
     )
     metadata: dict[str, Any] = {"axes": "YXS" if levels[0].shape[0] > 1 else "YX"}
     metadata["Name"] = name if name is not None else path.name
     if mpp is not None:
-        _check_mpp(mpp)
         metadata.update(
             PhysicalSizeX=float(mpp),
             PhysicalSizeXUnit="µm",
@@ -136,19 +134,7 @@ def write_ome_tiff(
             "Value": json.dumps(dict(description), default=str, ensure_ascii=False),
         }
     with _open_writer(path, ome=True) as tif:
-        for level, arr in enumerate(levels):
-            first = level == 0
-            tif.write(
-                _iter_tiles(arr, tile),
-                shape=_hwc(arr.shape),
-                dtype=np.uint8,
-                subifds=len(levels) - 1 if first else None,
-                subfiletype=0 if first else 1,
-                metadata=metadata if first else None,
-                **_resolution(mpp, level),
-                **options,
-            )
-            logger.debug("OME-TIFF %s: level %d %s written", path, level, arr.shape)
+        _write_levels(tif, levels, tile, mpp, options, subifds=True, metadata=metadata)
     logger.info("wrote OME-TIFF %s (%d levels, %s)", path, len(levels), compression)
     return path
 
@@ -192,12 +178,9 @@ def write_generic_tiff(
         If a setting is invalid or the group is not a uint8 pyramid with 1 or 3 channels.
     """
     path = Path(path)
-    levels = _levels_of(group)
-    options = _tiff_options(
-        levels[0], compression, jpeg_quality, jpeg_subsampling, tile, maxworkers
+    levels, options = _image_setup(
+        group, mpp, compression, jpeg_quality, jpeg_subsampling, tile, maxworkers
     )
-    if mpp is not None:
-        _check_mpp(mpp)
     # Plain ASCII: TIFF ASCII tags must be 7-bit; json.dumps escapes anything else.
     text = f"wsi_fusion {__version__} all-in-focus image"
     if mpp is not None:
@@ -205,19 +188,7 @@ def write_generic_tiff(
     if description is not None:
         text += "\n" + json.dumps(dict(description), default=str)
     with _open_writer(path, ome=False) as tif:
-        for level, arr in enumerate(levels):
-            first = level == 0
-            tif.write(
-                _iter_tiles(arr, tile),
-                shape=_hwc(arr.shape),
-                dtype=np.uint8,
-                subfiletype=0 if first else 1,
-                description=text if first else None,
-                # metadata=None stops tifffile adding its own JSON description to the page.
-                metadata=None,
-                **_resolution(mpp, level),
-                **options,
-            )
+        _write_levels(tif, levels, tile, mpp, options, subifds=False, description=text)
     logger.info("wrote generic TIFF %s (%d levels, %s)", path, len(levels), compression)
     return path
 
@@ -291,19 +262,15 @@ def write_label_tiff(
         "software": _SOFTWARE,
     }
     with _open_writer(path, ome=False) as tif:
-        for level, arr in enumerate(levels):
-            first = level == 0
-            tif.write(
-                _iter_tiles(arr, tile),
-                shape=tuple(arr.shape),
-                dtype=np.uint8,
-                subifds=len(levels) - 1 if first else None,
-                subfiletype=0 if first else 1,
-                description="wsi_fusion focus map (value = focal plane)" if first else None,
-                metadata=None,
-                **_resolution(mpp, level),
-                **options,
-            )
+        _write_levels(
+            tif,
+            levels,
+            tile,
+            mpp,
+            options,
+            subifds=True,
+            description="wsi_fusion focus map (value = focal plane)",
+        )
     logger.info("wrote label TIFF %s (%d levels)", path, len(levels))
     return path
 
@@ -359,8 +326,63 @@ def _levels_of(group: zarr.Group | str | os.PathLike[str]) -> list[zarr.Array[An
     return levels
 
 
-def _hwc(shape_chw: tuple[int, ...]) -> tuple[int, ...]:
-    c, h, w = shape_chw
+def _image_setup(
+    group: zarr.Group | str | os.PathLike[str],
+    mpp: float | None,
+    compression: str,
+    jpeg_quality: int,
+    jpeg_subsampling: tuple[int, int],
+    tile: int,
+    maxworkers: int | None,
+) -> tuple[list[zarr.Array[Any]], dict[str, Any]]:
+    """Checked levels and tifffile options of an image pyramid (both image TIFF writers)."""
+    levels = _levels_of(group)
+    options = _tiff_options(
+        levels[0], compression, jpeg_quality, jpeg_subsampling, tile, maxworkers
+    )
+    if mpp is not None:
+        _check_mpp(mpp)
+    return levels, options
+
+
+def _write_levels(
+    tif: tifffile.TiffWriter,
+    levels: Sequence[Any],
+    tile: int,
+    mpp: float | None,
+    options: Mapping[str, Any],
+    *,
+    subifds: bool,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Write ``levels`` as tiled pages, level 0 first.
+
+    ``subifds`` puts the reduced levels in level 0's SubIFDs (else in the main IFD chain);
+    ``description`` and ``metadata`` go on level 0 only.
+    """
+    for level, arr in enumerate(levels):
+        first = level == 0
+        tif.write(
+            _iter_tiles(arr, tile),
+            shape=_hwc(tuple(arr.shape)),
+            dtype=np.uint8,
+            subifds=len(levels) - 1 if first and subifds else None,
+            subfiletype=0 if first else 1,
+            description=description if first else None,
+            # metadata=None stops tifffile adding its own JSON description to the page.
+            metadata=metadata if first else None,
+            **_resolution(mpp, level),
+            **options,
+        )
+        logger.debug("TIFF %s: level %d %s written", tif.filehandle.path, level, arr.shape)
+
+
+def _hwc(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """tifffile page shape of a (C, H, W) level, or of an (H, W) one as it is."""
+    if len(shape) == 2:
+        return shape
+    c, h, w = shape
     return (h, w, c) if c > 1 else (h, w)
 
 
