@@ -75,6 +75,18 @@ def positive_or_none(value: float | None) -> float | None:
     return float(value)
 
 
+def mean_mpp(mpp_x: float | None, mpp_y: float | None, source: str) -> float | None:
+    """One pixel size from x and y: their mean (with a warning when they differ by over 1 %),
+    or whichever is known."""
+    if mpp_x is None or mpp_y is None:
+        return mpp_x or mpp_y
+    if not math.isclose(mpp_x, mpp_y, rel_tol=0.01):
+        logger.warning(
+            "%s: anisotropic pixels (%g x %g um); using their mean", source, mpp_x, mpp_y
+        )
+    return (mpp_x + mpp_y) / 2
+
+
 def check_pixel_type(dtype: npt.DTypeLike, channels: int, source: str) -> None:
     """Refuse pixel data that is not 8-bit greyscale, grey+alpha, RGB or RGBA.
 
@@ -362,3 +374,42 @@ class BaseStack(ABC):
             f"{type(self).__name__}(sources={list(self.sources)!r}, planes={self.n_planes}, "
             f"shape={self.shape}, mpp={self.mpp})"
         )
+
+
+def axes_permutation(kept: Sequence[str], y: str, x: str, channels: str) -> tuple[int, ...]:
+    """Transpose that turns a slice with axes ``kept`` (file order) into (y, x[, channel])."""
+    return tuple(kept.index(a) for a in (y, x)) + tuple(
+        i for i, a in enumerate(kept) if a in channels
+    )
+
+
+class ArrayLevelsStack(BaseStack):
+    """A stack whose pyramid levels are arrays indexed by slicing (zarr, tifffile's aszarr).
+
+    Subclasses set ``_level_shapes`` (level (h, w), level 0 first) and ``_perm`` (see
+    :func:`axes_permutation`) and implement :meth:`_level` and :meth:`_index`.
+    """
+
+    _level_shapes: list[tuple[int, int]]
+    _perm: tuple[int, ...]
+
+    @abstractmethod
+    def _level(self, index: int) -> Any:
+        """The array of pyramid level ``index``."""
+
+    @abstractmethod
+    def _index(self, plane: int, ys: slice, xs: slice) -> tuple[Any, ...]:
+        """Index into a level array selecting ``plane`` and the rows/columns ``ys``/``xs``."""
+
+    def _pixels(self, level: int, plane: int, ys: slice, xs: slice) -> RGBRegion:
+        raw = np.asarray(self._level(level)[self._index(plane, ys, xs)])
+        return to_rgb(np.transpose(raw, self._perm))
+
+    def _read_inside(self, plane: int, box: Box) -> RGBRegion:
+        ys, xs = box.slices()
+        return self._pixels(0, plane, ys, xs)
+
+    def _thumbnail(self, plane: int, target_hw: tuple[int, int]) -> RGBRegion:
+        level = pick_level(self._level_shapes, target_hw)
+        step = thumbnail_stride(self._level_shapes[level], target_hw)
+        return self._pixels(level, plane, slice(None, None, step), slice(None, None, step))

@@ -18,7 +18,7 @@ from wsi_fusion.io.readers._base import BaseStack, check_pixel_type
 from wsi_fusion.io.readers.dicom import dicom_files_in, dicom_header, open_dicom
 from wsi_fusion.io.readers.layers import open_layers
 from wsi_fusion.io.readers.ndpi import open_ndpi_stack
-from wsi_fusion.io.readers.ome_tiff import inspect_tiff, open_tiff_stack
+from wsi_fusion.io.readers.ome_tiff import TiffLayout, inspect_tiff, open_tiff_stack
 from wsi_fusion.io.readers.ome_zarr import is_zarr_dir, open_ome_zarr
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,17 @@ def _kind(path: str) -> Kind:
     return "other"
 
 
+def _inspect_checked(path: str) -> TiffLayout | None:
+    """:func:`inspect_tiff`, refusing a single-plane TIFF whose pixels cannot be fused.
+
+    Multi-plane TIFFs are checked by their stack reader when opened.
+    """
+    layout = inspect_tiff(path)
+    if layout is not None and layout.n_planes == 1:
+        check_pixel_type(layout.dtype, layout.channels, path)
+    return layout
+
+
 def _open_single(path: str, kind: Kind) -> BaseStack:
     """Open one input that may hold one or several focal planes."""
     if kind == "zarr":
@@ -58,11 +69,9 @@ def _open_single(path: str, kind: Kind) -> BaseStack:
             "image, a DICOM WSI folder, or the plane files themselves (one per focal plane)."
         )
     if kind == "tiff":
-        layout = inspect_tiff(path)
-        if layout is not None:
-            if layout.n_planes > 1:
-                return open_ndpi_stack(path) if layout.is_ndpi else open_tiff_stack(path)
-            check_pixel_type(layout.dtype, layout.channels, path)
+        layout = _inspect_checked(path)
+        if layout is not None and layout.n_planes > 1:
+            return open_ndpi_stack(path) if layout.is_ndpi else open_tiff_stack(path)
     return open_layers([path])
 
 
@@ -75,11 +84,9 @@ def _check_single_plane(path: str, kind: Kind) -> None:
             "DICOM folder alone, or one single-plane file per focal plane."
         )
     if kind == "tiff":
-        layout = inspect_tiff(path)
+        layout = _inspect_checked(path)
         if layout is not None:
             planes = layout.n_planes
-            if planes == 1:
-                check_pixel_type(layout.dtype, layout.channels, path)
     elif kind == "dicom":
         planes = int(dicom_header(path)["focal_planes"])
     if planes > 1:

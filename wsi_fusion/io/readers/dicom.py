@@ -9,7 +9,6 @@ system, as wsidicom reports them.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from wsi_fusion.errors import UnreadableSlide, UnsupportedInput
 from wsi_fusion.io.readers._base import (
     BaseStack,
     check_pixel_type,
+    mean_mpp,
     pick_level,
     positive_or_none,
     thumbnail_stride,
@@ -78,11 +78,7 @@ class DicomStack(BaseStack):
         planes = [float(z) for z in base.focal_planes]
         mpp_x = positive_or_none(float(slide.mpp.width)) if slide.mpp is not None else None
         mpp_y = positive_or_none(float(slide.mpp.height)) if slide.mpp is not None else None
-        if mpp_x and mpp_y and not math.isclose(mpp_x, mpp_y, rel_tol=0.01):
-            logger.warning(
-                "%s: anisotropic pixels (%g x %g um); using their mean", sources[0], mpp_x, mpp_y
-            )
-        mpp = (mpp_x + mpp_y) / 2 if mpp_x and mpp_y else (mpp_x or mpp_y)
+        mpp = mean_mpp(mpp_x, mpp_y, sources[0])
         paths = [str(p) for p in base.optical_paths]
         if len(paths) > 1:
             logger.warning(

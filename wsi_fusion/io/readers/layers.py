@@ -28,6 +28,7 @@ from wsi_fusion.errors import PlaneMismatch, UnreadableSlide, UnsupportedInput, 
 from wsi_fusion.io.readers._base import (
     BaseStack,
     check_pixel_type,
+    mean_mpp,
     pil_to_rgb,
     positive_or_none,
     resize_rgb,
@@ -91,36 +92,19 @@ def _mpp_from(props: Any, key_x: str, key_y: str, path: str) -> float | None:
         my = positive_or_none(float(props[key_y]))
     except (KeyError, TypeError, ValueError):
         my = mx
-    if mx is None or my is None:
-        return mx or my
-    if not math.isclose(mx, my, rel_tol=0.01):
-        logger.warning("%s: anisotropic pixels (%g x %g um); using their mean", path, mx, my)
-    return (mx + my) / 2
+    return mean_mpp(mx, my, path)
 
 
-class _OpenSlidePlane:
-    """A slide file read with openslide-python."""
+class _SlidePlane:
+    """A slide opened through the OpenSlide API (openslide-python or tiffslide): size, mpp,
+    thumbnail and close are the same for both."""
 
-    reader = "openslide"
-
-    def __init__(self, path: str) -> None:
-        import openslide
-
+    def __init__(self, path: str, slide: Any, mpp_x_key: str, mpp_y_key: str) -> None:
         self.path = path
-        self._slide = openslide.OpenSlide(path)
+        self._slide = slide
         w, h = self._slide.dimensions
         self.shape = (int(h), int(w))
-        self.mpp = _mpp_from(
-            self._slide.properties,
-            openslide.PROPERTY_NAME_MPP_X,
-            openslide.PROPERTY_NAME_MPP_Y,
-            path,
-        )
-
-    def read(self, box: Box) -> RGBRegion:
-        # RGBA: alpha is 0 where the slide has no data; compositing makes that white glass.
-        region = self._slide.read_region((box.x, box.y), 0, (box.w, box.h))
-        return pil_to_rgb(region)
+        self.mpp = _mpp_from(self._slide.properties, mpp_x_key, mpp_y_key, path)
 
     def thumbnail(self, target_hw: tuple[int, int]) -> RGBRegion:
         return pil_to_rgb(self._slide.get_thumbnail((target_hw[1], target_hw[0])))
@@ -129,7 +113,28 @@ class _OpenSlidePlane:
         self._slide.close()
 
 
-class _TiffSlidePlane:
+class _OpenSlidePlane(_SlidePlane):
+    """A slide file read with openslide-python."""
+
+    reader = "openslide"
+
+    def __init__(self, path: str) -> None:
+        import openslide
+
+        super().__init__(
+            path,
+            openslide.OpenSlide(path),
+            openslide.PROPERTY_NAME_MPP_X,
+            openslide.PROPERTY_NAME_MPP_Y,
+        )
+
+    def read(self, box: Box) -> RGBRegion:
+        # RGBA: alpha is 0 where the slide has no data; compositing makes that white glass.
+        region = self._slide.read_region((box.x, box.y), 0, (box.w, box.h))
+        return pil_to_rgb(region)
+
+
+class _TiffSlidePlane(_SlidePlane):
     """A TIFF-based slide read with tiffslide (OpenSlide's fallback)."""
 
     reader = "tiffslide"
@@ -137,15 +142,11 @@ class _TiffSlidePlane:
     def __init__(self, path: str) -> None:
         import tiffslide
 
-        self.path = path
-        self._slide = tiffslide.TiffSlide(path)
-        w, h = self._slide.dimensions
-        self.shape = (int(h), int(w))
-        self.mpp = _mpp_from(
-            self._slide.properties,
+        super().__init__(
+            path,
+            tiffslide.TiffSlide(path),
             tiffslide.PROPERTY_NAME_MPP_X,
             tiffslide.PROPERTY_NAME_MPP_Y,
-            path,
         )
         series = self._slide.ts_tifffile.series[0]
         sizes = zip(series.shape, series.axes, strict=True)
@@ -155,12 +156,6 @@ class _TiffSlidePlane:
     def read(self, box: Box) -> RGBRegion:
         region = self._slide.read_region((box.x, box.y), 0, (box.w, box.h), as_array=True)
         return to_rgb(np.asarray(region))
-
-    def thumbnail(self, target_hw: tuple[int, int]) -> RGBRegion:
-        return pil_to_rgb(self._slide.get_thumbnail((target_hw[1], target_hw[0])))
-
-    def close(self) -> None:
-        self._slide.close()
 
 
 class _RasterPlane:

@@ -21,15 +21,12 @@ import numpy as np
 import tifffile
 import zarr
 
-from wsi_fusion._types import Box, RGBRegion
 from wsi_fusion.errors import UnreadableSlide, UnsupportedInput, WsiFusionError
 from wsi_fusion.io.readers._base import (
-    BaseStack,
+    ArrayLevelsStack,
+    axes_permutation,
     check_pixel_type,
-    pick_level,
     positive_or_none,
-    thumbnail_stride,
-    to_rgb,
     to_um,
 )
 
@@ -266,7 +263,7 @@ def page_mpp(page: tifffile.TiffPage, unit_hint: str | None = None) -> float | N
 # ---- reader ---------------------------------------------------------------------------------
 
 
-class TiffZStack(BaseStack):
+class TiffZStack(ArrayLevelsStack):
     """Focal planes stored along one axis of a tifffile series, read lazily through zarr."""
 
     form = "ome-tiff"
@@ -304,11 +301,11 @@ class TiffZStack(BaseStack):
             list(plane_order) if plane_order is not None else list(range(layout.n_planes))
         )
         self._levels: dict[int, Any] = {}
+        y, x = layout.axes.index("Y"), layout.axes.index("X")
+        self._level_shapes = [(int(lv.shape[y]), int(lv.shape[x])) for lv in series.levels]
         kept = [a for a in layout.axes if a in _PLANE_AXES]
         # Sliced axes keep file order; this permutation makes them (Y, X[, channel]).
-        self._perm = tuple(kept.index(a) for a in ("Y", "X")) + tuple(
-            i for i, a in enumerate(kept) if a in "SC"
-        )
+        self._perm = axes_permutation(kept, "Y", "X", "SC")
 
     def _level(self, index: int) -> Any:
         """The zarr array of pyramid level ``index`` (opened once)."""
@@ -330,21 +327,6 @@ class TiffZStack(BaseStack):
             else:  # a length-1 axis (T=1 etc.)
                 index.append(0)
         return tuple(index)
-
-    def _pixels(self, level: int, plane: int, ys: slice, xs: slice) -> RGBRegion:
-        raw = np.asarray(self._level(level)[self._index(plane, ys, xs)])
-        return to_rgb(np.transpose(raw, self._perm))
-
-    def _read_inside(self, plane: int, box: Box) -> RGBRegion:
-        ys, xs = box.slices()
-        return self._pixels(0, plane, ys, xs)
-
-    def _thumbnail(self, plane: int, target_hw: tuple[int, int]) -> RGBRegion:
-        y, x = self._layout.axes.index("Y"), self._layout.axes.index("X")
-        shapes = [(int(lv.shape[y]), int(lv.shape[x])) for lv in self._series.levels]
-        level = pick_level(shapes, target_hw)
-        step = thumbnail_stride(shapes[level], target_hw)
-        return self._pixels(level, plane, slice(None, None, step), slice(None, None, step))
 
     def _close(self) -> None:
         self._levels.clear()

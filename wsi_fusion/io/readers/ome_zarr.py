@@ -13,18 +13,14 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import zarr
 
-from wsi_fusion._types import Box, RGBRegion
 from wsi_fusion.errors import UnreadableSlide, UnsupportedInput
 from wsi_fusion.io.readers._base import (
-    BaseStack,
+    ArrayLevelsStack,
+    axes_permutation,
     check_pixel_type,
-    pick_level,
     positive_or_none,
-    thumbnail_stride,
-    to_rgb,
     to_um,
 )
 
@@ -95,7 +91,7 @@ def _scale_translation(transforms: Any, ndim: int) -> tuple[list[float], list[fl
     return scale, shift
 
 
-class OmeZarrStack(BaseStack):
+class OmeZarrStack(ArrayLevelsStack):
     """Focal planes along the ``z`` axis of an OME-Zarr image."""
 
     form = "ome-zarr"
@@ -129,26 +125,14 @@ class OmeZarrStack(BaseStack):
         self._levels = list(levels)
         self._level_shapes = [(int(a.shape[y]), int(a.shape[x])) for a in levels]
         kept = [a for a in self._axes if a in ("y", "x", "c")]
-        self._perm = tuple(kept.index(a) for a in ("y", "x")) + tuple(
-            i for i, a in enumerate(kept) if a == "c"
-        )
+        self._perm = axes_permutation(kept, "y", "x", "c")
+
+    def _level(self, index: int) -> Any:
+        return self._levels[index]
 
     def _index(self, plane: int, ys: slice, xs: slice) -> tuple[Any, ...]:
         picks = {"z": plane, "y": ys, "x": xs, "c": slice(None)}
         return tuple(picks.get(a, 0) for a in self._axes)
-
-    def _pixels(self, level: int, plane: int, ys: slice, xs: slice) -> RGBRegion:
-        raw = np.asarray(self._levels[level][self._index(plane, ys, xs)])
-        return to_rgb(np.transpose(raw, self._perm))
-
-    def _read_inside(self, plane: int, box: Box) -> RGBRegion:
-        ys, xs = box.slices()
-        return self._pixels(0, plane, ys, xs)
-
-    def _thumbnail(self, plane: int, target_hw: tuple[int, int]) -> RGBRegion:
-        level = pick_level(self._level_shapes, target_hw)
-        step = thumbnail_stride(self._level_shapes[level], target_hw)
-        return self._pixels(level, plane, slice(None, None, step), slice(None, None, step))
 
     def _close(self) -> None:
         self._levels.clear()
