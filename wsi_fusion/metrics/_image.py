@@ -22,6 +22,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from wsi_fusion.errors import PlaneMismatch, UnsupportedInput
 
@@ -121,6 +122,20 @@ def check_same_shape(a: FloatImage, b: FloatImage, what: str) -> None:
             f"{what}: the fused image is {a.shape[0]} x {a.shape[1]} but the other is "
             f"{b.shape[0]} x {b.shape[1]}"
         )
+
+
+def filter2_same(image: FloatImage, kernel_1d: FloatImage) -> FloatImage:
+    """MATLAB ``filter2(k' * k, image, 'same')`` for a separable kernel with 1-D factor ``k``.
+
+    Correlation (not convolution) with zero padding outside the image, as ``filter2`` does.
+    """
+    out = ndimage.correlate1d(image, kernel_1d, axis=0, mode="constant")
+    return ndimage.correlate1d(out, kernel_1d, axis=1, mode="constant")
+
+
+def gradient_magnitude(luma: FloatImage, sigma: float = 1.0) -> FloatImage:
+    """Gaussian-derivative gradient magnitude at scale ``sigma`` px, (H, W), mirrored borders."""
+    return ndimage.gaussian_gradient_magnitude(luma, sigma=sigma, mode="reflect")
 
 
 def grey_levels(luma: FloatImage) -> npt.NDArray[np.intp]:

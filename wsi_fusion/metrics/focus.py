@@ -24,7 +24,13 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from wsi_fusion.errors import UnsupportedInput
-from wsi_fusion.metrics._image import FloatImage, ImageLike, to_luma, to_sources
+from wsi_fusion.metrics._image import (
+    FloatImage,
+    ImageLike,
+    gradient_magnitude,
+    to_luma,
+    to_sources,
+)
 from wsi_fusion.tiling.plan import make_plan
 
 __all__ = ["FocusAttainment", "focus_attainment", "halo_score", "seam_score", "sharpness_map"]
@@ -55,7 +61,7 @@ def sharpness_map(luma: FloatImage, sigma: float = 1.0) -> FloatImage:
     that defocus removes first while damping single-pixel noise and JPEG block edges, which every
     plane shares and which would otherwise dilute the ratio.
     """
-    g = ndimage.gaussian_gradient_magnitude(luma, sigma=sigma, mode="reflect")
+    g = gradient_magnitude(luma, sigma)
     return g * g
 
 
@@ -176,7 +182,7 @@ def halo_score(
     hi = ndimage.maximum_filter(stack.max(axis=0), size=size, mode="nearest")
     lo = ndimage.minimum_filter(stack.min(axis=0), size=size, mode="nearest")
     over = np.maximum(np.maximum(f - hi, lo - f) - tolerance, 0.0)
-    grad = np.max([ndimage.gaussian_gradient_magnitude(p, sigma=1.0) for p in stack], axis=0)
+    grad = np.max([gradient_magnitude(p, 1.0) for p in stack], axis=0)
     strong = grad >= max(float(np.quantile(grad, edge_quantile)), 4.0)
     if not strong.any():
         return math.nan

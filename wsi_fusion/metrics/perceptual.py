@@ -28,9 +28,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from scipy import ndimage
 
-from wsi_fusion.metrics._image import FloatImage, ImageLike, normalize1, to_luma, to_sources
+from wsi_fusion.metrics._image import (
+    FloatImage,
+    ImageLike,
+    filter2_same,
+    normalize1,
+    to_luma,
+    to_sources,
+)
 
 __all__ = ["q_cb"]
 
@@ -61,17 +67,12 @@ def _gauss31(sigma: float) -> FloatImage:
 _G2, _G4 = _gauss31(2.0), _gauss31(4.0)
 
 
-def _smooth(img: FloatImage, k: FloatImage) -> FloatImage:
-    out = ndimage.correlate1d(img, k, axis=0, mode="constant")
-    return ndimage.correlate1d(out, k, axis=1, mode="constant")
-
-
 def _masked_contrast(luma: FloatImage, csf: FloatImage) -> FloatImage:
     """Masked local contrast C' of one image (steps 1-4)."""
     img = normalize1(luma).astype(np.float64)
     filtered = np.real(np.fft.ifft2(np.fft.ifftshift(np.fft.fftshift(np.fft.fft2(img)) * csf)))
     with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.abs(_smooth(filtered, _G2) / _smooth(filtered, _G4) - 1.0)
+        c = np.abs(filter2_same(filtered, _G2) / filter2_same(filtered, _G4) - 1.0)
     c = np.nan_to_num(c, nan=0.0, posinf=0.0)
     return _K * c**_P / (_H * c**_Q + _Z)
 

@@ -27,10 +27,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from scipy import ndimage
 
 from wsi_fusion.errors import UnsupportedInput
-from wsi_fusion.metrics._image import FloatImage, ImageLike, to_luma, to_sources
+from wsi_fusion.metrics._image import FloatImage, ImageLike, filter2_same, to_luma, to_sources
 
 __all__ = ["q_y"]
 
@@ -51,9 +50,7 @@ _HALF = len(_WIN) // 2
 
 def _filt(img: FloatImage) -> FloatImage:
     """``filter2(window, img, 'valid')`` with the separable 7 x 7 Gaussian."""
-    out = ndimage.correlate1d(img, _WIN, axis=0, mode="constant")
-    out = ndimage.correlate1d(out, _WIN, axis=1, mode="constant")
-    return out[_HALF:-_HALF, _HALF:-_HALF]
+    return filter2_same(img, _WIN)[_HALF:-_HALF, _HALF:-_HALF]
 
 
 def _moments(img: FloatImage) -> tuple[FloatImage, FloatImage]:
