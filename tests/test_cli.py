@@ -9,21 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
-from wsi_fusion.cli import main
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def run_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["wsi-fusion", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return int(exited.value.code or 0), out, err
+from helpers import SHARED_DATA, run_cli
 
 
 def write_plane(path: Path, shape: tuple[int, int] = (300, 400), seed: int = 0) -> Path:
@@ -97,9 +83,9 @@ def test_truncated_file(monkeypatch, capsys, planes, tmp_path: Path) -> None:
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is absent")
 def test_corrupt_slide_fixture(monkeypatch, capsys, tmp_path: Path) -> None:
-    bad = SHARED / "format_fixtures" / "unreadable.svs"
+    bad = SHARED_DATA / "format_fixtures" / "unreadable.svs"
     code, _, err = run_cli(
         monkeypatch, capsys, "fuse", str(bad), str(bad), "-o", str(tmp_path / "out.ome.zarr")
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import tifffile
+from helpers import run_cli
 from scipy import ndimage
 from skimage import data as skdata
 
-from wsi_fusion.cli import main
 from wsi_fusion.errors import PlaneMismatch, UnsupportedInput
 from wsi_fusion.evaluation import (
     SEAM,
@@ -161,17 +160,6 @@ def test_summarise_nan_and_inf() -> None:
     assert (s.mean, s.std, s.n) == (math.inf, 0.0, 2)
     empty = summarise("halo", [math.nan])
     assert empty.n == 0 and math.isnan(empty.mean) and empty.better == "lower"
-
-
-def run_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["wsi-fusion", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return int(exited.value.code or 0), out, err
 
 
 def test_cli(

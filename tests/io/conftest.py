@@ -17,8 +17,6 @@ import pytest
 import tifffile
 import zarr
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 Planes = npt.NDArray[np.uint8]
 
 
@@ -315,14 +313,6 @@ def _dicom_instance(
     ds.file_meta = meta
     ds.PixelData = np.ascontiguousarray(frames).tobytes()
     ds.save_as(path, enforce_file_format=True)
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    """``../shared/data`` beside the repository; the test skips when it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not available at {SHARED_DATA}")
-    return SHARED_DATA
 
 
 @pytest.fixture

@@ -1,0 +1,30 @@
+"""Plain helpers shared by test modules (import as ``from helpers import ...``).
+
+``tests/conftest.py`` puts this folder on ``sys.path`` (pytest's default ``prepend`` import mode
+inserts the folder of every ``conftest.py`` without an ``__init__.py``), so any test module can
+import this one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from wsi_fusion.cli import main
+
+#: ``../shared/data`` beside the repository: real slides for ``realdata`` tests.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    """Run ``wsi-fusion *args`` in-process; return (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["wsi-fusion", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
