@@ -1,0 +1,193 @@
+"""One adapter that turns a pairwise (two-source) decision method into an N-plane fuser.
+
+Most multi-focus papers fuse two sources A and B: a network predicts, per pixel, the probability
+``p`` that A is the sharper one (the decision map, DM) and the fused image is
+``F = p·A + (1 − p)·B``. A z-stack has Z planes; this module folds a pairwise decider over them
+in one of two ways, so that no method re-implements it.
+
+``serial`` — one-by-one serial fusion (GACN, Ma et al. 2021, Fig. 3 top)
+    Fuse plane 1 with plane 2, the result with plane 3, and so on:
+    ``F_1 = P_0``, ``F_k = p_k·F_{k−1} + (1 − p_k)·P_k`` with ``p_k = decide(F_{k−1}, P_k)``.
+    Because every step is a convex combination, the fused image is exactly
+    ``Σ_z w_z·P_z`` with weights tracked alongside: ``w ← p_k·w`` then ``w_k += 1 − p_k``.
+    They sum to 1 by induction, so the per-plane weights are exact, not estimated. It costs
+    ``2·(Z − 1)`` feature extractions and ``Z − 1`` decisions, and each step reads the previous
+    fused image, so the dependence reach grows with every fold: the output depends on inputs
+    within ``(Z − 1)·m`` of a pixel when one decision reaches ``m`` (:func:`serial_margin`).
+
+``calibration`` — decision calibration (GACN, Sec. 3.3, Eq. 19, Fig. 3 bottom)
+    The baseline plane (plane 1 in the paper, ``baseline=0`` here) is compared with every other
+    plane ``j``: ``p^j = decide(P_base, P_j)``, the probability that the baseline is sharper. The
+    decision volume is
+
+    .. code-block:: text
+
+        DV^base = p^{o1}
+        DV^{o1} = 1 − p^{o1}
+        DV^j    = p^{o1} · (1 − p^j) / p^j        (every other j)
+
+    where ``o1`` is the first non-baseline plane. Read as relative clarities ``c``, every
+    pairwise DM is ``p^j = c_base / (c_base + c_j)``, so ``c_j / c_base = (1 − p^j) / p^j``, and
+    the first pair fixes the scale (``c_base + c_{o1} = 1``). The paper takes the per-pixel
+    argmax of DV (``weighting="argmax"``: one-hot weights); ``weighting="soft"`` normalises DV
+    to sum 1 instead (for Z = 2 that reproduces ``p, 1 − p`` exactly). Only ``Z`` feature
+    extractions and ``Z − 1`` decisions are needed when the decider caches the baseline's
+    features (:meth:`PairwiseDecider.decide_against`), and the reach stays that of one decision.
+
+Notes on the calibration
+------------------------
+Eq. 19 needs *graded* decisions. With a binary DM (``p ∈ {0, 1}``), all planes judged sharper
+than the baseline tie at ``DV ≈ 1`` and the argmax picks the first of them, not the sharpest.
+The GACN paper says so itself (calibration "can only [be] applied to the DM based network
+structure without the empirical post-processing methods" that binarise the DM). ``p`` is clipped
+to ``[eps, 1 − eps]`` so the odds stay finite; ties are broken towards the lower plane index.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from wsi_fusion._types import PlaneWeights, TileStack
+from wsi_fusion.fusers.base import FusionResult, one_hot_weights, weighted_sum
+
+Float32Array = npt.NDArray[np.float32]
+
+#: N-plane strategies of :func:`fuse_pairwise`.
+Strategy = Literal["calibration", "serial"]
+#: How the decision volume becomes weights: the paper's per-pixel argmax, or DV normalised to 1.
+Weighting = Literal["argmax", "soft"]
+
+#: Decisions are clipped to ``[EPS, 1 − EPS]`` before taking odds (float32-safe, ratio ≤ 1e4).
+EPS = 1e-4
+
+
+class PairwiseDecider(Protocol):
+    """A two-source decision method: the probability that source A is sharper than B."""
+
+    def decide(self, a: TileStack, b: TileStack) -> Float32Array:
+        """Decision maps ``(P, H, W)`` in [0, 1] for pairs ``a``, ``b`` of ``(P, C, H, W)``.
+
+        ``1`` means "take A", ``0`` "take B"; the map is final (any boundary smoothing or
+        morphological refinement of the method is applied), so ``p·A + (1 − p)·B`` is the
+        method's two-source fusion result.
+        """
+        ...
+
+    def decide_against(self, base: Float32Array, others: TileStack) -> Float32Array:
+        """Graded decisions ``(P, H, W)`` of ``base`` ``(C, H, W)`` against each of ``others``.
+
+        Used by the decision calibration; a decider may reuse the baseline's features across
+        the ``P`` pairs (the point of the strategy) and should return graded, not binarised,
+        probabilities (see the module notes).
+        """
+        ...
+
+
+def serial_margin(pair_margin: int, n_planes: int) -> int:
+    """Reach of serial folding over ``n_planes`` when one decision reaches ``pair_margin``.
+
+    Step ``k`` decides on the previous fused image, which is itself unreliable within the reach
+    of the steps before it, so the halo adds up over the ``n_planes − 1`` folds.
+    """
+    return pair_margin * max(n_planes - 1, 1)
+
+
+def fuse_serial(stack: TileStack, decider: PairwiseDecider) -> FusionResult:
+    """One-by-one serial fusion of ``stack`` ``(Z, C, H, W)`` in plane order, exact weights."""
+    stack = np.asarray(stack, dtype=np.float32)
+    z, _, h, w = stack.shape
+    weights = np.zeros((z, h, w), dtype=np.float32)
+    weights[0] = 1.0
+    fused = stack[0].copy()
+    for k in range(1, z):
+        p = np.clip(decider.decide(fused[None], stack[k][None])[0], 0.0, 1.0).astype(np.float32)
+        # Linear in the planes: the fused image is Σ_z weights_z · P_z at every step.
+        weights *= p[None]
+        weights[k] += 1.0 - p
+        fused = p[None] * fused + (1.0 - p)[None] * stack[k]
+    return FusionResult(fused=np.clip(fused, 0.0, 1.0), weights=weights)
+
+
+def decision_volume(decisions: Float32Array, baseline: int = 0) -> Float32Array:
+    """Decision volume ``(Z, H, W)`` of GACN Eq. 19 from ``Z − 1`` baseline-vs-other maps.
+
+    Parameters
+    ----------
+    decisions
+        ``(Z − 1, H, W)``: ``p^j``, the probability that the baseline plane is sharper than
+        plane ``j``, for the non-baseline planes ``j`` in increasing order.
+    baseline
+        Index of the baseline plane (the paper's "first image" is ``0``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(Z, H, W)`` float32, not normalised (Eq. 19 as written).
+    """
+    p = np.clip(np.asarray(decisions, dtype=np.float32), EPS, 1.0 - EPS)
+    z = p.shape[0] + 1
+    if not 0 <= baseline < z:
+        raise ValueError(f"baseline plane {baseline} is outside 0..{z - 1}")
+    others = [j for j in range(z) if j != baseline]
+    first = p[0]
+    volume = np.empty((z, *p.shape[1:]), dtype=np.float32)
+    volume[baseline] = first
+    volume[others[0]] = 1.0 - first
+    for i, j in enumerate(others[1:], start=1):
+        volume[j] = first * (1.0 - p[i]) / p[i]
+    return volume
+
+
+def calibrated_weights(
+    decisions: Float32Array, baseline: int = 0, weighting: Weighting = "argmax"
+) -> PlaneWeights:
+    """Per-plane weights ``(Z, H, W)`` from baseline decisions: argmax of DV, or DV / ΣDV."""
+    volume = decision_volume(decisions, baseline)
+    if weighting == "argmax":
+        return one_hot_weights(np.argmax(volume, axis=0), volume.shape[0])
+    volume /= volume.sum(axis=0, keepdims=True)
+    return volume
+
+
+def fuse_calibrated(
+    stack: TileStack,
+    decider: PairwiseDecider,
+    baseline: int = 0,
+    weighting: Weighting = "argmax",
+) -> FusionResult:
+    """Decision-calibration fusion of ``stack`` ``(Z, C, H, W)`` (GACN Sec. 3.3)."""
+    stack = np.asarray(stack, dtype=np.float32)
+    z = stack.shape[0]
+    baseline = min(baseline, z - 1)
+    others = np.array([j for j in range(z) if j != baseline])
+    decisions = decider.decide_against(stack[baseline], stack[others])
+    weights = calibrated_weights(decisions, baseline, weighting)
+    return FusionResult(fused=weighted_sum(stack, weights), weights=weights)
+
+
+def fuse_pairwise(
+    stack: TileStack,
+    decider: PairwiseDecider,
+    strategy: Strategy = "calibration",
+    *,
+    baseline: int = 0,
+    weighting: Weighting = "argmax",
+) -> FusionResult:
+    """Fuse a ``(Z, C, H, W)`` stack with a pairwise decider, by ``strategy``.
+
+    A single plane is returned as is (weights all 1). ``baseline`` and ``weighting`` only apply
+    to the calibration.
+    """
+    stack = np.asarray(stack, dtype=np.float32)
+    if stack.shape[0] == 1:
+        return FusionResult(
+            fused=stack[0].copy(), weights=np.ones((1, *stack.shape[2:]), dtype=np.float32)
+        )
+    if strategy == "serial":
+        return fuse_serial(stack, decider)
+    if strategy == "calibration":
+        return fuse_calibrated(stack, decider, baseline, weighting)
+    raise ValueError(f"unknown pairwise strategy {strategy!r}; use 'calibration' or 'serial'")
