@@ -1,4 +1,9 @@
-"""One contract test over every registered fuser (shape, dtype, range, weights, margin)."""
+"""One contract test over every registered fuser (shape, dtype, range, weights, margin).
+
+Learned fusers run the shape/range contract with seeded random weights (so the test needs no
+trained file, as in timm's registry-wide tests); the behavioural checks (blank glass, identical
+planes) use their shipped weights and skip when those are missing.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,19 @@ def structured_stack(seed: int = 0) -> np.ndarray:
     ).astype(np.float32)
 
 
+def make_fuser(name: str, random_weights: bool):  # type: ignore[no-untyped-def]
+    """The fuser ``name``: learned ones with seeded random weights or their shipped weights."""
+    cls = fuser_class(name)
+    if not cls.needs_weights:
+        return create_fuser(name)
+    pytest.importorskip("torch")
+    if random_weights:
+        return cls.untrained(seed=0, device="cpu")
+    if cls.weights_status() != "present":
+        pytest.skip(f"{name}: shipped weights {cls.weights_status()}")
+    return create_fuser(name, device="cpu")
+
+
 def check_result(result: FusionResult, z: int, c: int, h: int, w: int) -> None:
     fused = result.fused
     assert fused.shape == (c, h, w)
@@ -43,9 +61,7 @@ def check_result(result: FusionResult, z: int, c: int, h: int, w: int) -> None:
 @pytest.mark.parametrize("name", list_fusers())
 def test_fuser_contract(name: str) -> None:
     cls = fuser_class(name)
-    if cls.needs_weights:
-        pytest.skip(f"{name} needs trained weights; covered by its own tests")
-    fuser = create_fuser(name)
+    fuser = make_fuser(name, random_weights=True)
     assert isinstance(fuser.margin, int) and fuser.margin >= 0
     # The default tile plan (512 px tiles, 128 px overlap) must accept the default margin.
     make_plan((2048, 2048), tile=512, overlap=128, margin=fuser.margin)
@@ -60,20 +76,23 @@ def test_fuser_contract(name: str) -> None:
 
 @pytest.mark.parametrize("name", list_fusers())
 def test_blank_glass_is_returned_unchanged(name: str) -> None:
-    if fuser_class(name).needs_weights:
-        pytest.skip(f"{name} needs trained weights")
     stack = np.full((Z, C, H, W), 0.9, dtype=np.float32)
-    result = create_fuser(name).fuse(stack)
+    result = make_fuser(name, random_weights=False).fuse(stack)
     check_result(result, Z, C, H, W)
-    np.testing.assert_allclose(result.fused, 0.9, atol=1e-5)
+    # Fusers that copy source pixels must return them exactly; generative ones (weights None)
+    # synthesise every pixel and may be off by a grey level or two.
+    atol = 1e-5 if result.weights is not None else 2 / 255
+    np.testing.assert_allclose(result.fused, 0.9, atol=atol)
 
 
 @pytest.mark.parametrize("name", list_fusers())
 def test_fusing_identical_planes_keeps_the_image(name: str) -> None:
     """No geometry or brightness change when every plane is the same image."""
-    if fuser_class(name).needs_weights:
-        pytest.skip(f"{name} needs trained weights")
     one = structured_stack()[0]
     stack = np.stack([one] * Z)
-    result = create_fuser(name).fuse(stack)
-    np.testing.assert_allclose(result.fused, one, atol=1e-4)
+    result = make_fuser(name, random_weights=False).fuse(stack)
+    if result.weights is not None:
+        np.testing.assert_allclose(result.fused, one, atol=1e-4)
+    else:  # generative: no geometry or brightness change, small synthesis error allowed
+        assert abs(float(result.fused.mean() - one.mean())) < 2 / 255
+        assert float(np.abs(result.fused - one).mean()) < 0.03
