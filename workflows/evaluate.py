@@ -3,9 +3,11 @@
 Run with ``make evaluate`` (or ``python workflows/evaluate.py``). Writes
 ``workflows/results/evaluation.{md,json,png}``.
 
-* Synthetic (with ground truth): crops of the bundled demo H&E region and of scikit-image's
-  immunohistochemistry image, made into 5-plane stacks by :func:`wsi_fusion.synth.make_stack`
-  with held-out seeds; PSNR/SSIM against the ground truth, Q^AB/F and Q_CB against the planes.
+* Synthetic (with ground truth): the held-out stacks of
+  :func:`wsi_fusion.training.data.heldout_stacks` (crops of the held-out rows of the bundled H&E
+  region and of scikit-image's immunohistochemistry image, never used in training, made into
+  5-plane stacks by :func:`wsi_fusion.synth.make_stack`); PSNR/SSIM against the ground truth,
+  Q^AB/F and Q_CB against the planes.
 * Pipeline: one synthetic slide per fuser fused through :func:`wsi_fusion.pipeline.fuse_slide`
   (512 px tiles, 128 px overlap) and measured with :func:`wsi_fusion.evaluation.evaluate_slide`
   (sampled tiles, seam score), so tiling and blending are part of the check.
@@ -40,19 +42,21 @@ from wsi_fusion import __version__
 from wsi_fusion._types import Box
 from wsi_fusion.config import RunConfig
 from wsi_fusion.errors import WeightsError
-from wsi_fusion.evaluation import evaluate_slide, sample_tiles, tile_metrics
+from wsi_fusion.evaluation import evaluate_slide, tile_metrics
 from wsi_fusion.fusers import Fuser, create_fuser, fuser_class, list_fusers
 from wsi_fusion.io.readers import open_stack
 from wsi_fusion.pipeline import fuse_slide
-from wsi_fusion.synth import demo_source_path, make_stack, synthesize
+from wsi_fusion.synth import demo_source_path, synthesize
 from wsi_fusion.tiling.tissue import tile_fractions, tissue_mask
+from wsi_fusion.training.data import heldout_stacks
 
 log = logging.getLogger("workflows.evaluate")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-#: Seeds never used by tests or training data (held out).
-SEEDS = (1001, 1002, 1003)
+#: Held-out synthetic stacks: crops of image parts never used for training
+#: (:func:`wsi_fusion.training.data.heldout_stacks`).
+N_SYNTH = 6
 SYNTH_SIDE = 512
 SYNTH_PLANES = 5
 #: Mild read noise so that fusers which amplify noise are not flattered.
@@ -80,29 +84,11 @@ def to_image(fused: npt.NDArray[np.float32]) -> Image:
     return np.clip(np.rint(fused.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
 
 
-def tissue_boxes(image: Image, side: int, count: int, seed: int) -> list[Box]:
-    """``count`` random ``side`` px tissue crops of ``image`` (the evaluation's own sampler)."""
-    step = max(1, max(image.shape[:2]) // 1024)
-    mask = tissue_mask(np.ascontiguousarray(image[::step, ::step]))
-    return sample_tiles(mask, image.shape[:2], count, side, seed=seed, min_tissue=0.6)
-
-
 def synthetic_stacks() -> dict[str, Any]:
-    """Held-out synthetic stacks: name -> SynthStack."""
-    from skimage import data as skdata
-
-    with open_stack([demo_source_path()]) as source:
-        h, w = source.shape
-        he = source.read(0, Box(0, 0, h, w))
-    ihc = skdata.immunohistochemistry()
-    stacks = {}
-    boxes = tissue_boxes(he, SYNTH_SIDE, len(SEEDS), seed=SEEDS[0])
-    for seed, box in zip(SEEDS, boxes, strict=False):
-        crop = np.ascontiguousarray(he[box.slices()])
-        stacks[f"he_{seed}"] = make_stack(crop, SYNTH_PLANES, seed=seed, noise_sigma=SYNTH_NOISE)
-    for seed in SEEDS:
-        stacks[f"ihc_{seed}"] = make_stack(ihc, SYNTH_PLANES, seed=seed, noise_sigma=SYNTH_NOISE)
-    return stacks
+    """Held-out synthetic stacks (the same set the model cards use): name -> SynthStack."""
+    return dict(
+        heldout_stacks(n=N_SYNTH, size=SYNTH_SIDE, n_planes=SYNTH_PLANES, noise=SYNTH_NOISE)
+    )
 
 
 def real_stacks(crop: int) -> dict[str, dict[str, Any]]:
@@ -281,9 +267,10 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"({results['machine']['platform']}).",
         "",
         f"* **Synthetic** ({len(results['synthetic'])} stacks, {SYNTH_PLANES} planes, "
-        f"{SYNTH_SIDE} px, seeds {', '.join(map(str, SEEDS))}): crops of the demo H&E region and "
-        "of scikit-image's IHC image through `synth.make_stack` (read noise σ = "
-        f"{SYNTH_NOISE}); PSNR / SSIM against the ground truth.",
+        f"{SYNTH_SIDE} px, `training.data.heldout_stacks`): crops of the held-out rows of the "
+        "demo H&E region and of scikit-image's IHC image, never seen in training, through "
+        f"`synth.make_stack` (read noise σ = {SYNTH_NOISE}); PSNR / SSIM against the ground "
+        "truth.",
         f"* **Real** ({real_names}; central {results['crop']} px crops, "
         + (
             f"registered with `wsi_fusion.registration` ({', '.join(registered)})"
@@ -402,12 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, default=1024, help="Side of the real-stack crops.")
     parser.add_argument("--no-real", action="store_true", help="Skip the real z-stacks.")
     parser.add_argument("--no-pipeline", action="store_true", help="Skip the fuse_slide runs.")
+    parser.add_argument("--fusers", nargs="*", help="Only these fusers (default: every one).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
     fusers, skipped = available_fusers()
+    if args.fusers:
+        fusers = {n: f for n, f in fusers.items() if n in args.fusers}
     print(f"fusers: {', '.join(fusers)}" + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
     synth = synthetic_stacks()
     real = {} if args.no_real else real_stacks(args.crop)
