@@ -9,6 +9,7 @@ result.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from wsi_fusion.errors import UnsupportedInput
 from wsi_fusion.fusers import create_fuser
 from wsi_fusion.io.destination import Destination, publish, resolve_destination
 from wsi_fusion.registration import DriftField, estimate_drift, should_apply
-from wsi_fusion.scheduling.graph import run_calls
+from wsi_fusion.scheduling.graph import TaskRunner, open_runner, phase1_resources
 from wsi_fusion.scheduling.tasks import FusionJob, blend_blocks, fuse_tiles
 from wsi_fusion.scheduling.tile_cache import TileCache
 from wsi_fusion.tiling.plan import TilePlan, make_plan
@@ -65,6 +66,13 @@ class RunReport:
     tiles_fused: int
     tiles_resumed: int
     blocks_resumed: int
+    #: Tiles and blocks this run computed (a resumed run skips the ones already done).
+    tiles_computed: int = 0
+    blocks_computed: int = 0
+    #: sha256 of the inputs' identity and every output-affecting setting (batch skips on it).
+    digest: str = ""
+    #: What ran the job: scheduler, workers, dashboard link.
+    scheduler: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     extra_outputs: list[Path] = field(default_factory=list)
 
@@ -78,6 +86,7 @@ def fuse_slide(
     keep_cache: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: ProgressReporter | None = None,
+    runner: TaskRunner | None = None,
 ) -> RunReport:
     """Fuse the focal planes of ``inputs`` into one all-in-focus pyramid at ``output``.
 
@@ -98,6 +107,9 @@ def fuse_slide(
         Where the tile cache lives; default ``OUTPUT.cache`` beside the output.
     progress
         Progress sink (the CLI's bars); silent when ``None``.
+    runner
+        An open scheduler to run on (batch conversion shares one across slides); default: open
+        ``config.scheduler`` for this run.
     """
     from wsi_fusion.io.readers import describe_stack, open_stack
 
@@ -167,30 +179,39 @@ def fuse_slide(
     tiles_resumed = len(cache.done_tiles())
     _prepare_image(dest, job, cache, mpp, config, provenance)
     blocks_resumed = len(cache.done_blocks())
+    _report_cache(dest, cache_bound_bytes(plan, job.planes, config, dest.format))
+    logger.info(
+        "%d/%d tiles and %d/%d blocks already done in the tile cache",
+        tiles_resumed,
+        len(plan),
+        blocks_resumed,
+        job.n_blocks,
+    )
 
-    t0 = time.perf_counter()
-    todo_tiles = sorted(set(range(len(plan))) - cache.done_tiles())
-    with progress.phase("fuse tiles", len(todo_tiles)) as advance:
-        run_calls(
-            fuse_tiles,
-            [(job, group) for group in _groups(todo_tiles, config.tiles_per_task)],
-            scheduler=config.scheduler,
-            workers=config.workers,
-            progress=advance,
-        )
-    timings["fuse"] = time.perf_counter() - t0
+    with contextlib.ExitStack() as scope:
+        if runner is None:
+            runner = scope.enter_context(
+                open_runner(config.scheduler, config.workers, use_gpus=fuser.needs_weights)
+            )
+        t0 = time.perf_counter()
+        todo_tiles = sorted(set(range(len(plan))) - cache.done_tiles())
+        with progress.phase("fuse tiles", len(todo_tiles)) as advance:
+            tiles_computed = runner.run(
+                fuse_tiles,
+                [(job, group) for group in _groups(todo_tiles, config.tiles_per_task)],
+                progress=advance,
+                resources=phase1_resources(fuser.needs_weights, runner.gpu_workers),
+            )
+        timings["fuse"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    todo_blocks = sorted(set(range(job.n_blocks)) - cache.done_blocks())
-    with progress.phase("blend blocks", len(todo_blocks)) as advance:
-        run_calls(
-            blend_blocks,
-            [(job, group) for group in _groups(todo_blocks, 4)],
-            scheduler=config.scheduler,
-            workers=config.workers,
-            progress=advance,
-        )
-    timings["blend"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        todo_blocks = sorted(set(range(job.n_blocks)) - cache.done_blocks())
+        with progress.phase("blend blocks", len(todo_blocks)) as advance:
+            blocks_computed = runner.run(
+                blend_blocks, [(job, group) for group in _groups(todo_blocks, 4)], progress=advance
+            )
+        timings["blend"] = time.perf_counter() - t0
+        scheduler_info = dict(runner.description)
 
     t0 = time.perf_counter()
     _finish_pyramid(dest, config)
@@ -211,6 +232,10 @@ def fuse_slide(
         tiles_fused=int(sum(fuse_mask)),
         tiles_resumed=tiles_resumed,
         blocks_resumed=blocks_resumed,
+        tiles_computed=int(sum(tiles_computed)),
+        blocks_computed=int(sum(blocks_computed)),
+        digest=run_digest(input_paths, config),
+        scheduler=scheduler_info,
         timings_s={k: round(v, 3) for k, v in timings.items()},
         extra_outputs=extra,
     )
@@ -263,14 +288,73 @@ def _groups(items: list[int], size: int) -> list[list[int]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _fingerprint(inputs: tuple[str, ...], config: RunConfig) -> dict[str, Any]:
-    """What the cached tiles depend on: the inputs' identity and every output-affecting setting."""
+#: Settings that change how a run is executed but never its output.
+_EXECUTION_ONLY = {"scheduler", "workers"}
+
+
+def run_digest(inputs: Sequence[str | os.PathLike[str]], config: RunConfig) -> str:
+    """sha256 of what a finished output depends on: the inputs' identity and the settings.
+
+    Inputs are identified by absolute path, size and modification time (hashing the content of
+    multi-GB slides would cost as much as fusing them); the scheduler and worker count are left
+    out because they do not change the output.
+    """
+    record = {
+        "version": __version__,
+        "inputs": _input_identity(tuple(str(p) for p in inputs)),
+        "config": config.model_dump(exclude=_EXECUTION_ONLY),
+    }
+    text = json.dumps(record, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_bound_bytes(plan: TilePlan, planes: int, config: RunConfig, fmt: str) -> int:
+    """Most disk the tile cache of a run can use (uncompressed; compression only lowers it).
+
+    Fused tiles take ``tiles x C x T²`` bytes, plane weights (with a focus map) ``tiles x Z x
+    T²``; a TIFF output also keeps its OME-Zarr pyramid (``4/3 x H x W x C`` bytes, plus the label
+    pyramid) in the cache until it is streamed into the TIFF. Done markers are empty files.
+    """
+    per_tile = 3 + (planes if config.focus_map else 0)
+    total = len(plan) * per_tile * plan.tile * plan.tile
+    if fmt != "ome-zarr":
+        h, w = plan.shape
+        total += (h * w * (3 + (1 if config.focus_map else 0)) * 4) // 3
+    return total
+
+
+def _report_cache(dest: Destination, bound: int) -> None:
+    """Log the cache's disk bound; warn when the disk holding it has less free space."""
+    free = shutil.disk_usage(dest.cache_dir.parent).free
+    logger.info(
+        "tile cache %s needs at most %.2f GB (%.1f GB free)",
+        dest.cache_dir,
+        bound / 1e9,
+        free / 1e9,
+    )
+    if free < bound:
+        logger.warning(
+            "the tile cache %s may need up to %.2f GB but only %.2f GB are free there; pass "
+            "--cache-dir on a larger disk if the run fails with 'No space left on device'",
+            dest.cache_dir,
+            bound / 1e9,
+            free / 1e9,
+        )
+
+
+def _input_identity(inputs: tuple[str, ...]) -> list[dict[str, Any]]:
     files = []
     for path in inputs:
         st = Path(path).stat()
         files.append(
             {"path": str(Path(path).absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
         )
+    return files
+
+
+def _fingerprint(inputs: tuple[str, ...], config: RunConfig) -> dict[str, Any]:
+    """What the cached tiles depend on: the inputs' identity and every output-affecting setting."""
+    files = _input_identity(inputs)
     settings = config.model_dump(
         exclude={"scheduler", "workers", "format", "compression", "jpeg_quality", "ngff_version"}
     )
@@ -379,5 +463,7 @@ def _jsonable(report: RunReport) -> dict[str, Any]:
             value = str(value)
         elif isinstance(value, list):
             value = [str(v) for v in value]
+        elif isinstance(value, tuple):
+            value = list(value)
         out[key] = value
     return out

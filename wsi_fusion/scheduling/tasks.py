@@ -20,7 +20,11 @@ from wsi_fusion.fusers.base import one_hot_weights
 from wsi_fusion.io.writers.ome_zarr import image_levels, label_levels
 from wsi_fusion.registration import DriftField
 from wsi_fusion.scheduling.tile_cache import TileCache, quantize
-from wsi_fusion.scheduling.workers import thread_fuser, thread_registered_stack, thread_stack
+from wsi_fusion.scheduling.workers import (
+    thread_registered_stack,
+    thread_stack,
+    worker_fuser_cache,
+)
 from wsi_fusion.stitching.blend import blend_block
 from wsi_fusion.tiling.plan import TilePlan
 
@@ -42,6 +46,7 @@ class FusionJob:
     image_path: str
     chunk: int
     focus_map: bool
+    #: Tiles per ``fuse_batch`` call of a classical fuser (learned fusers use their own).
     batch_size: int = 4
     channels: int = field(default=3)
     #: Lateral drift of the planes to correct while reading tiles (``None``: read as stored).
@@ -77,10 +82,20 @@ def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
     cache = TileCache(job.cache_root)
     done = cache.done_tiles()
     todo = [i for i in indices if i not in done]
-    fuser = thread_fuser(job.fuser, job.fuser_params)
+    if not todo:
+        return 0
+    fuser = worker_fuser_cache().get(
+        job.fuser,
+        job.fuser_params,
+        planes=job.planes,
+        channels=job.channels,
+        tile=job.plan.tile,
+        default_batch=job.batch_size,
+    )
     batch: list[int] = []
 
     def flush() -> None:
+        # Groups of tiles go through one fuse_batch call: learned fusers batch forward passes.
         stacks = [read_tile_stack(job, job.plan.box(i)) for i in batch]
         for i, result in zip(batch, fuser.fuse_batch(stacks), strict=True):
             weights = (
@@ -92,7 +107,7 @@ def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
     for i in todo:
         if job.fuse_mask[i]:
             batch.append(i)
-            if len(batch) >= job.batch_size:
+            if len(batch) >= fuser.batch_size:
                 flush()
         else:
             _copy_reference(job, cache, i)
