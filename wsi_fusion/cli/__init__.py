@@ -13,6 +13,7 @@ import sys
 import click
 
 from wsi_fusion import __version__
+from wsi_fusion.cli.batch import batch
 from wsi_fusion.cli.demo import demo
 from wsi_fusion.cli.evaluate import evaluate
 from wsi_fusion.cli.fuse import fuse
@@ -31,7 +32,7 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (fuse, info, synth, fusers, demo, evaluate):
+for command in (fuse, batch, info, synth, fusers, demo, evaluate):
     cli.add_command(command)
 
 

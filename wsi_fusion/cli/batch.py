@@ -1,0 +1,186 @@
+"""``wsi-fusion batch``: convert a folder or a CSV manifest of slides into OUTDIR."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from wsi_fusion.batch.runner import SlideResult
+    from wsi_fusion.pipeline import ProgressReporter
+
+
+class _SlideBars:
+    """Phase bars of the slide being converted, under the overall bar."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    @contextlib.contextmanager
+    def phase(self, name: str, total: int) -> Iterator[Callable[[int], None]]:
+        with tqdm(
+            total=total, desc=f"  {name}", unit="", position=1, leave=False,
+            disable=self.quiet or total == 0,
+        ) as bar:  # fmt: skip
+            yield bar.update
+
+
+class BatchBars:
+    """An overall bar (slides done / total, rate, ETA) and the current slide's phase bars."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.quiet = quiet
+        self.overall = tqdm(total=total, desc="slides", unit="slide", position=0, disable=quiet)
+
+    @contextlib.contextmanager
+    def slide(self, result: SlideResult, index: int, total: int) -> Iterator[ProgressReporter]:
+        self.overall.set_postfix_str(result.slide, refresh=True)
+        yield _SlideBars(self.quiet)
+
+    def finished(self, result: SlideResult) -> None:
+        self.overall.update(1)
+
+    def close(self) -> None:
+        self.overall.close()
+
+
+def keep_console_quiet() -> None:
+    """Pin the console handlers to the chosen verbosity.
+
+    The per-slide log files record the package's INFO messages; without this, lowering the
+    package's level for them would also flood the console.
+    """
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if handler.level == logging.NOTSET:
+            handler.setLevel(root.level)
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--outdir", required=True, type=click.Path(path_type=Path), help="Output folder."
+)
+@click.option(
+    "--pattern",
+    default=None,
+    help="How per-plane file names are built (folder input); default {slide}_z{plane}.{ext}.",
+)
+@click.option(
+    "--fuser", default=None, help="Fusion method for every slide (default focus_measure)."
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML run config (see configs/); command-line options override it.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["ome-zarr", "ome-tiff", "tiff"]),
+    default=None,
+    help="Output format of every slide (default ome-zarr).",
+)
+@click.option("--tile", type=int, default=None, help="Tile size in px (default 512).")
+@click.option("--overlap", type=int, default=None, help="Tile overlap in px (default 128).")
+@click.option("--lossless", is_flag=True, help="Lossless (deflate) TIFF tiles instead of JPEG q90.")
+@click.option("--focus-map", is_flag=True, default=None, help="Also write each focus/depth map.")
+@click.option("--no-tissue", is_flag=True, help="Fuse every tile, not only those with tissue.")
+@click.option(
+    "--scheduler",
+    default=None,
+    help="threads (default), processes, local-cluster, or a scheduler address (tcp://host:8786).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Threads/processes, or local-cluster worker processes (default 2; one per GPU).",
+)
+@click.option("--force", is_flag=True, help="Redo slides whose output is already up to date.")
+@click.option("--keep-cache", is_flag=True, help="Keep each slide's tile cache after success.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
+def batch(
+    source: Path,
+    outdir: Path,
+    pattern: str | None,
+    fuser: str | None,
+    config_path: Path | None,
+    fmt: str | None,
+    tile: int | None,
+    overlap: int | None,
+    lossless: bool,
+    focus_map: bool | None,
+    no_tissue: bool,
+    scheduler: str | None,
+    workers: int | None,
+    force: bool,
+    keep_cache: bool,
+    quiet: bool,
+) -> None:
+    """Fuse every slide of SOURCE (a folder or a CSV manifest) into OUTDIR.
+
+    \b
+    A folder holds per-plane files named by --pattern (A_z0.svs, A_z1.svs, ...) and/or
+    multi-plane files, one per slide. A CSV manifest has the columns slide,planes[,output][,fuser]
+    (plane files separated by ';', relative to the CSV). Finished, up-to-date slides are skipped;
+    a failing slide does not stop the batch. Writes OUTDIR/batch_summary.json and
+    OUTDIR/logs/<slide>.log; exits 1 if any slide failed. Rerun the same command to resume.
+    """
+    from wsi_fusion.batch import DEFAULT_PATTERN, collect_slides, run_batch
+    from wsi_fusion.batch.runner import uses_learned_fuser
+    from wsi_fusion.config import load_config
+    from wsi_fusion.scheduling.graph import open_runner
+
+    overrides: dict[str, Any] = {
+        "fuser": fuser,
+        "tile": tile,
+        "overlap": overlap,
+        "format": fmt,
+        "focus_map": focus_map,
+        "scheduler": scheduler,
+        "workers": workers,
+        "compression": "deflate" if lossless else None,
+    }
+    config = load_config(config_path, **overrides)
+    if no_tissue:
+        config = config.model_copy(
+            update={"tissue": config.tissue.model_copy(update={"enabled": False})}
+        )
+    slides = collect_slides(source, pattern=pattern or DEFAULT_PATTERN, exclude=(outdir,))
+    keep_console_quiet()
+    learned = uses_learned_fuser(slides, config)
+    bars = BatchBars(len(slides), quiet)
+    try:
+        with open_runner(config.scheduler, config.workers, use_gpus=learned) as runner:
+            dashboard = runner.description.get("dashboard")
+            if dashboard and not quiet:
+                bars.overall.write(f"Dask dashboard: {dashboard}")
+            summary = run_batch(
+                slides, outdir, config, force=force, keep_cache=keep_cache, progress=bars,
+                runner=runner,
+            )  # fmt: skip
+    finally:
+        bars.close()
+    counts = summary.counts()
+    if not quiet:
+        click.echo(
+            f"{len(slides)} slides: {counts['done']} converted, {counts['skipped']} up to date "
+            f"(skipped), {counts['failed']} failed; summary in {summary.path}"
+        )
+    for result in summary.failed:
+        click.echo(
+            f"FAILED {result.slide}: {result.error_type}: {result.error} (log: {result.log})",
+            err=True,
+        )
+    if summary.failed:
+        sys.exit(1)
