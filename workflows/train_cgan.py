@@ -1,0 +1,111 @@
+"""Train a ``cgan_blurmask`` generator (single- or few-plane) against the frozen BM; pack the model.
+
+    # after workflows/train_blurmask.py:
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python workflows/train_cgan.py \
+        --config configs/train_cgan_single.yaml
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python workflows/train_cgan.py \
+        --config configs/train_cgan_few.yaml
+    # then one weights file with BM and both generators (prints its sha256):
+    .venv/bin/python workflows/train_cgan.py --pack
+
+Rerunning a training command resumes from the checkpoint named in its config. A finished run
+writes the generator's fp16 safetensors (``output``) and a JSON summary next to the checkpoint.
+``--pack`` writes ``models/cgan_blurmask/cgan_blurmask.lite.safetensors`` (keys ``bm.``,
+``single.``, ``few.``); copy its sha256 into ``CganBlurMaskFuser.weights_record``.
+``--evaluate`` writes the model card's held-out metrics to ``models/cgan_blurmask/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKED = Path("models/cgan_blurmask/cgan_blurmask.lite.safetensors")
+
+
+def pack(single_cfg: str, few_cfg: str) -> int:
+    """Assemble BM + both generators into the shipped weights file; print its sha256."""
+    from wsi_fusion.fusers._weights import load_into, load_state_dict, save_weights
+    from wsi_fusion.nets.cgan_blurmask import CganBlurMask
+    from wsi_fusion.training.cgan_blurmask import CganTrainConfig, load_blurmask, load_config
+
+    single = load_config(single_cfg, CganTrainConfig)
+    few = load_config(few_cfg, CganTrainConfig)
+    model = CganBlurMask("lite")
+    model.bm.load_state_dict(load_blurmask(single.blurmask).state_dict())
+    for gen, cfg in ((model.single, single), (model.few, few)):
+        load_into(gen, load_state_dict(Path(cfg.output)), source=cfg.output)
+    sha = save_weights(model, PACKED)
+    size = PACKED.stat().st_size / 1e6
+    logging.getLogger("train_cgan").info("packed %s (%.1f MB) sha256 %s", PACKED, size, sha)
+    sys.stdout.write(f"{sha}\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "train_cgan_single.yaml"))
+    parser.add_argument("--steps", type=int, default=None, help="override the config's steps")
+    parser.add_argument("--max-seconds", type=float, default=None, help="override the budget")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--pack", action="store_true", help="pack BM + both generators")
+    parser.add_argument(
+        "--evaluate", action="store_true", help="held-out metrics of the packed model"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.chdir(ROOT)  # config paths are relative to the repository
+    if args.pack:
+        return pack("configs/train_cgan_single.yaml", "configs/train_cgan_few.yaml")
+    if args.evaluate:
+        from wsi_fusion.training.cgan_blurmask import evaluate_cgan
+
+        metrics = evaluate_cgan(PACKED)
+        out = PACKED.parent / "metrics.json"
+        out.write_text(json.dumps(metrics, indent=1))
+        logging.getLogger("train_cgan").info("held-out metrics: %s", out)
+        return 0
+
+    from wsi_fusion.fusers._weights import save_weights
+    from wsi_fusion.training.cgan_blurmask import (
+        CganTrainConfig,
+        load_blurmask,
+        load_config,
+        train_cgan,
+    )
+
+    cfg = load_config(args.config, CganTrainConfig, steps=args.steps, max_seconds=args.max_seconds)
+    began = time.perf_counter()
+    bm = load_blurmask(cfg.blurmask)
+    gen, _, history = train_cgan(cfg, bm, progress=not args.no_progress)
+    done = bool(history) and history[-1]["step"] >= cfg.steps
+    sha = save_weights(gen, Path(cfg.output)) if done else None
+    summary = {
+        "config": cfg.model_dump(),
+        "steps_done": history[-1]["step"] if history else 0,
+        "train_seconds_total": history[-1]["seconds"] if history else 0.0,
+        "this_invocation_seconds": round(time.perf_counter() - began, 1),
+        "final": history[-1] if history else None,
+        "output": cfg.output if done else None,
+        "sha256": sha,
+        "hardware": f"{platform.processor() or platform.machine()}, {cfg.threads} thread(s), CPU",
+    }
+    out = Path(cfg.checkpoint).with_suffix(".summary.json")
+    out.write_text(json.dumps(summary, indent=1))
+    logging.getLogger("train_cgan").info("summary: %s", out)
+    if not done:
+        logging.getLogger("train_cgan").warning("not finished; rerun to resume")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

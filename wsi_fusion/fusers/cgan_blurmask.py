@@ -1,0 +1,197 @@
+"""``cgan_blurmask``: an all-in-focus tile generated from one plane (or three) by a cGAN.
+
+"Generating fused images from single-focus or few-focus cytopathological images based on a
+conditional GAN" (the cytology cGAN paper, ``../shared/papers/cgan_blurmask_cytology_wsi.txt``;
+code github.com/GengXieBo/fusion). Networks:
+:mod:`wsi_fusion.nets.deeplab` (the blur-mask network BM) and :mod:`wsi_fusion.nets.cgan_blurmask`
+(generator); training: :mod:`wsi_fusion.training.cgan_blurmask`; model card:
+``models/cgan_blurmask/MODEL_CARD.md``.
+
+Method
+------
+1. Pick the input plane(s): ``mode="single"`` uses the reference plane ("plane 0") only,
+   ``mode="few"`` the reference plane and its two neighbours (0, ±1).
+2. BM maps every input plane to a blur mask (probability that a pixel is defocused).
+3. The generator maps the planes stacked with their masks to the all-in-focus tile.
+
+The output is *generated*, not copied from a source plane, so ``weights`` is ``None`` (no
+per-plane decision exists) and the pipeline writes no focus map for this fuser.
+:meth:`CganBlurMaskFuser.blur_mask` returns BM's mask of the reference plane, which shows a
+reader which regions the generator had to synthesise.
+
+Which plane is "plane 0"
+------------------------
+The paper's layer 0 is the scanner's best-focus plane (the depth with most cells in focus),
+which is the middle of its 11 layers only because the scanner centred the stack on it. In a
+z-stack read here the middle plane is often not the best-focused one (tilted tissue, a stack
+started off focus, a drift between planes), so ``reference="sharpest"`` (default) takes the
+plane with the highest mean sum-modified-Laplacian of the tile's luminance; blank glass (no
+plane has structure) falls back to the middle plane. ``reference="middle"`` reproduces a
+stack centred on focus. The single-plane model was trained on the sharpest plane of synthetic
+stacks, the same choice. The choice is per tile, so neighbouring tiles may start from different
+planes; the stitcher blends their overlaps (both aim at the same all-in-focus image).
+Few-plane mode with the reference at an end of the stack shifts the three-plane window inward
+(planes 0, 1, 2 for a reference 0); with fewer than three planes the nearest plane is repeated.
+
+Deviations from the paper (see also the network and training modules)
+---------------------------------------------------------------------
+- Shipped networks are reduced-width CPU variants (``deeplab_v3_lite``, generator ``lite``)
+  trained for minutes on synthetic focal stacks made from H&E tissue, not on cervical
+  cytology slides with CaseViewer fusions as ground truth.
+- One weights file holds BM and both generators (keys ``bm.``, ``single.``, ``few.``), so a
+  single sha256 record pins the whole model.
+
+Margin: the generator is a U-Net with three pooling levels and 9×9 convolutions; its
+theoretical receptive field reaches far (±146 px) but the influence decays fast. ``margin`` is
+64 px, the halo of the paper's tiling (512 px tiles, 128 px overlap); the model card reports
+the measured difference between tiled and whole-image output beyond it. The fuser is
+therefore *approximately* margin-bounded, not exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from wsi_fusion._types import TileStack
+from wsi_fusion.fusers._filters import luminance
+from wsi_fusion.fusers._registry import register_fuser
+from wsi_fusion.fusers._torch import TorchFuser, TorchParams
+from wsi_fusion.fusers._weights import WeightsRecord
+from wsi_fusion.fusers.base import FusionResult
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+Float32Array = npt.NDArray[np.float32]
+
+#: Mean per-pixel SML (luminance units) below which every plane counts as blank glass.
+BLANK_SML = 2e-3
+#: Halo of the paper's tiling (128 px overlap between 512 px tiles).
+MARGIN = 64
+
+
+class CganBlurMaskParams(TorchParams):
+    #: ``single``: the reference plane only; ``few``: the reference plane and its neighbours.
+    mode: Literal["single", "few"] = "single"
+    #: How the reference plane ("plane 0") is chosen in a multi-plane tile.
+    reference: Literal["sharpest", "middle"] = "sharpest"
+
+
+def plane_sharpness(stack: TileStack) -> Float32Array:
+    """Mean sum-modified-Laplacian (step 1) of each plane's luminance, ``(Z,)``."""
+    lum = luminance(stack)
+    p = np.pad(lum, [(0, 0), (1, 1), (1, 1)], mode="symmetric")
+    c = 2.0 * p[:, 1:-1, 1:-1]
+    ml = np.abs(c - p[:, :-2, 1:-1] - p[:, 2:, 1:-1]) + np.abs(c - p[:, 1:-1, :-2] - p[:, 1:-1, 2:])
+    return ml.mean(axis=(1, 2)).astype(np.float32)
+
+
+def reference_plane(stack: TileStack, how: Literal["sharpest", "middle"] = "sharpest") -> int:
+    """Index of the reference plane ("plane 0") of a ``(Z, C, H, W)`` stack."""
+    z = stack.shape[0]
+    if how == "middle" or z == 1:
+        return z // 2
+    sharpness = plane_sharpness(stack)
+    if float(sharpness.max()) < BLANK_SML:
+        return z // 2
+    return int(np.argmax(sharpness))
+
+
+def few_plane_indices(n_planes: int, ref: int) -> list[int]:
+    """Three plane indices around ``ref``: ``ref-1, ref, ref+1`` shifted inside ``0..Z-1``.
+
+    With fewer than three planes the nearest plane is repeated (``[0, 0, 1]`` for two planes
+    with reference 0, ``[0, 0, 0]`` for one).
+    """
+    if n_planes >= 3:
+        start = min(max(ref - 1, 0), n_planes - 3)
+        return [start, start + 1, start + 2]
+    return [max(ref - 1, 0), ref, min(ref + 1, n_planes - 1)]
+
+
+@register_fuser(
+    "cgan_blurmask",
+    paper=(
+        "'Generating fused images from single-focus or few-focus cytopathological images based "
+        "on a conditional GAN' (U-Net/DenseBlock generator, PatchGAN discriminator, DeepLab-v3 "
+        "blur-mask network; code: github.com/GengXieBo/fusion)"
+    ),
+)
+class CganBlurMaskFuser(TorchFuser):
+    """Single- or few-plane conditional GAN with a DeepLab-v3 blur-mask network."""
+
+    Params = CganBlurMaskParams
+    params: CganBlurMaskParams
+    min_planes: ClassVar[int] = 1
+    weights_record: ClassVar[WeightsRecord] = WeightsRecord(
+        model="cgan_blurmask.lite",
+        file="cgan_blurmask/cgan_blurmask.lite.safetensors",
+        sha256="0" * 64,
+    )
+
+    def build_model(self) -> torch.nn.Module:
+        from wsi_fusion.nets.cgan_blurmask import CganBlurMask
+
+        return CganBlurMask()
+
+    @property
+    def margin(self) -> int:
+        return MARGIN
+
+    def input_planes(self, stack: TileStack) -> list[int]:
+        """Indices of the planes the generator sees for this tile."""
+        ref = reference_plane(stack, self.params.reference)
+        if self.params.mode == "single":
+            return [ref]
+        return few_plane_indices(stack.shape[0], ref)
+
+    def _forward(self, stacks: list[TileStack]) -> tuple[Float32Array, Float32Array]:
+        """Fused ``(N, 3, H, W)`` and reference-plane blur masks ``(N, H, W)`` of equal stacks."""
+        import torch
+
+        inputs = np.stack([s[self.input_planes(s)] for s in stacks])
+        model = self.model
+        fused, masks = [], []
+        with self.autocast():
+            for i in range(0, len(inputs), self.tparams.batch_size):
+                x = torch.from_numpy(inputs[i : i + self.tparams.batch_size]).to(self.device)
+                out, mask = model(x, mode=self.params.mode)
+                fused.append(out.float().clamp_(0.0, 1.0).cpu().numpy())
+                masks.append(mask[:, mask.shape[1] // 2, 0].float().cpu().numpy())
+        return np.concatenate(fused).astype(np.float32), np.concatenate(masks).astype(np.float32)
+
+    def fuse(self, stack: TileStack) -> FusionResult:
+        return self.fuse_batch([stack])[0]
+
+    def fuse_batch(self, stacks: list[TileStack]) -> list[FusionResult]:
+        """Fuse tiles with batched forward passes (tiles of equal shape share a batch)."""
+        stacks = [np.asarray(s, dtype=np.float32) for s in stacks]
+        results: list[FusionResult | None] = [None] * len(stacks)
+        for indices in _groups_by_shape(stacks):
+            fused, _ = self._forward([stacks[i] for i in indices])
+            for i, f in zip(indices, fused, strict=True):
+                results[i] = FusionResult(fused=f, weights=None)
+        return [r for r in results if r is not None]
+
+    def blur_mask(self, stack: TileStack) -> Float32Array:
+        """BM's blur probability ``(H, W)`` of the reference plane: the regions G synthesised."""
+        _, masks = self._forward([np.asarray(stack, dtype=np.float32)])
+        return masks[0]
+
+    @classmethod
+    def weights_status(cls) -> str:
+        return super().weights_status()
+
+
+def _groups_by_shape(stacks: list[TileStack]) -> list[list[int]]:
+    """Indices of ``stacks`` grouped by shape (a batch needs equal shapes)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(stacks):
+        groups.setdefault(tuple(s.shape), []).append(i)
+    return list(groups.values())

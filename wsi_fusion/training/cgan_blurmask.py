@@ -1,0 +1,376 @@
+"""Training recipes of the ``cgan_blurmask`` fuser: the blur-mask network BM, then the cGAN.
+
+The cytology cGAN paper (``../shared/papers/cgan_blurmask_cytology_wsi.txt``, §3.4, §4.2,
+Algorithm 1):
+
+1. **BM** (DeepLab-v3) is trained first on real sharp tissue with random local Gaussian-blurred
+   regions and their masks (the paper's degradation model, :func:`local_blur_sample`), 2-class
+   cross-entropy, Adam lr 1e-3, batch 4. Then it is frozen.
+2. **G and D** are trained alternately: G minimises ``L1(G, I_r) + λ·BCE(D(G), 1)`` with
+   λ = 0.001, D minimises ``BCE(D(I_r), 1) + BCE(D(G), 0)``; Adam, D's learning rate half of
+   G's, both ×0.8 after each epoch. G's input: the plane(s) stacked with their BM masks.
+   Ground truth ``I_r``: the sharp image behind a synthetic focal stack
+   (:func:`focal_stack_sample`); the input plane is the stack's sharpest plane (the fuser's
+   "plane 0", :func:`wsi_fusion.fusers.cgan_blurmask.reference_plane`) and, for the few-plane
+   model, its two neighbours.
+
+Deviations (all forced by a CPU budget of minutes instead of a GPU for days):
+
+- 128-px crops, batch 4 (paper: 512 px, batch 1 for G).
+- BM blur sigma 1–16 px (the recipe's default is 2–32): the sharpest plane of a z-stack is
+  defocused by a few px at most, so BM must see mild blur to be useful to G.
+- No real z-stack pseudo ground truth: only synthetic stacks with known ground truth are used
+  (the real stacks in ``/work/shared/data`` have no ground truth; a classical fusion as target
+  would teach G that classical fusion's errors).
+- G's learning rate is 2e-4 (paper 0.5e-4), D's 1e-4 (still half); an "epoch" is
+  ``epoch_steps`` steps (the paper's epoch is 37,211 patches), after which both are ×0.8.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from wsi_fusion.fusers.cgan_blurmask import few_plane_indices, reference_plane
+from wsi_fusion.training.data import (
+    Image,
+    augment,
+    focal_stack_sample,
+    local_blur_sample,
+    random_crop,
+    sharp_sources,
+)
+from wsi_fusion.training.loop import step_rng, train_loop
+
+if TYPE_CHECKING:
+    import torch
+
+    from wsi_fusion.nets.cgan_blurmask import DenseUNetGenerator, PatchDiscriminator
+    from wsi_fusion.nets.deeplab import DeepLabV3
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def load_config(path: str | Path, cls: type[C], **overrides: Any) -> C:
+    """A training config from YAML (unknown keys are errors); ``None`` overrides are ignored."""
+    from pydantic import ValidationError
+
+    from wsi_fusion.errors import ConfigError
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls(**data)
+    except ValidationError as err:
+        raise ConfigError(f"invalid training config {path}: {err}") from err
+
+
+class BlurMaskTrainConfig(BaseModel):
+    """Run config of ``workflows/train_blurmask.py`` (``configs/train_blurmask.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variant: Literal["deeplab_v3_lite", "deeplab_v3_resnet50"] = "deeplab_v3_lite"
+    seed: int = 0
+    steps: int = Field(default=2000, ge=1)
+    batch: int = Field(default=4, ge=1)
+    crop: int = Field(default=128, ge=32)
+    lr: float = Field(default=1e-3, gt=0)
+    sigma: tuple[float, float] = (1.0, 16.0)
+    #: Fraction of samples left entirely sharp (mask all 0), so BM learns that sharp is common.
+    sharp_fraction: float = Field(default=0.1, ge=0, le=1)
+    max_seconds: float | None = None
+    threads: int = Field(default=1, ge=1)
+    extra_dirs: tuple[str, ...] = ()
+    checkpoint: str = "scratch/train/blurmask.ckpt"
+    output: str = "models/cgan_blurmask/blurmask.deeplab_v3_lite.safetensors"
+
+
+class CganTrainConfig(BaseModel):
+    """Run config of ``workflows/train_cgan.py`` (``configs/train_cgan_{single,few}.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["single", "few"] = "single"
+    width: Literal["lite", "paper"] = "lite"
+    seed: int = 0
+    steps: int = Field(default=600, ge=1)
+    batch: int = Field(default=4, ge=1)
+    crop: int = Field(default=128, ge=64)
+    #: Planes of the synthetic training stacks (the input plane(s) are picked from these).
+    stack_planes: int = Field(default=5, ge=3)
+    lr_g: float = Field(default=2e-4, gt=0)
+    #: Discriminator learning rate as a fraction of G's (paper: half).
+    d_lr_ratio: float = Field(default=0.5, gt=0)
+    lr_decay: float = Field(default=0.8, gt=0, le=1)
+    epoch_steps: int = Field(default=100, ge=1)
+    adv_weight: float = Field(default=1e-3, ge=0)
+    max_seconds: float | None = None
+    threads: int = Field(default=1, ge=1)
+    extra_dirs: tuple[str, ...] = ()
+    blurmask: str = "models/cgan_blurmask/blurmask.deeplab_v3_lite.safetensors"
+    checkpoint: str = "scratch/train/cgan_single.ckpt"
+    output: str = "models/cgan_blurmask/cgan_blurmask.single.safetensors"
+
+
+# -- BM -------------------------------------------------------------------------------------------
+
+
+def blurmask_batch(
+    sources: Sequence[Image], rng: np.random.Generator, cfg: BlurMaskTrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(B, 3, H, W)`` float32 with locally blurred regions, masks ``(B, H, W)`` int64."""
+    images, masks = [], []
+    for _ in range(cfg.batch):
+        src = sources[int(rng.integers(len(sources)))]
+        sharp = augment(random_crop(src, cfg.crop, rng), rng)
+        if rng.random() < cfg.sharp_fraction:
+            image = sharp.astype(np.float32) / 255.0
+            mask = np.zeros(sharp.shape[:2], np.float32)
+        else:
+            image, mask = local_blur_sample(sharp, rng, sigma=cfg.sigma)
+        images.append(np.moveaxis(image, -1, 0))
+        masks.append(mask)
+    return np.stack(images).astype(np.float32), np.stack(masks).astype(np.int64)
+
+
+def train_blurmask(cfg: BlurMaskTrainConfig, progress: bool = True) -> tuple[DeepLabV3, list]:
+    """Train BM; return the model (eval mode) and the loss history."""
+    import torch
+    import torch.nn.functional as F
+
+    from wsi_fusion.nets.deeplab import build_deeplab
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = build_deeplab(cfg.variant)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sources = sharp_sources(cfg.extra_dirs)
+
+    def step(i: int) -> dict[str, float]:
+        x, y = blurmask_batch(sources, step_rng(cfg.seed, i), cfg)
+        logits = model(torch.from_numpy(x))
+        target = torch.from_numpy(y)
+        loss = F.cross_entropy(logits, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            acc = (logits.argmax(1) == target).float().mean()
+        return {"ce": loss.item(), "acc": acc.item()}
+
+    history = train_loop(
+        step,
+        cfg.steps,
+        cfg.checkpoint,
+        {"bm": model},
+        {"adam": opt},
+        seed=cfg.seed,
+        max_seconds=cfg.max_seconds,
+        progress=progress,
+    )
+    return model.eval(), history
+
+
+# -- G and D --------------------------------------------------------------------------------------
+
+
+def input_indices(planes_zchw: np.ndarray, mode: Literal["single", "few"]) -> list[int]:
+    """The planes the generator sees: the reference plane, and its neighbours in ``few`` mode."""
+    ref = reference_plane(planes_zchw)
+    if mode == "single":
+        return [ref]
+    return few_plane_indices(planes_zchw.shape[0], ref)
+
+
+def cgan_batch(
+    sources: Sequence[Image], rng: np.random.Generator, cfg: CganTrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generator inputs ``(B, P, 3, H, W)`` and ground truth ``(B, 3, H, W)``, float32."""
+    inputs, truths = [], []
+    for _ in range(cfg.batch):
+        src = sources[int(rng.integers(len(sources)))]
+        sharp = augment(random_crop(src, cfg.crop, rng), rng)
+        synth = focal_stack_sample(sharp, rng, n_planes=cfg.stack_planes)
+        planes = np.moveaxis(synth.planes, -1, 1).astype(np.float32) / 255.0  # (Z, 3, H, W)
+        inputs.append(planes[input_indices(planes, cfg.mode)])
+        truths.append(np.moveaxis(synth.ground_truth, -1, 0).astype(np.float32) / 255.0)
+    return np.stack(inputs), np.stack(truths)
+
+
+def blur_masks(bm: DeepLabV3, planes: torch.Tensor) -> torch.Tensor:
+    """BM blur probability of every plane: ``(N, P, 3, H, W)`` → ``(N, P, 1, H, W)``."""
+    n, p, c, h, w = planes.shape
+    return bm.blur_probability(planes.reshape(n * p, c, h, w)).reshape(n, p, 1, h, w)
+
+
+def train_cgan(
+    cfg: CganTrainConfig, bm: DeepLabV3, progress: bool = True
+) -> tuple[DenseUNetGenerator, PatchDiscriminator, list]:
+    """Train G and D alternately against a frozen BM; return them (eval mode) and the history."""
+    import torch
+    import torch.nn.functional as F
+
+    from wsi_fusion.nets.cgan_blurmask import DenseUNetGenerator, PatchDiscriminator
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    n_planes = 1 if cfg.mode == "single" else 3
+    gen = DenseUNetGenerator(n_planes, cfg.width)
+    disc = PatchDiscriminator()
+    bm = bm.eval()
+    for p in bm.parameters():
+        p.requires_grad_(False)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_g * cfg.d_lr_ratio, betas=(0.5, 0.999))
+    sched_g = torch.optim.lr_scheduler.StepLR(opt_g, cfg.epoch_steps, cfg.lr_decay)
+    sched_d = torch.optim.lr_scheduler.StepLR(opt_d, cfg.epoch_steps, cfg.lr_decay)
+    sources = sharp_sources(cfg.extra_dirs)
+
+    def step(i: int) -> dict[str, float]:
+        x, y = cgan_batch(sources, step_rng(cfg.seed, i), cfg)
+        planes, truth = torch.from_numpy(x), torch.from_numpy(y)
+        with torch.no_grad():
+            masks = blur_masks(bm, planes)
+        # G step (D fixed).
+        fake = gen(planes, masks)
+        logits_fake = disc(fake)
+        l1 = F.l1_loss(fake, truth)
+        adv = F.binary_cross_entropy_with_logits(logits_fake, torch.ones_like(logits_fake))
+        loss_g = l1 + cfg.adv_weight * adv
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        # D step (G fixed).
+        logits_real = disc(truth)
+        logits_fake = disc(fake.detach())
+        loss_d = F.binary_cross_entropy_with_logits(
+            logits_real, torch.ones_like(logits_real)
+        ) + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        sched_g.step()
+        sched_d.step()
+        with torch.no_grad():
+            l1_input = F.l1_loss(planes[:, n_planes // 2], truth)
+        return {"l1": l1.item(), "l1_input": l1_input.item(), "adv": adv.item(), "d": loss_d.item()}
+
+    history = train_loop(
+        step,
+        cfg.steps,
+        cfg.checkpoint,
+        {"g": gen, "d": disc},
+        {"adam_g": opt_g, "adam_d": opt_d},
+        {"lr_g": sched_g, "lr_d": sched_d},
+        seed=cfg.seed,
+        max_seconds=cfg.max_seconds,
+        progress=progress,
+    )
+    return gen.eval(), disc.eval(), history
+
+
+def load_blurmask(path: str | Path, variant: str = "deeplab_v3_lite") -> DeepLabV3:
+    """A trained BM from its own safetensors file or the shipped combined one (frozen, eval)."""
+    from wsi_fusion.fusers._weights import load_into, load_state_dict
+    from wsi_fusion.nets.deeplab import build_deeplab
+
+    model = build_deeplab(variant)  # type: ignore[arg-type]
+    state = load_state_dict(Path(path))
+    if any(k.startswith("bm.") for k in state):  # the shipped combined file
+        state = {k[3:]: v for k, v in state.items() if k.startswith("bm.")}
+    load_into(model, state, source=str(path))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+# -- held-out evaluation (model card) -------------------------------------------------------------
+
+#: Classical fusers the few-plane model is compared with, on the same three planes.
+CLASSICAL = ("focus_measure", "laplacian_pyramid", "wavelet")
+
+
+def _tile(planes: np.ndarray) -> np.ndarray:
+    """(Z, H, W, 3) uint8 -> (Z, 3, H, W) float32 in [0, 1]."""
+    return np.ascontiguousarray(planes.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+
+
+def _to_uint8(chw: np.ndarray) -> np.ndarray:
+    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8, as a written slide holds it."""
+    return np.clip(np.rint(chw.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+
+
+def evaluate_cgan(
+    weights: str | Path, n: int = 6, size: int = 512, n_planes: int = 5, noise: float = 0.005
+) -> dict[str, Any]:
+    """Held-out metrics of the packed model (``heldout_stacks``, luminance PSNR/SSIM vs GT).
+
+    Per stack: the reference plane itself (what a single-plane scan gives), the single-plane
+    model, the few-plane model, and the classical fusers on the same three planes and on all
+    planes; plus CPU speed (512-px tiles/s) and the tiled-vs-whole difference beyond the margin.
+    """
+    import time
+
+    import torch
+
+    from wsi_fusion.fusers import create_fuser
+    from wsi_fusion.fusers.cgan_blurmask import MARGIN, CganBlurMaskFuser
+    from wsi_fusion.metrics.full_reference import psnr, ssim
+    from wsi_fusion.training.data import heldout_stacks
+
+    single = CganBlurMaskFuser(weights=str(weights), device="cpu", mode="single")
+    few = CganBlurMaskFuser(weights=str(weights), device="cpu", mode="few")
+    classical = {name: create_fuser(name) for name in CLASSICAL}
+    rows: list[dict[str, Any]] = []
+    seconds: dict[str, float] = {"single": 0.0, "few": 0.0}
+    for name, synth in heldout_stacks(n=n, size=size, n_planes=n_planes, noise=noise):
+        stack, gt = _tile(synth.planes), synth.ground_truth
+        ref = single.input_planes(stack)[0]
+        three = stack[few.input_planes(stack)]
+        outputs: dict[str, np.ndarray] = {"input_plane": stack[ref]}
+        for key, fuser in (("single", single), ("few", few)):
+            began = time.perf_counter()
+            outputs[key] = fuser.fuse(stack).fused
+            seconds[key] += time.perf_counter() - began
+        for cname, cfuser in classical.items():
+            outputs[f"{cname}@3"] = cfuser.fuse(three).fused
+            outputs[f"{cname}@{n_planes}"] = cfuser.fuse(stack).fused
+        row: dict[str, Any] = {"stack": name, "reference_plane": ref}
+        for key, out in outputs.items():
+            img = _to_uint8(out)
+            row[key] = {"psnr": round(psnr(img, gt), 3), "ssim": round(ssim(img, gt), 4)}
+        rows.append(row)
+    keys = [k for k in rows[0] if isinstance(rows[0][k], dict)]
+    mean = {
+        k: {m: round(float(np.mean([r[k][m] for r in rows])), 3) for m in ("psnr", "ssim")}
+        for k in keys
+    }
+    # Tiled vs whole: fuse the top half alone and compare beyond MARGIN from its cut edge.
+    stack = _tile(heldout_stacks(n=1, size=size, n_planes=n_planes, noise=noise)[0][1].planes)
+    tiled = {}
+    for key, fuser in (("single", single), ("few", few)):
+        whole = fuser.fuse(stack).fused
+        half = fuser.fuse(np.ascontiguousarray(stack[:, :, : size // 2])).fused
+        cut = size // 2 - MARGIN
+        tiled[key] = {
+            "max_abs_beyond_margin": round(float(np.abs(whole[:, :cut] - half[:, :cut]).max()), 5),
+            "max_abs_at_edge": round(float(np.abs(whole[:, : size // 2] - half).max()), 5),
+        }
+    return {
+        "heldout": {"n": n, "size": size, "n_planes": n_planes, "noise": noise},
+        "mean": mean,
+        "per_stack": rows,
+        "gain_single_db": round(mean["single"]["psnr"] - mean["input_plane"]["psnr"], 3),
+        "cpu_tiles_per_second": {k: round(n / v, 3) for k, v in seconds.items()},
+        "torch_threads": torch.get_num_threads(),
+        "tiled_vs_whole": tiled,
+    }
