@@ -25,6 +25,7 @@ _FUSER_MODULES = (
     "wsi_fusion.fusers.focus_measure",
     "wsi_fusion.fusers.laplacian_pyramid",
     "wsi_fusion.fusers.wavelet",
+    "wsi_fusion.fusers.msegnet",
 )
 
 DEFAULT_FUSER = "focus_measure"
