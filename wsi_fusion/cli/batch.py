@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from tqdm import tqdm
+
+from wsi_fusion.cli._logs import tame_console
 
 if TYPE_CHECKING:
     from wsi_fusion.batch.runner import SlideResult
@@ -49,18 +50,6 @@ class BatchBars:
 
     def close(self) -> None:
         self.overall.close()
-
-
-def keep_console_quiet() -> None:
-    """Pin the console handlers to the chosen verbosity.
-
-    The per-slide log files record the package's INFO messages; without this, lowering the
-    package's level for them would also flood the console.
-    """
-    root = logging.getLogger()
-    for handler in root.handlers:
-        if handler.level == logging.NOTSET:
-            handler.setLevel(root.level)
 
 
 @click.command()
@@ -157,7 +146,7 @@ def batch(
             update={"tissue": config.tissue.model_copy(update={"enabled": False})}
         )
     slides = collect_slides(source, pattern=pattern or DEFAULT_PATTERN, exclude=(outdir,))
-    keep_console_quiet()
+    tame_console()
     learned = uses_learned_fuser(slides, config)
     bars = BatchBars(len(slides), quiet)
     try:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from wsi_fusion.cli._logs import tame_console
 from wsi_fusion.cli._progress import BarProgress
 
 
@@ -61,10 +62,15 @@ from wsi_fusion.cli._progress import BarProgress
 @click.option(
     "--scheduler",
     default=None,
-    help="threads (default), processes, sync, local-cluster, or a scheduler address.",
+    help="threads (default), processes, sync, local-cluster, or a scheduler address "
+    "(tcp://host:8786, e.g. a SLURM cluster's).",
 )
 @click.option(
-    "--workers", type=int, default=None, help="Worker threads/processes (default: all cores)."
+    "--workers",
+    type=int,
+    default=None,
+    help="Worker threads/processes (default: all cores); local-cluster: worker processes "
+    "(default 2, or one per GPU for learned fusers).",
 )
 @click.option(
     "--cache-dir",
@@ -72,7 +78,11 @@ from wsi_fusion.cli._progress import BarProgress
     default=None,
     help="Tile cache location (default OUTPUT.cache); reruns resume from it.",
 )
-@click.option("--keep-cache", is_flag=True, help="Keep the tile cache after success.")
+@click.option(
+    "--keep-cache",
+    is_flag=True,
+    help="Keep the tile cache after success (it is always kept after a failure, for resuming).",
+)
 @click.option(
     "--overwrite", is_flag=True, help="Replace an existing output once the new one is complete."
 )
@@ -99,7 +109,9 @@ def fuse(
 ) -> None:
     """Fuse the focal planes INPUTS (one multi-plane file, or one file per plane) into OUTPUT."""
     from wsi_fusion.config import load_config
+    from wsi_fusion.fusers import fuser_class
     from wsi_fusion.pipeline import fuse_slide
+    from wsi_fusion.scheduling.graph import open_runner
 
     overrides: dict[str, Any] = {
         "fuser": fuser,
@@ -121,15 +133,23 @@ def fuse(
         config = config.model_copy(
             update={"registration": config.registration.model_copy(update={"mode": register})}
         )
-    report = fuse_slide(
-        [str(p) for p in inputs],
-        output,
-        config,
-        overwrite=overwrite,
-        keep_cache=keep_cache,
-        cache_dir=cache_dir,
-        progress=BarProgress(quiet),
-    )
+    tame_console()
+    with open_runner(
+        config.scheduler, config.workers, use_gpus=fuser_class(config.fuser).needs_weights
+    ) as runner:
+        dashboard = runner.description.get("dashboard")
+        if dashboard and not quiet:
+            click.echo(f"Dask dashboard: {dashboard}", err=True)
+        report = fuse_slide(
+            [str(p) for p in inputs],
+            output,
+            config,
+            overwrite=overwrite,
+            keep_cache=keep_cache,
+            cache_dir=cache_dir,
+            progress=BarProgress(quiet),
+            runner=runner,
+        )
     if not quiet:
         h, w = report.shape
         took = report.timings_s.get("total", 0.0)

@@ -161,14 +161,15 @@ class FuserCachePlugin(WorkerPlugin):  # type: ignore[misc]
 
     name = "wsi-fusion-fusers"
 
-    def __init__(self) -> None:
-        self.cache = FuserCache()
+    # The plugin is pickled to the workers; the cache (with its lock) is made there, in setup.
+    cache: FuserCache
 
     def setup(self, worker: Any) -> None:
         self.cache = FuserCache(worker_index=_worker_index(worker.name))
 
     def teardown(self, worker: Any) -> None:
-        self.cache.clear()
+        if hasattr(self, "cache"):
+            self.cache.clear()
 
 
 def _worker_index(name: Any) -> int | None:
@@ -188,4 +189,6 @@ def worker_fuser_cache() -> FuserCache:
     except ValueError:  # not inside a distributed worker
         return _process_cache
     plugin = worker.plugins.get(FuserCachePlugin.name)
-    return plugin.cache if isinstance(plugin, FuserCachePlugin) else _process_cache
+    if isinstance(plugin, FuserCachePlugin) and hasattr(plugin, "cache"):
+        return plugin.cache
+    return _process_cache
