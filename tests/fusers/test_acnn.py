@@ -1,0 +1,141 @@
+"""ACNN: dense = patch-wise scores, reach, refinement, strategies, shipped weights, reference."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _decision_checks import (
+    check_bad_weights,
+    check_reference,
+    check_sha256,
+    reference_stack,
+    regenerate,
+)
+from conftest import psnr
+
+from wsi_fusion.errors import ConfigError
+from wsi_fusion.fusers import create_fuser
+from wsi_fusion.fusers.acnn import FOCUS_HALO, ACNNFuser, refine
+from wsi_fusion.tiling.plan import make_plan
+
+torch = pytest.importorskip("torch")
+
+from wsi_fusion.nets.acnn import ACNN, SMALL, focus_map, receptive_halo  # noqa: E402
+
+needs_weights = pytest.mark.skipif(
+    ACNNFuser.weights_status() != "present", reason="acnn weights not shipped"
+)
+
+
+def _dense_focus(net: ACNN, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    ta, _ = net.head_terms(net.branch(a))
+    _, tb = net.head_terms(net.branch(b))
+    return focus_map(net.score_map(ta, tb), net.cfg, a.shape[-2:])
+
+
+def test_halo_constant_matches_network() -> None:
+    assert receptive_halo(SMALL) == FOCUS_HALO
+
+
+def test_dense_scores_equal_patch_classifier() -> None:
+    """The factorised dense head gives the patch classifier's output at stride 4."""
+    torch.manual_seed(0)
+    net = ACNN(SMALL).eval()
+    a, b = torch.rand(1, 1, 64, 72), torch.rand(1, 1, 64, 72)
+    with torch.no_grad():
+        ta, _ = net.head_terms(net.branch(a))
+        _, tb = net.head_terms(net.branch(b))
+        dense = net.score_map(ta, tb)
+        full = torch.softmax(net(a, b), dim=1)[:, 1:2]
+        torch.testing.assert_close(dense, full, atol=1e-6, rtol=0)
+        # An interior patch: only zero padding differs between patch and dense evaluation.
+        i, j = 4, 6
+        patch = torch.softmax(
+            net(
+                a[..., 4 * i : 4 * i + 16, 4 * j : 4 * j + 16],
+                b[..., 4 * i : 4 * i + 16, 4 * j : 4 * j + 16],
+            ),
+            dim=1,
+        )[0, 1]
+    assert abs(float(patch) - float(dense[0, 0, i, j])) < 0.05
+
+
+def test_focus_map_reach_is_within_halo() -> None:
+    torch.manual_seed(0)
+    net = ACNN(SMALL).eval()
+    a, b = torch.rand(1, 1, 96, 96), torch.rand(1, 1, 96, 96)
+    with torch.no_grad():
+        base = _dense_focus(net, a, b)
+        a2 = a.clone()
+        a2[0, 0, 48, 50] += 0.5
+        changed = torch.nonzero((_dense_focus(net, a2, b) - base).abs()[0, 0] > 0)
+    reach = int((changed - torch.tensor([48, 50])).abs().max())
+    assert 0 < reach <= FOCUS_HALO
+
+
+def test_refine_removes_specks_and_fills_holes() -> None:
+    mask = np.zeros((40, 40), bool)
+    mask[5:30, 5:30] = True
+    mask[15, 15] = False  # a one-pixel hole
+    mask[35, 35] = True  # a one-pixel speck
+    out = refine(mask, 2)
+    assert out[15, 15] and not out[35, 35]
+    assert out[10:25, 10:25].all()
+    np.testing.assert_array_equal(refine(mask, 0), mask)
+
+
+def test_margins_and_serial_refusal() -> None:
+    calib = ACNNFuser.untrained(device="cpu")
+    serial = ACNNFuser.untrained(device="cpu", strategy="serial", max_planes=3)
+    assert calib.margin == FOCUS_HALO
+    assert serial.margin == 2 * (FOCUS_HALO + 8)
+    make_plan((2048, 2048), tile=512, overlap=128, margin=calib.margin)
+    with pytest.raises(ConfigError, match="max_planes"):
+        serial.fuse(np.zeros((4, 3, 24, 24), np.float32))
+
+
+@pytest.mark.parametrize("strategy", ["calibration", "serial"])
+def test_untrained_strategies_keep_contract(strategy: str) -> None:
+    stack = reference_stack()
+    result = ACNNFuser.untrained(device="cpu", strategy=strategy).fuse(stack)
+    assert result.weights is not None
+    np.testing.assert_allclose(result.weights.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(
+        result.fused, np.einsum("zchw,zhw->chw", stack, result.weights), atol=1e-5
+    )
+
+
+@needs_weights
+def test_shipped_weights_load_and_match_sha256() -> None:
+    check_sha256(ACNNFuser)
+
+
+@needs_weights
+def test_reference_output() -> None:
+    check_reference("acnn")
+
+
+@needs_weights
+def test_bad_weights_are_refused(tmp_path: Path) -> None:
+    from wsi_fusion.fusers.gacn import GACNFuser
+
+    check_bad_weights(ACNNFuser, GACNFuser.untrained(device="cpu"), tmp_path)
+
+
+@needs_weights
+@pytest.mark.parametrize("strategy", ["calibration", "serial"])
+def test_trained_acnn_beats_every_plane(strategy: str) -> None:
+    from conftest import depth_map, focal_stack, sharp_image
+
+    sharp = np.ascontiguousarray(sharp_image("astronaut")[:, 40:168, 180:340])
+    stack = focal_stack(sharp, depth_map(sharp.shape[1:], n_planes=4), 4, blur_per_plane=2.0)
+    fused = create_fuser("acnn", device="cpu", strategy=strategy).fuse(stack).fused
+    best_plane = max(psnr(plane, sharp) for plane in stack)
+    assert psnr(fused, sharp) > best_plane + 2.0
+
+
+if __name__ == "__main__" and "--regenerate" in sys.argv:
+    regenerate("acnn")

@@ -1,0 +1,142 @@
+"""GACN: network reach, differentiable Q_g, strategies, shipped weights, reference output."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _decision_checks import (
+    check_bad_weights,
+    check_reference,
+    check_sha256,
+    reference_stack,
+    regenerate,
+)
+from conftest import psnr
+
+from wsi_fusion.errors import ConfigError
+from wsi_fusion.fusers import create_fuser
+from wsi_fusion.fusers.gacn import DM_HALO, GACNFuser
+from wsi_fusion.tiling.plan import make_plan
+
+torch = pytest.importorskip("torch")
+
+from wsi_fusion.nets.gacn import GACN, SMALL, ChannelSE, receptive_halo  # noqa: E402
+from wsi_fusion.training.gacn import dice_loss, qg_loss  # noqa: E402
+
+needs_weights = pytest.mark.skipif(
+    GACNFuser.weights_status() != "present", reason="gacn weights not shipped"
+)
+
+
+def test_halo_constant_matches_network() -> None:
+    assert receptive_halo(SMALL) == DM_HALO
+
+
+def test_initial_dm_reach_is_within_halo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Perturbing one pixel changes the initial DM only within the declared halo.
+
+    Channel SE pools globally (documented); it is made the identity for this check.
+    """
+    monkeypatch.setattr(ChannelSE, "forward", lambda self, x: x)
+    torch.manual_seed(0)
+    net = GACN(SMALL).eval()
+    a, b = torch.rand(1, 1, 96, 96), torch.rand(1, 1, 96, 96)
+    with torch.no_grad():
+        base = net.logit(net.activity(a), net.activity(b))
+        a2 = a.clone()
+        a2[0, 0, 48, 48] += 0.5
+        moved = net.logit(net.activity(a2), net.activity(b))
+    changed = torch.nonzero((moved - base).abs()[0, 0] > 0)
+    reach = int((changed - 48).abs().max())
+    assert 0 < reach <= DM_HALO
+
+
+def test_decision_is_antisymmetric() -> None:
+    torch.manual_seed(1)
+    net = GACN(SMALL).eval()
+    a, b = torch.rand(2, 1, 40, 40), torch.rand(2, 1, 40, 40)
+    with torch.no_grad():
+        p_ab = net(a, b, steepness=1.0)
+        p_ba = net(b, a, steepness=1.0)
+    torch.testing.assert_close(p_ab, 1 - p_ba, atol=1e-6, rtol=0)
+
+
+def test_differentiable_qg_matches_metric() -> None:
+    """1 − qg_loss equals wsi_fusion.metrics.q_abf with the paper's constants, and has gradients."""
+    from wsi_fusion.metrics.gradient import QabfConstants, q_abf
+
+    rng = np.random.default_rng(0)
+    a = rng.random((1, 1, 40, 48)).astype(np.float32) * 255
+    b = rng.random((1, 1, 40, 48)).astype(np.float32) * 255
+    w = torch.rand(1, 1, 40, 48, requires_grad=True)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    fused = w * ta + (1 - w) * tb
+    loss = qg_loss(ta, tb, fused)
+    paper = QabfConstants(1.0, -10.0, 0.5, 1.0, -20.0, 0.75, 1.0)
+    expected = q_abf(fused.detach()[0, 0].numpy(), [a[0, 0], b[0, 0]], constants=paper)
+    assert abs((1 - loss.item()) - expected) < 1e-4
+    loss.backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+
+
+def test_dice_loss() -> None:
+    g = torch.tensor([[1.0, 0.0], [1.0, 0.0]])[None]
+    assert float(dice_loss(g, g)) == pytest.approx(0.0, abs=1e-6)
+    assert float(dice_loss(1 - g, g)) > 0.5
+
+
+def test_margins_and_serial_refusal() -> None:
+    calib = GACNFuser.untrained(device="cpu")
+    serial = GACNFuser.untrained(device="cpu", strategy="serial", max_planes=3)
+    assert calib.margin == DM_HALO + 8  # guided filter radius 4 reaches 8 px
+    assert serial.margin == 2 * calib.margin
+    make_plan((2048, 2048), tile=512, overlap=128, margin=calib.margin)
+    with pytest.raises(ConfigError, match="max_planes"):
+        serial.fuse(np.zeros((4, 3, 16, 16), np.float32))
+
+
+@pytest.mark.parametrize("strategy", ["calibration", "serial"])
+def test_untrained_strategies_keep_contract(strategy: str) -> None:
+    stack = reference_stack()
+    result = GACNFuser.untrained(device="cpu", strategy=strategy).fuse(stack)
+    assert result.weights is not None
+    np.testing.assert_allclose(result.weights.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(
+        result.fused, np.einsum("zchw,zhw->chw", stack, result.weights), atol=1e-5
+    )
+
+
+@needs_weights
+def test_shipped_weights_load_and_match_sha256() -> None:
+    check_sha256(GACNFuser)
+
+
+@needs_weights
+def test_reference_output() -> None:
+    check_reference("gacn")
+
+
+@needs_weights
+def test_bad_weights_are_refused(tmp_path: Path) -> None:
+    from wsi_fusion.fusers.acnn import ACNNFuser
+
+    check_bad_weights(GACNFuser, ACNNFuser.untrained(device="cpu"), tmp_path)
+
+
+@needs_weights
+@pytest.mark.parametrize("strategy", ["calibration", "serial"])
+def test_trained_gacn_beats_every_plane(strategy: str) -> None:
+    from conftest import depth_map, focal_stack, sharp_image
+
+    sharp = np.ascontiguousarray(sharp_image("astronaut")[:, 40:168, 180:340])
+    stack = focal_stack(sharp, depth_map(sharp.shape[1:], n_planes=4), 4, blur_per_plane=2.0)
+    fused = create_fuser("gacn", device="cpu", strategy=strategy).fuse(stack).fused
+    best_plane = max(psnr(plane, sharp) for plane in stack)
+    assert psnr(fused, sharp) > best_plane + 2.0
+
+
+if __name__ == "__main__" and "--regenerate" in sys.argv:
+    regenerate("gacn")

@@ -1,0 +1,288 @@
+"""GACN: gradient-aware cascade network for two-source multi-focus fusion.
+
+B. Ma, X. Yin, D. Wu, H. Shen, X. Ban and Y. Wang, "End-to-end learning for simultaneously
+generating decision map and multi-focus image fusion result", Neurocomputing 470:204-216, 2022
+(online 2021), doi:10.1016/j.neucom.2021.10.115. Section 3.1, Fig. 1.
+
+Architecture (as built here)
+----------------------------
+- Feature extraction path (Sec. 3.1.1): a siamese (shared-weight) stack of four 3x3
+  convolutions on the grey source, densely connected (layer ``k`` sees the concatenation of the
+  outputs of every earlier layer), ReLU, no pooling, each followed by a channel squeeze-and-
+  excitation module (CSE: global average pool -> FC -> ReLU -> FC -> sigmoid -> rescale).
+- Activity (Eqs. 1-3): pixel-wise spatial frequency of each layer's features, radius r = 5;
+  the activity level of a scale is ``SF^A - SF^B``. The four scales are concatenated.
+- Decision path (Sec. 3.1.2): four 3x3 convolutions (ReLU between them), each followed by a
+  spatial squeeze-and-excitation module (SSE: one 7x7 convolution to one channel -> sigmoid ->
+  rescale), then the sigmoid projection ``p = 1 / (1 + exp(-k·x))`` (Eq. 4) giving the initial
+  decision map (DM), the probability that A is sharper.
+- Boundary smoothing (Sec. 3.1.2, :func:`smooth_boundary`): the initial DM is Gaussian-filtered,
+  pixels whose filtered value lies in [0.1, 0.8] form the boundary region, the initial DM is
+  guided-filtered (guide: the grey initial fusion result) and the final DM takes the smoothed
+  value in the boundary region and the initial DM elsewhere. Differentiable, used in training.
+
+Deviations from the paper and why
+---------------------------------
+- Widths are not stated in the text (Fig. 1 is not reproduced); features use 16 channels per
+  layer as SESF-Fuse, which the paper builds on; the decision path uses 16 channels. The shipped
+  variant is ``gacn.small`` (growth 8, decision width 8), to train in the CPU budget.
+- The decision is antisymmetric by construction (``GACNConfig.antisymmetric``): the decision
+  path runs on ``a_A − a_B`` and on ``a_B − a_A`` and the logit is half their difference, so
+  ``p(B, A) = 1 − p(A, B)``. Trained as in the paper (one-sided Dice, Eq. 7) the plain path
+  learned to put both classes above p = 0.5 (measured: Dice falling, accuracy of the sign 50 %);
+  antisymmetry removes that bias and makes pairwise decisions consistent for the N-plane
+  strategies. It doubles the (cheap) decision path, not the feature path.
+- The steepness of the sigmoid projection is an argument: the paper uses k = 1000 throughout.
+  With k = 1000 almost every pixel is saturated at initialisation and Dice gets no gradient, so
+  training ramps k (see ``training/gacn.py``); inference uses the paper's k unless told otherwise.
+- Gaussian sigma of the boundary test (2 px), guided-filter radius (4 px) and eps (1e-2) are
+  not given in the paper; they are parameters here.
+- Inputs are grey in [0, 1] shifted to [-0.5, 0.5] (paper: grey, normalisation unstated).
+- Borders: convolutions zero-pad, the spatial-frequency differences replicate the edge (zero
+  difference) and the windows mirror it (the paper: "the same padding strategy").
+
+The CSE modules pool globally, so a pixel's output depends weakly on the whole tile (one scalar
+per channel); :func:`receptive_halo` is the halo of everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: Steepness of the sigmoid projection (Eq. 4) and of the Heaviside approximation (Eq. 12).
+PAPER_STEEPNESS = 1000.0
+
+
+@dataclass(frozen=True)
+class GACNConfig:
+    """Hyper-parameters that fix the parameter shapes of :class:`GACN`.
+
+    Attributes
+    ----------
+    growth : int
+        Channels of each densely connected feature layer.
+    layers : int
+        Feature layers (= scales of the activity level); the paper uses 4.
+    decision_width : int
+        Channels of the decision-path convolutions (the last one has 1).
+    decision_layers : int
+        Decision-path convolutions; the paper uses 4.
+    se_reduction : int
+        Channel reduction of the CSE bottleneck.
+    sse_kernel : int
+        Kernel of the SSE projection (paper: 7).
+    sf_radius : int
+        Window radius r of the spatial frequency (paper: 5).
+    antisymmetric : bool
+        Make the decision antisymmetric: ``logit(A, B) = (D(a_A − a_B) − D(a_B − a_A)) / 2``,
+        so swapping the sources gives ``1 − p`` exactly (not in the paper; see the deviations).
+    """
+
+    growth: int = 16
+    layers: int = 4
+    decision_width: int = 16
+    decision_layers: int = 4
+    se_reduction: int = 2
+    sse_kernel: int = 7
+    sf_radius: int = 5
+    antisymmetric: bool = True
+
+
+#: The shipped reduced-width variant.
+SMALL = GACNConfig(growth=8, decision_width=8)
+
+
+class ChannelSE(nn.Module):
+    """Channel squeeze & excitation (cSE, Hu et al. 2018 / Roy et al. 2018)."""
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(2, 3))
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        return x * s[:, :, None, None]
+
+
+class SpatialSE(nn.Module):
+    """Spatial squeeze & channel excitation (sSE, Roy et al. 2018): one k x k projection."""
+
+    def __init__(self, channels: int, kernel: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(channels, 1, kernel, padding=kernel // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.proj(x))
+
+
+def spatial_frequency(features: torch.Tensor, radius: int) -> torch.Tensor:
+    """Pixel-wise spatial frequency of ``(N, C, H, W)`` features, ``(N, 1, H, W)`` (Eqs. 1-3).
+
+    Row and column differences are squared and summed over channels (the feature *vector*),
+    then averaged over a ``(2r + 1)²`` window; ``SF = sqrt(mean(RF²) + mean(CF²))``.
+    """
+    # Replicate-pad by one so the first row/column has a zero difference.
+    padded = F.pad(features, (1, 0, 1, 0), mode="replicate")
+    row = (padded[:, :, 1:, 1:] - padded[:, :, 1:, :-1]).square().sum(dim=1, keepdim=True)
+    col = (padded[:, :, 1:, 1:] - padded[:, :, :-1, 1:]).square().sum(dim=1, keepdim=True)
+    return torch.sqrt(box_mean(row + col, radius) + 1e-12)
+
+
+class GACNFeatures(nn.Module):
+    """Siamese feature-extraction path: densely connected 3x3 convolutions + CSE, no pooling."""
+
+    def __init__(self, cfg: GACNConfig) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList()
+        self.ses = nn.ModuleList()
+        for k in range(cfg.layers):
+            c_in = 1 + k * cfg.growth
+            self.convs.append(nn.Conv2d(c_in, cfg.growth, 3, padding=1))
+            self.ses.append(ChannelSE(cfg.growth, cfg.se_reduction))
+
+    def forward(self, grey: torch.Tensor) -> list[torch.Tensor]:
+        """Per-scale features of ``(N, 1, H, W)`` grey images in [0, 1]."""
+        inputs = [grey - 0.5]
+        outputs = []
+        for conv, se in zip(self.convs, self.ses, strict=True):
+            y = se(F.relu(conv(torch.cat(inputs, dim=1))))
+            inputs.append(y)
+            outputs.append(y)
+        return outputs
+
+
+class GACNDecision(nn.Module):
+    """Decision path: 3x3 convolutions each followed by SSE, ending in one channel."""
+
+    def __init__(self, cfg: GACNConfig) -> None:
+        super().__init__()
+        widths = [cfg.layers] + [cfg.decision_width] * (cfg.decision_layers - 1) + [1]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.sses = nn.ModuleList(SpatialSE(b, cfg.sse_kernel) for b in widths[1:])
+
+    def forward(self, activity: torch.Tensor) -> torch.Tensor:
+        x = activity
+        last = len(self.convs) - 1
+        for i, (conv, sse) in enumerate(zip(self.convs, self.sses, strict=True)):
+            x = conv(x)
+            if i < last:
+                x = F.relu(x)
+            x = sse(x)
+        return x
+
+
+class GACN(nn.Module):
+    """Two-source decision network: grey A, B ``(N, 1, H, W)`` -> initial DM ``(N, 1, H, W)``.
+
+    Use :meth:`features` once per image and :meth:`decide` per pair to reuse the features of
+    one source across several pairs (the decision calibration).
+    """
+
+    def __init__(self, cfg: GACNConfig = SMALL) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.extract = GACNFeatures(cfg)
+        self.decision = GACNDecision(cfg)
+
+    def activity(self, grey: torch.Tensor) -> torch.Tensor:
+        """Per-scale spatial frequency ``(N, layers, H, W)`` of grey images."""
+        feats = self.extract(grey)
+        return torch.cat([spatial_frequency(f, self.cfg.sf_radius) for f in feats], dim=1)
+
+    def logit(self, act_a: torch.Tensor, act_b: torch.Tensor) -> torch.Tensor:
+        """Decision-path output before the sigmoid projection."""
+        diff = act_a - act_b
+        if not self.cfg.antisymmetric:
+            return self.decision(diff)
+        both = self.decision(torch.cat([diff, -diff], dim=0))
+        n = diff.shape[0]
+        return 0.5 * (both[:n] - both[n:])
+
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, steepness: float = PAPER_STEEPNESS
+    ) -> torch.Tensor:
+        """Initial decision map: probability that ``a`` is sharper, ``(N, 1, H, W)``."""
+        return torch.sigmoid(steepness * self.logit(self.activity(a), self.activity(b)))
+
+
+def _gaussian_kernel(sigma: float, radius: int, device: torch.device) -> torch.Tensor:
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, 1, H, W)``, radius ``ceil(2 sigma)``, mirrored edges."""
+    radius = max(int(round(2 * sigma)), 1)
+    k = _gaussian_kernel(sigma, radius, x.device)
+    y = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1))
+    y = F.pad(y, (0, 0, radius, radius), mode="reflect")
+    return F.conv2d(y, k.view(1, 1, -1, 1))
+
+
+def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over ``(2r + 1)²`` windows with mirrored edges, ``(N, C, H, W)``."""
+    size = 2 * radius + 1
+    # Separable: two 1-D passes cost 2 (2r + 1) instead of (2r + 1)² reads per pixel.
+    y = F.avg_pool2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), (1, size), stride=1)
+    return F.avg_pool2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), (size, 1), stride=1)
+
+
+def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """He et al.'s guided filter (grey guide), ``(N, 1, H, W)``; reach ``2 * radius``."""
+    mean_i = box_mean(guide, radius)
+    var_i = (box_mean(guide * guide, radius) - mean_i * mean_i).clamp_min(0.0)
+    mean_p = box_mean(src, radius)
+    cov = box_mean(guide * src, radius) - mean_i * mean_p
+    a = cov / (var_i + eps)
+    b = mean_p - a * mean_i
+    return box_mean(a, radius) * guide + box_mean(b, radius)
+
+
+@dataclass(frozen=True)
+class BoundarySmoothing:
+    """Parameters of the paper's boundary smoothing of the decision map."""
+
+    sigma: float = 2.0
+    low: float = 0.1
+    high: float = 0.8
+    radius: int = 4
+    eps: float = 1e-2
+
+    @property
+    def halo(self) -> int:
+        """How far the smoothing reaches beyond the initial DM."""
+        return max(max(int(round(2 * self.sigma)), 1), 2 * self.radius)
+
+
+def smooth_boundary(
+    dm: torch.Tensor, a: torch.Tensor, b: torch.Tensor, cfg: BoundarySmoothing
+) -> torch.Tensor:
+    """Final DM: guided-filtered initial DM in the boundary region, the initial DM elsewhere.
+
+    ``dm``, ``a``, ``b`` are ``(N, 1, H, W)``; the guide is the grey initial fusion result. The
+    region test is a threshold (no gradient through it); the values keep theirs.
+    """
+    region = gaussian_blur(dm.detach(), cfg.sigma)
+    boundary = (region >= cfg.low) & (region <= cfg.high)
+    guide = dm * a + (1 - dm) * b
+    smooth = guided_filter(guide, dm, cfg.radius, cfg.eps).clamp(0.0, 1.0)
+    return torch.where(boundary, smooth, dm)
+
+
+def receptive_halo(cfg: GACNConfig) -> int:
+    """Reach of the initial DM (CSE's global pooling aside): convs, SF window, SSE kernels."""
+    features = cfg.layers  # one 3x3 conv per layer
+    sf = cfg.sf_radius + 1  # window + the one-pixel difference
+    decision = cfg.decision_layers * (1 + cfg.sse_kernel // 2)
+    return features + sf + decision
