@@ -140,3 +140,16 @@ def test_default_fuser_beats_every_plane_on_a_synthetic_stack(tmp_path: Path) ->
     best_plane = max(peak_signal_noise_ratio(synthetic.ground_truth, p) for p in synthetic.planes)
     # Measured: see the comment in the assertion message when this is tuned.
     assert fused_psnr > best_plane + 3.0, (fused_psnr, best_plane)
+
+
+def test_learned_settings_reach_only_learned_fusers() -> None:
+    config = RunConfig(
+        fuser_params={"batch_size": 2}, learned={"batch_size": 16, "precision": "bf16"}
+    )
+    assert config.effective_fuser_params(needs_weights=False) == {"batch_size": 2}
+    # fuser_params win over the learned section; unset learned keys stay unset (automatic).
+    assert config.effective_fuser_params(needs_weights=True) == {
+        "batch_size": 2,
+        "precision": "bf16",
+    }
+    assert RunConfig().effective_fuser_params(needs_weights=True) == {}

@@ -40,6 +40,17 @@ class RegistrationConfig(BaseModel):
     grid: int = Field(4, ge=1, le=64)
 
 
+class LearnedConfig(BaseModel):
+    """How learned fusers run; merged into their parameters unless ``fuser_params`` set them."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: Tiles per forward pass; ``None``: chosen from the free GPU memory (the fuser's default
+    #: on the CPU).
+    batch_size: int | None = Field(None, ge=1)
+    #: Autocast precision on CUDA (``fp16``/``bf16`` halve activation memory); CPU runs fp32.
+    precision: Literal["fp32", "fp16", "bf16"] | None = None
+
+
 class RunConfig(BaseModel):
     """Everything that determines a fusion run's output."""
 
@@ -64,9 +75,20 @@ class RunConfig(BaseModel):
     tiles_per_task: int = Field(32, ge=1)
     #: Output chunk side (OME-Zarr chunks, blending blocks) in pixels.
     chunk: int = Field(1024, ge=64)
-    #: ``threads`` (default), ``processes``, ``sync`` or a distributed scheduler address.
+    learned: LearnedConfig = Field(default_factory=LearnedConfig)
+    #: ``threads`` (default), ``processes``, ``sync``, ``local-cluster`` or the address of a
+    #: running distributed scheduler (``tcp://host:8786``).
     scheduler: str = "threads"
+    #: Threads/processes of the local schedulers, worker processes of ``local-cluster``.
     workers: int | None = Field(None, ge=1)
+
+    def effective_fuser_params(self, needs_weights: bool) -> dict[str, Any]:
+        """``fuser_params`` plus the ``learned`` settings for a fuser that needs weights."""
+        params = dict(self.fuser_params)
+        if needs_weights:
+            for key, value in self.learned.model_dump(exclude_none=True).items():
+                params.setdefault(key, value)
+        return params
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> RunConfig:

@@ -27,7 +27,7 @@ from wsi_fusion import __version__
 from wsi_fusion._types import PlaneStack
 from wsi_fusion.config import RunConfig
 from wsi_fusion.errors import UnsupportedInput
-from wsi_fusion.fusers import create_fuser
+from wsi_fusion.fusers import create_fuser, fuser_class
 from wsi_fusion.io.destination import Destination, publish, resolve_destination
 from wsi_fusion.registration import DriftField, estimate_drift, should_apply
 from wsi_fusion.scheduling.graph import TaskRunner, open_runner, phase1_resources
@@ -122,7 +122,8 @@ def fuse_slide(
 
     stack = open_stack(list(input_paths))
     try:
-        fuser = create_fuser(config.fuser, **config.fuser_params)
+        fuser_params = config.effective_fuser_params(fuser_class(config.fuser).needs_weights)
+        fuser = create_fuser(config.fuser, **fuser_params)
         if stack.n_planes < fuser.min_planes:
             raise UnsupportedInput(
                 f"fuser {config.fuser!r} needs at least {fuser.min_planes} focal planes but "
@@ -165,7 +166,7 @@ def fuse_slide(
     job = FusionJob(
         inputs=input_paths,
         fuser=config.fuser,
-        fuser_params=dict(config.fuser_params),
+        fuser_params=fuser_params,
         plan=plan,
         planes=stack.n_planes,
         reference_plane=reference,

@@ -60,6 +60,18 @@ from wsi_fusion.cli._progress import BarProgress
 )
 @click.option("--no-tissue", is_flag=True, help="Fuse every tile, not only those with tissue.")
 @click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Learned fusers: tiles per forward pass (default: from free GPU memory).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default=None,
+    help="Learned fusers on a GPU: autocast precision (default fp32).",
+)
+@click.option(
     "--scheduler",
     default=None,
     help="threads (default), processes, sync, local-cluster, or a scheduler address "
@@ -100,6 +112,8 @@ def fuse(
     focus_map: bool | None,
     register: str | None,
     no_tissue: bool,
+    batch_size: int | None,
+    precision: str | None,
     scheduler: str | None,
     workers: int | None,
     cache_dir: Path | None,
@@ -125,6 +139,12 @@ def fuse(
         "compression": "deflate" if lossless else None,
     }
     config = load_config(config_path, **overrides)
+    if batch_size is not None or precision is not None:
+        chosen = {"batch_size": batch_size, "precision": precision}
+        learned_settings = config.learned.model_copy(
+            update={k: v for k, v in chosen.items() if v is not None}
+        )
+        config = config.model_copy(update={"learned": learned_settings})
     if no_tissue:
         config = config.model_copy(
             update={"tissue": config.tissue.model_copy(update={"enabled": False})}
