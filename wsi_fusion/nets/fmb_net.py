@@ -16,9 +16,9 @@ Fusion network (FN, §2.2)
 Deviations and why
 ------------------
 - The paper gives no layer widths. Here: encoder of three 3×3 conv + ReLU layers
-  (6 → 32 → 32 → 32), nine residual refinement blocks (3×3 conv, ReLU, 3×3 conv, skip) of 32
-  channels, a 3×3 output convolution. ``width`` scales all of them; the shipped ``lite`` model is
-  32 wide (CPU-trained).
+  (6 → C → C → C), nine residual refinement blocks (3×3 conv, ReLU, 3×3 conv, skip) of C
+  channels, a 3×3 output convolution. The shipped ``lite`` model has C = 24 (trained on one
+  shared CPU thread); ``"paper"`` builds C = 64 (not shipped).
 - FMB thresholding follows Nayar & Nakagawa: a pixel's ML enters the window sum only where it is
   at least ``T``; inputs are in [0, 1], so ``T = 7/255``. The window sum is divided by 9 and
   multiplied by 4 so that its typical range on tissue matches the RGB channels.
@@ -37,7 +37,7 @@ from torch import nn
 
 FmbWidth = Literal["lite", "paper"]
 
-_WIDTHS: dict[str, int] = {"lite": 32, "paper": 64}
+_WIDTHS: dict[str, int] = {"lite": 24, "paper": 64}
 
 
 def sum_modified_laplacian(
@@ -90,7 +90,7 @@ class FmbNet(nn.Module):
     Parameters
     ----------
     width
-        ``"lite"`` (32 channels, shipped) or ``"paper"`` (64).
+        ``"lite"`` (24 channels, shipped) or ``"paper"`` (64).
     step
         Step ``s`` of the modified Laplacian in the FMB.
     """

@@ -25,7 +25,7 @@ paper, without a true all-in-focus image, used a classical fusion as pseudo grou
 Each step draws stacks of a random number of planes (``planes``), so the shipped model is
 trained for "any number of planes".
 
-Deviations forced by the CPU budget: 128-px crops, batch 2, learning rate 3e-4 (paper 1e-4 for
+Deviations forced by the CPU budget: 96-px crops, batch 2, learning rate 3e-4 (paper 1e-4 for
 1000 epochs; here ~10³ steps), reduced width (:mod:`wsi_fusion.nets.fmb_net`).
 """
 

@@ -1,0 +1,202 @@
+"""cgan_blurmask: plane choice, networks, single-plane operation, shipped weights, bad files.
+
+Regenerate the reference after retraining with
+``python tests/fusers/test_cgan_blurmask.py --regenerate``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FloatArray, depth_map, focal_stack, sharp_image
+from scipy import ndimage as ndi
+
+from wsi_fusion.errors import WeightsError
+from wsi_fusion.fusers.cgan_blurmask import (
+    CganBlurMaskFuser,
+    few_plane_indices,
+    reference_plane,
+)
+
+torch = pytest.importorskip("torch")
+
+REFERENCE = Path(__file__).parent / "data" / "cgan_blurmask_reference.npz"
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: tiny tensors, and several threads on a shared CPU are 5-10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def reference_stack() -> FloatArray:
+    """A fixed 3-plane 48 x 64 stack (astronaut crop, depth edges and a ramp)."""
+    sharp = np.ascontiguousarray(sharp_image("astronaut")[:, 100:148, 200:264])
+    depth = depth_map(sharp.shape[1:], n_planes=3)
+    return focal_stack(sharp, depth, n_planes=3, blur_per_plane=2.0)
+
+
+def shipped(**params: str) -> CganBlurMaskFuser:
+    if CganBlurMaskFuser.weights_status() != "present":
+        pytest.skip(f"cgan_blurmask weights {CganBlurMaskFuser.weights_status()}")
+    return CganBlurMaskFuser(device="cpu", **params)
+
+
+# -- which planes the generator sees -------------------------------------------------------------
+
+
+def test_reference_plane_is_the_sharpest_or_the_middle() -> None:
+    sharp = sharp_image("astronaut")[:, :64, :64]
+    stack = np.stack([ndi.gaussian_filter(sharp, (0, s, s)) for s in (3.0, 2.0, 0.0, 1.5)])
+    assert reference_plane(stack) == 2
+    assert reference_plane(stack, "middle") == 2  # Z // 2
+    assert reference_plane(stack[[2, 0, 1, 3]]) == 0
+    blank = np.full((5, 3, 32, 32), 0.9, np.float32)
+    assert reference_plane(blank) == 2  # no structure anywhere: the middle plane
+
+
+def test_few_plane_window_stays_inside_the_stack() -> None:
+    assert few_plane_indices(5, 2) == [1, 2, 3]
+    assert few_plane_indices(5, 0) == [0, 1, 2]
+    assert few_plane_indices(5, 4) == [2, 3, 4]
+    assert few_plane_indices(2, 0) == [0, 0, 1]
+    assert few_plane_indices(2, 1) == [0, 1, 1]
+    assert few_plane_indices(1, 0) == [0, 0, 0]
+
+
+# -- networks ------------------------------------------------------------------------------------
+
+
+def test_generator_starts_from_the_identity_and_discriminator_map() -> None:
+    from wsi_fusion.nets.cgan_blurmask import (
+        DenseUNetGenerator,
+        PatchDiscriminator,
+        discriminator_receptive_field,
+    )
+
+    torch.manual_seed(0)
+    planes = torch.rand(2, 3, 3, 40, 56)
+    masks = torch.rand(2, 3, 1, 40, 56)
+    out = DenseUNetGenerator(3)(planes, masks)
+    # Zero-initialised output convolution: the reference (middle) plane comes back.
+    torch.testing.assert_close(out, planes[:, 1].clamp(0.0005, 0.9995), atol=1e-4, rtol=0)
+    d = PatchDiscriminator()
+    assert d(torch.rand(1, 3, 512, 512)).shape == (1, 1, 8, 8)  # the paper's 8 x 8 map
+    assert discriminator_receptive_field() == (94, 64)
+
+
+def test_deeplab_variants_build_and_lite_is_local() -> None:
+    from wsi_fusion.nets.deeplab import build_deeplab
+
+    torch.manual_seed(0)
+    lite = build_deeplab("deeplab_v3_lite").eval()
+    assert lite(torch.rand(1, 3, 37, 51)).shape == (1, 2, 37, 51)
+    # No image-pooling branch: a far-away change leaves a pixel's mask unchanged.
+    x = torch.rand(1, 3, 160, 160)
+    x2 = x.clone()
+    x2[..., 120:, 120:] = torch.rand(1, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.equal(lite(x)[..., :20, :20], lite(x2)[..., :20, :20])
+    r50 = build_deeplab("deeplab_v3_resnet50")
+    relus = (
+        sum(3 for m in r50.backbone.modules() if type(m).__name__ == "Bottleneck") + 1
+    )  # three per bottleneck + the stem: the paper's "40th activation"
+    assert relus == 40
+
+
+# -- fuser (random weights) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["single", "few"])
+def test_one_and_two_plane_inputs_and_batching(mode: str) -> None:
+    fuser = CganBlurMaskFuser.untrained(seed=0, device="cpu", mode=mode, batch_size=2)
+    assert CganBlurMaskFuser.min_planes == 1
+    stack = reference_stack()
+    stacks = [stack[:1].copy(), stack[:2].copy(), stack, stack[:, :, :20, :30].copy(), stack]
+    batched = fuser.fuse_batch(stacks)
+    for s, r in zip(stacks, batched, strict=True):
+        assert r.weights is None and r.fused.shape == (3, *s.shape[2:])
+        np.testing.assert_allclose(r.fused, fuser.fuse(s).fused, atol=1e-5)
+    mask = fuser.blur_mask(stack)
+    assert mask.shape == (48, 64) and mask.min() >= 0 and mask.max() <= 1
+
+
+# -- shipped weights -----------------------------------------------------------------------------
+
+
+def test_weights_load_and_match_sha256() -> None:
+    from wsi_fusion.fusers._weights import file_sha256, models_dir
+
+    fuser = shipped()
+    path = models_dir() / fuser.weights_record.file
+    assert file_sha256(path) == fuser.weights_record.sha256
+    assert path.stat().st_size < 25 * 2**20
+    assert not fuser.model.training
+    assert fuser.describe()["weights"]["sha256"] == fuser.weights_record.sha256
+
+
+def test_forward_reproduces_stored_reference() -> None:
+    shipped()
+    ref = np.load(REFERENCE)
+    stack = reference_stack()
+    for mode in ("single", "few"):
+        fused = shipped(mode=mode).fuse(stack).fused
+        np.testing.assert_allclose(fused, ref[mode].astype(np.float32), atol=2e-3)
+    mask = shipped().blur_mask(stack)
+    np.testing.assert_allclose(mask, ref["mask"].astype(np.float32), atol=2e-3)
+
+
+def test_shipped_blur_mask_marks_the_blurred_half() -> None:
+    sharp = np.ascontiguousarray(sharp_image("astronaut")[:, 100:228, 150:278])
+    half = sharp.copy()
+    half[:, :, 64:] = ndi.gaussian_filter(sharp, (0, 4, 4))[:, :, 64:]
+    mask = shipped().blur_mask(half[None])
+    assert mask[:, 80:].mean() > mask[:, :48].mean() + 0.3
+
+
+@pytest.mark.parametrize("kind", ["wrong_shape", "truncated", "pickle"])
+def test_bad_weights_raise_weights_error(tmp_path: Path, kind: str) -> None:
+    from safetensors.torch import save_file
+
+    from wsi_fusion.nets.cgan_blurmask import CganBlurMask, DenseUNetGenerator
+
+    path = tmp_path / f"{kind}.safetensors"
+    state = {k: v.contiguous() for k, v in CganBlurMask().state_dict().items()}
+    if kind == "wrong_shape":
+        # A generator for five planes where the model has one: the input convolution differs.
+        five = DenseUNetGenerator(5).state_dict()
+        state.update({f"single.{k}": v.contiguous() for k, v in five.items()})
+        save_file(state, str(path))
+    elif kind == "truncated":
+        save_file(state, str(path))
+        path.write_bytes(path.read_bytes()[:4096])
+    else:
+        torch.save(state, path)
+    fuser = CganBlurMaskFuser(weights=str(path), device="cpu")
+    with pytest.raises(WeightsError, match=str(path.name)):
+        fuser.fuse(reference_stack())
+
+
+def regenerate() -> None:
+    """Write the reference outputs of the shipped weights (run after retraining)."""
+    stack = reference_stack()
+    out = {m: CganBlurMaskFuser(device="cpu", mode=m).fuse(stack).fused for m in ("single", "few")}
+    mask = CganBlurMaskFuser(device="cpu").blur_mask(stack)
+    REFERENCE.parent.mkdir(exist_ok=True)
+    np.savez_compressed(
+        REFERENCE,
+        single=out["single"].astype(np.float16),
+        few=out["few"].astype(np.float16),
+        mask=mask.astype(np.float16),
+    )
+
+
+if __name__ == "__main__" and "--regenerate" in sys.argv:
+    regenerate()

@@ -1,0 +1,165 @@
+"""fmb_net: focus-measure block, any-plane network properties, shipped weights, bad files.
+
+Regenerate the reference after retraining with ``python tests/fusers/test_fmb_net.py --regenerate``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FloatArray, depth_map, focal_stack, sharp_image
+
+from wsi_fusion.errors import WeightsError
+from wsi_fusion.fusers.fmb_net import HALO, FmbNetFuser
+
+torch = pytest.importorskip("torch")
+
+REFERENCE = Path(__file__).parent / "data" / "fmb_net_reference.npz"
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: tiny tensors, and several threads on a shared CPU are 5-10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def reference_stack() -> FloatArray:
+    """A fixed 3-plane 48 x 64 stack (astronaut crop, depth edges and a ramp)."""
+    sharp = np.ascontiguousarray(sharp_image("astronaut")[:, 100:148, 200:264])
+    depth = depth_map(sharp.shape[1:], n_planes=3)
+    return focal_stack(sharp, depth, n_planes=3, blur_per_plane=2.0)
+
+
+def shipped() -> FmbNetFuser:
+    if FmbNetFuser.weights_status() != "present":
+        pytest.skip(f"fmb_net weights {FmbNetFuser.weights_status()}")
+    return FmbNetFuser(device="cpu")
+
+
+# -- focus-measure block -------------------------------------------------------------------------
+
+
+def test_sml_matches_the_formula_and_threshold() -> None:
+    from wsi_fusion.nets.fmb_net import sum_modified_laplacian
+
+    rng = np.random.default_rng(0)
+    img = rng.random((1, 3, 12, 14)).astype(np.float32)
+    got = sum_modified_laplacian(torch.from_numpy(img), step=2, threshold=0.3).numpy()
+    p = np.pad(img, [(0, 0), (0, 0), (2, 2), (2, 2)], mode="reflect")
+    c = p[..., 2:-2, 2:-2]
+    ml = np.abs(2 * c - p[..., :-4, 2:-2] - p[..., 4:, 2:-2])
+    ml += np.abs(2 * c - p[..., 2:-2, :-4] - p[..., 2:-2, 4:])
+    ml = np.where(ml >= 0.3, ml, 0.0)
+    q = np.pad(ml, [(0, 0), (0, 0), (1, 1), (1, 1)], mode="reflect")
+    want = sum(q[..., i : i + 12, j : j + 14] for i in range(3) for j in range(3)) / 9
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # Per channel: a change in the red channel only leaves the other channels' measure alone.
+    img2 = img.copy()
+    img2[:, 0] = 0.5
+    got2 = sum_modified_laplacian(torch.from_numpy(img2), step=2, threshold=0.3).numpy()
+    np.testing.assert_allclose(got2[:, 1:], got[:, 1:], atol=1e-6)
+    assert np.all(got2[:, 0] == 0)
+
+
+# -- network properties (random weights) ---------------------------------------------------------
+
+
+def test_any_number_of_planes_and_order_invariance() -> None:
+    fuser = FmbNetFuser.untrained(seed=0, device="cpu")
+    stack = reference_stack()
+    for z in (1, 2, 3):
+        result = fuser.fuse(stack[:z])
+        assert result.fused.shape == (3, 48, 64) and result.weights is None
+    # The element-wise maximum over planes does not depend on their order or on duplicates.
+    a = fuser.fuse(stack).fused
+    np.testing.assert_allclose(fuser.fuse(stack[::-1].copy()).fused, a, atol=1e-6)
+    np.testing.assert_allclose(fuser.fuse(np.concatenate([stack, stack[:1]])).fused, a, atol=1e-6)
+
+
+def test_margin_is_the_exact_receptive_halo() -> None:
+    """Tiled fusion equals whole-image fusion beyond ``margin`` from the tile edge."""
+    from wsi_fusion.nets.fmb_net import FmbNet
+
+    assert FmbNet("lite").receptive_halo == HALO
+    fuser = FmbNetFuser.untrained(seed=1, device="cpu")
+    assert 2 * fuser.margin <= 128
+    rng = np.random.default_rng(0)
+    stack = rng.random((2, 3, 96, 80)).astype(np.float32)
+    whole = fuser.fuse(stack).fused
+    top = fuser.fuse(np.ascontiguousarray(stack[:, :, :48])).fused
+    np.testing.assert_allclose(top[:, : 48 - HALO], whole[:, : 48 - HALO], atol=1e-5)
+    assert np.abs(top - whole[:, :48]).max() > 1e-4  # ...and the border does depend on it
+
+
+def test_fuse_batch_equals_fuse() -> None:
+    fuser = FmbNetFuser.untrained(seed=0, device="cpu", batch_size=2)
+    stack = reference_stack()
+    stacks = [stack, stack[::-1].copy(), stack[:2], stack[:, :, :20, :30].copy(), stack]
+    for s, r in zip(stacks, fuser.fuse_batch(stacks), strict=True):
+        np.testing.assert_allclose(r.fused, fuser.fuse(s).fused, atol=1e-6)
+
+
+# -- shipped weights -----------------------------------------------------------------------------
+
+
+def test_weights_load_and_match_sha256() -> None:
+    from wsi_fusion.fusers._weights import file_sha256, models_dir
+
+    fuser = shipped()
+    path = models_dir() / fuser.weights_record.file
+    assert file_sha256(path) == fuser.weights_record.sha256
+    assert path.stat().st_size < 25 * 2**20
+    assert not fuser.model.training
+    assert fuser.describe()["weights"]["sha256"] == fuser.weights_record.sha256
+
+
+def test_forward_reproduces_stored_reference() -> None:
+    fuser = shipped()
+    ref = np.load(REFERENCE)
+    fused = fuser.fuse(reference_stack()).fused
+    np.testing.assert_allclose(fused, ref["fused"].astype(np.float32), atol=2e-3)
+
+
+def test_shipped_model_is_closer_to_truth_than_the_blurred_planes() -> None:
+    fuser = shipped()
+    sharp = np.ascontiguousarray(sharp_image("astronaut")[:, 100:196, 200:296])
+    stack = focal_stack(sharp, depth_map(sharp.shape[1:], n_planes=3), 3, blur_per_plane=2.0)
+    err = float(np.abs(fuser.fuse(stack).fused - sharp).mean())
+    assert err < min(float(np.abs(p - sharp).mean()) for p in stack)
+
+
+@pytest.mark.parametrize("kind", ["wrong_shape", "truncated", "pickle"])
+def test_bad_weights_raise_weights_error(tmp_path: Path, kind: str) -> None:
+    from safetensors.torch import save_file
+
+    from wsi_fusion.nets.fmb_net import FmbNet
+
+    path = tmp_path / f"{kind}.safetensors"
+    if kind == "wrong_shape":
+        save_file({k: v.contiguous() for k, v in FmbNet("paper").state_dict().items()}, str(path))
+    elif kind == "truncated":
+        save_file({k: v.contiguous() for k, v in FmbNet("lite").state_dict().items()}, str(path))
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        torch.save(FmbNet("lite").state_dict(), path)
+    fuser = FmbNetFuser(weights=str(path), device="cpu")
+    with pytest.raises(WeightsError, match=str(path.name)):
+        fuser.fuse(reference_stack())
+
+
+def regenerate() -> None:
+    """Write the reference output of the shipped weights (run after retraining)."""
+    fused = FmbNetFuser(device="cpu").fuse(reference_stack()).fused
+    REFERENCE.parent.mkdir(exist_ok=True)
+    np.savez_compressed(REFERENCE, fused=fused.astype(np.float16))
+
+
+if __name__ == "__main__" and "--regenerate" in sys.argv:
+    regenerate()
