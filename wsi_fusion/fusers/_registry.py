@@ -26,6 +26,8 @@ _FUSER_MODULES = (
     "wsi_fusion.fusers.laplacian_pyramid",
     "wsi_fusion.fusers.wavelet",
     "wsi_fusion.fusers.msegnet",
+    "wsi_fusion.fusers.cgan_blurmask",
+    "wsi_fusion.fusers.fmb_net",
 )
 
 DEFAULT_FUSER = "focus_measure"
