@@ -36,11 +36,19 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of training: held-out PSNR/SSIM and tiles/s of msegnet and the classical "
         "fusers in one run, written to models/msegnet/metrics.json",
     )
+    parser.add_argument(
+        "--write-reference",
+        action="store_true",
+        help="instead of training: write the tiny reference output of the shipped weights used "
+        "by tests/fusers/test_msegnet.py",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.evaluate:
         return evaluate(ROOT / "models" / "msegnet" / "metrics.json")
+    if args.write_reference:
+        return write_reference(ROOT / "tests" / "fusers" / "data" / "msegnet_reference.npz")
 
     from wsi_fusion.training.msegnet import load_config, train
 
@@ -61,6 +69,28 @@ def main(argv: list[str] | None = None) -> int:
     if not sha:
         logging.getLogger("train_msegnet").warning("not finished; rerun to resume")
         return 1
+    return 0
+
+
+def write_reference(out: Path) -> int:
+    """Fixed 3-plane 48 x 64 stack (held-out IHC crop, synthetic defocus), its focused
+    probabilities (float16) and plane index from the shipped weights, as a compressed npz."""
+    import numpy as np
+
+    from wsi_fusion.fusers.msegnet import MSegNetFuser
+    from wsi_fusion.synth import make_stack
+    from wsi_fusion.training.data import heldout_sources
+
+    crop = heldout_sources()["ihc"][200:248, 300:364]
+    planes = make_stack(crop, 3, seed=0, sigma_per_plane=2.0).planes
+    stack_u8 = np.ascontiguousarray(planes.transpose(0, 3, 1, 2))
+    stack = stack_u8.astype(np.float32) / 255.0
+    fuser = MSegNetFuser(device="cpu")
+    p = fuser.focused_probability([stack])[0]
+    index = fuser.fuse(stack).weights.argmax(0).astype(np.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, stack=stack_u8, p_focused=p.astype(np.float16), index=index)
+    logging.getLogger("train_msegnet").info("wrote %s (%d bytes)", out, out.stat().st_size)
     return 0
 
 

@@ -261,7 +261,7 @@ class MSegNetFuser(TorchFuser):
     weights_record: ClassVar[WeightsRecord] = WeightsRecord(
         model="msegnet.small",
         file="msegnet/msegnet.small.safetensors",
-        sha256="0" * 64,
+        sha256="b7d457e63423ceacc2e2509a8328afcb1286d313478f54201b43df9d9f91af99",
     )
 
     def build_model(self) -> MSegNet:
