@@ -204,12 +204,13 @@ def test_shift_constant_matches_a_direct_sum() -> None:
         shift_constant(raw, 2, dy, dx, (28, 38))
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_blood_smear_drift_and_registered_fusion() -> None:
     from PIL import Image
 
     from wsi_fusion.fusers import create_fuser
-    from wsi_fusion.metrics import focus_attainment, q_abf
+    from wsi_fusion.metrics import focus_attainment, halo_score, q_abf
 
     folder = DATA / "zstack_wbc_0054"
     files = sorted(folder.glob("*.jpg"), key=lambda p: int(p.stem.split("_")[3]))
@@ -247,15 +248,18 @@ def test_blood_smear_drift_and_registered_fusion() -> None:
     # each fusion against its own sources, and both against the registered planes
     q_raw, q_reg = q_abf(fused_raw, list(raw)), q_abf(fused_reg, sources)
     q_raw_vs_aligned = q_abf(fused_raw, sources)
-    fa_raw = focus_attainment(fused_raw, sources)["mean"]
-    fa_reg = focus_attainment(fused_reg, sources)["mean"]
-    # measured: Q^AB/F 0.536 (0.537 vs registered planes) -> 0.591; focus attainment ~0.985 both
-    assert q_reg > max(q_raw, q_raw_vs_aligned) + 0.02 and fa_reg >= fa_raw - 0.01, (
-        q_raw,
-        q_reg,
-        fa_raw,
-        fa_reg,
-    )
+    fa_raw = focus_attainment(fused_raw, sources)
+    fa_reg = focus_attainment(fused_reg, sources)
+    halo_raw, halo_reg = halo_score(fused_raw, sources), halo_score(fused_reg, sources)
+    # measured: Q^AB/F 0.536 (0.537 vs registered planes) -> 0.591; focus attainment mean
+    # 0.987 -> 0.992, blocks that lost focus 2.8 % -> 0 %, halo 0.0010 -> 0. The mean ratio alone
+    # is no test of doubled edges (a doubled edge adds gradient energy, so it can *raise* the
+    # ratio; on the whole frame it is 0.999 unregistered vs 0.987 registered); the halo score,
+    # which measures overshoot beyond the registered planes' envelope, is.
+    assert q_reg > max(q_raw, q_raw_vs_aligned) + 0.02, (q_raw, q_raw_vs_aligned, q_reg)
+    assert fa_reg["mean"] >= fa_raw["mean"] - 0.01, (fa_raw["mean"], fa_reg["mean"])
+    assert fa_reg["frac_below"] <= fa_raw["frac_below"], (fa_raw, fa_reg)
+    assert halo_reg < halo_raw, (halo_raw, halo_reg)
 
 
 def test_pipeline_records_and_applies_registration(
