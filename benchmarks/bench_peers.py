@@ -1,0 +1,380 @@
+"""Side-by-side benchmark of wsi_fusion against peer focus-stacking tools (not a test).
+
+Runs every configuration in :data:`peers.runners.RUNNERS` on the same stacks, each run in its own
+process, and reports wall time, output Mpx/s, peak RSS and quality, with ratios to the fastest /
+best *peer*. Needs the benchmark environment (``bash benchmarks/peers/setup_env.sh``: the peers in
+``.bench-venv``, enfuse from Debian) beside the project's ``.venv``. Tools that are missing are
+reported as such, not silently dropped.
+
+Stacks (see :mod:`peers.stacks`): synthetic 5-plane H&E stacks with ground truth at 1 and 4 Mpx;
+the real blood-smear stack (10 planes, 2.3 Mpx) and the real algae stack (5 planes, 19.8 Mpx)
+from ``../shared/data`` when present.
+
+    .venv/bin/python benchmarks/bench_peers.py            # full run, ~15-20 min on 2 cores
+    .venv/bin/python benchmarks/bench_peers.py --quick    # the 1-Mpx synthetic stack only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+
+from quality import Reference, measure, read_output, reference_for  # noqa: E402
+from runners import BENCH_ENV, ROOT, RUNNERS, Runner  # noqa: E402
+from stacks import StackCase, real_case, registered_planes, synthetic_case  # noqa: E402
+
+#: GNU time (Debian package ``time``), for each run's peak RSS.
+TIME = "/usr/bin/time"
+#: Cases at most this big are run ``--repeats`` times (median reported); larger ones once.
+REPEAT_MAX_MPX = 1.1
+#: Quality metrics where lower is better (everything else: higher is better).
+LOWER_IS_BETTER = {"frac_focus_lost", "halo"}
+#: The headline quality metric per case kind (the ratio column).
+HEADLINE = {"synthetic": "psnr", "real": "q_abf"}
+
+
+@dataclass
+class RunResult:
+    case: str
+    label: str
+    tool: str
+    ours: bool
+    mpx: float
+    status: str = "ok"
+    wall_s: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)
+    peak_rss_mb: float = math.nan
+    quality: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.wall_s) if self.wall_s else math.nan
+
+    @property
+    def mpx_per_s(self) -> float:
+        return self.mpx / self.median_s if self.wall_s else math.nan
+
+
+def run_timed(command: list[str], timeout: float, log: Path) -> tuple[float, float, float, int]:
+    """Run ``command``; wall seconds, CPU seconds, peak RSS in MB and exit code (-9: timeout).
+
+    CPU seconds (user + system) are less sensitive than wall time to other jobs on a busy machine;
+    their ratio to wall time shows how many cores a tool kept busy.
+
+    Peak RSS is taken by GNU ``/usr/bin/time`` (``%M``), which forks the tool from its own small
+    process: a child forked straight from this process would count this process's memory (the
+    reference images, hundreds of MB) in its ``ru_maxrss`` until it execs. For a tool that starts
+    worker processes it is the largest single process, as ``time -v`` reports it.
+    """
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    rss_file = log.with_suffix(".rss")
+    wrapped = [TIME, "-f", "%M %U %S", "-o", str(rss_file), *command]
+    with log.open("w") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(wrapped, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = -9
+        wall = time.perf_counter() - started
+    try:
+        # GNU time puts "Command exited with non-zero status N" before the format line.
+        peak_kb, user, system = (float(v) for v in rss_file.read_text().split()[-3:])
+    except (OSError, ValueError):
+        peak_kb = user = system = math.nan
+    return wall, user + system, peak_kb / 1024, code
+
+
+def jpeg_planes(case: StackCase, workdir: Path) -> list[str]:
+    """JPEG copies (quality 100, no chroma subsampling) for tools that read nothing else."""
+    if all(p.lower().endswith((".jpg", ".jpeg")) for p in case.planes):
+        return case.planes
+    from PIL import Image
+
+    folder = workdir / "jpeg" / Path(case.planes[0]).parent.parent.name
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in case.planes:
+        target = folder / (Path(path).stem + ".jpg")
+        if not target.exists():
+            Image.open(path).convert("RGB").save(target, quality=100, subsampling=0)
+        out.append(str(target))
+    return out
+
+
+def applies(runner: Runner, case: StackCase) -> str | None:
+    """Why ``runner`` is skipped on ``case`` (None: it runs)."""
+    if case.mpx > runner.max_mpx:
+        return f"skipped above {runner.max_mpx:g} Mpx (time budget)"
+    if runner.label.startswith("wsi-fusion fuse") and case.kind != "real":
+        return "CLI row runs on the real stacks only"
+    return None
+
+
+def installed(runner: Runner) -> str | None:
+    """Why ``runner``'s tool cannot run here (None: it can)."""
+    tool_bin = {
+        "openfocus": BENCH_ENV / "openfocus",
+        "focusweave": BENCH_ENV / "focusweave",
+        "rawhdr": BENCH_ENV / "rawhdr",
+        "focusstacker": BENCH_ENV / "python",
+    }
+    if runner.tool == "enfuse":
+        return None if shutil.which("enfuse") else "enfuse not on PATH (apt-get install enfuse)"
+    path = tool_bin.get(runner.tool)
+    if path is not None and not path.exists():
+        return f"{path} missing: run benchmarks/peers/setup_env.sh"
+    return None
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    pip = BENCH_ENV / "pip"
+    if pip.exists():
+        listing = subprocess.run(
+            [str(pip), "list", "--format=json"], capture_output=True, text=True, check=False
+        )
+        if listing.returncode == 0:
+            for item in json.loads(listing.stdout):
+                if item["name"].lower() in {"openfocus", "focusweave", "rawhdr", "focusstacker"}:
+                    versions[item["name"].lower()] = item["version"]
+    if shutil.which("enfuse"):
+        first = subprocess.run(["enfuse", "--version"], capture_output=True, text=True).stdout
+        versions["enfuse"] = first.splitlines()[0].split()[-1] if first else "?"
+    from wsi_fusion import __version__
+
+    versions["wsi_fusion"] = __version__
+    return versions
+
+
+def run_case(
+    case: StackCase, ref: Reference, workdir: Path, args: argparse.Namespace
+) -> list[RunResult]:
+    results = []
+    for runner in RUNNERS:
+        repeats = min(args.repeats, runner.max_repeats) if case.mpx <= REPEAT_MAX_MPX else 1
+        if args.only and not any(key in runner.label for key in args.only):
+            continue
+        res = RunResult(case.name, runner.label, runner.tool, runner.ours, round(case.mpx, 3))
+        reason = installed(runner) or applies(runner, case)
+        if reason:
+            res.status, res.error = "skipped", reason
+            results.append(res)
+            print(f"  {runner.label:32s} {reason}", flush=True)
+            continue
+        planes = jpeg_planes(case, workdir) if runner.input_kind == "jpeg" else case.planes
+        output = workdir / "out" / (runner.label.replace(":", "").replace(" ", "_") + runner.suffix)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        log = output.with_suffix(".log")
+        rss = []
+        for _ in range(repeats):
+            if output.exists():
+                output.unlink()
+            wall, cpu, peak, code = run_timed(
+                runner.command(case, planes, output), args.timeout, log
+            )
+            if code != 0 or not output.exists():
+                res.status = "timeout" if code == -9 else "failed"
+                tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+                res.error = f"exit {code}: " + " | ".join(tail)
+                break
+            res.wall_s.append(round(wall, 3))
+            res.cpu_s.append(round(cpu, 2))
+            rss.append(peak)
+        if res.status == "ok":
+            res.peak_rss_mb = round(max(rss), 1)
+            try:
+                res.quality = {
+                    k: round(v, 4) for k, v in measure(read_output(str(output)), ref).items()
+                }
+            except ValueError as err:
+                res.status, res.error = "wrong geometry", str(err)
+        shutil.rmtree(output, ignore_errors=True) if output.is_dir() else output.unlink(
+            missing_ok=True
+        )
+        results.append(res)
+        q = ", ".join(f"{k} {v:.4g}" for k, v in res.quality.items())
+        print(
+            f"  {runner.label:32s} {res.status:8s} {res.median_s:7.2f} s "
+            f"{statistics.median(res.cpu_s) if res.cpu_s else math.nan:7.1f} cpu-s "
+            f"{res.mpx_per_s:6.3f} Mpx/s {res.peak_rss_mb:8.0f} MB  {q} {res.error}",
+            flush=True,
+        )
+    return results
+
+
+def add_ratios(results: list[RunResult], kind: str) -> dict[str, dict[str, Any]]:
+    """Per result label: speed and headline-quality ratios to the fastest / best peer."""
+    ok = [r for r in results if r.status == "ok"]
+    peers = [r for r in ok if not r.ours]
+    metric = HEADLINE[kind]
+    out: dict[str, dict[str, Any]] = {}
+    if not peers:
+        return out
+    fastest = max(peers, key=lambda r: r.mpx_per_s)
+    best = max(peers, key=lambda r: r.quality.get(metric, -math.inf))
+    for r in ok:
+        out[r.label] = {
+            "speed_vs_fastest_peer": round(r.mpx_per_s / fastest.mpx_per_s, 3),
+            "fastest_peer": fastest.label,
+            f"{metric}_vs_best_peer": round(r.quality[metric] / best.quality[metric], 4),
+            f"{metric}_minus_best_peer": round(r.quality[metric] - best.quality[metric], 4),
+            "best_peer": best.label,
+        }
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The side-by-side tables, one per stack."""
+    lines = []
+    for case in report["cases"]:
+        kind = case["kind"]
+        metric = HEADLINE[kind]
+        cols = ["psnr", "ssim"] if kind == "synthetic" else list(case["quality_columns"])
+        lines += [
+            f"### {case['name']} ({case['mpx']:.1f} Mpx, {case['planes']} planes"
+            + (
+                f", measured drift {case['max_drift_px']:.1f} px"
+                if case.get("max_drift_px")
+                else ""
+            )
+            + ")",
+            "",
+            "| tool: method | wall s | CPU s | Mpx/s | × fastest peer | peak RSS MB | "
+            + " | ".join(cols)
+            + f" | {metric} vs best peer |",
+            "|---|---:|---:|---:|---:|---:|" + "---:|" * len(cols) + "---:|",
+        ]
+        for r in case["results"]:
+            name = f"**{r['label']}**" if r["ours"] else r["label"]
+            if r["status"] != "ok":
+                lines.append(f"| {name} | {r['status']}: {r['error'][:90]} |")
+                continue
+            ratio = case["ratios"].get(r["label"], {})
+            wall = statistics.median(r["wall_s"])
+            reps = f" (×{len(r['wall_s'])})" if len(r["wall_s"]) > 1 else ""
+            q = " | ".join(_fmt(r["quality"].get(c)) for c in cols)
+            diff = ratio.get(f"{metric}_minus_best_peer")
+            rel = (
+                f"{diff:+.2f} dB"
+                if metric == "psnr" and diff is not None
+                else f"{ratio.get(f'{metric}_vs_best_peer', math.nan):.3f}×"
+            )
+            lines.append(
+                f"| {name} | {wall:.2f}{reps} | {statistics.median(r['cpu_s']):.1f} | "
+                f"{r['mpx'] / wall:.3f} | "
+                f"{ratio.get('speed_vs_fastest_peer', math.nan):.2f} | {r['peak_rss_mb']:.0f} | "
+                f"{q} | {rel} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def _no_nan(value: Any) -> Any:
+    """``value`` with NaN floats as None (strict JSON)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
+
+
+def build_cases(workdir: Path, quick: bool) -> list[StackCase]:
+    cases = [synthetic_case(workdir, 1024)]
+    if quick:
+        return cases
+    cases.append(synthetic_case(workdir, 2048))
+    for name in ("blood_smear", "algae"):
+        case = real_case(workdir, name, None)
+        if case is None:
+            print(f"{name}: ../shared/data not found, skipped")
+        else:
+            cases.append(case)
+    return cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", type=Path, default=ROOT / "scratch" / "bench_peers")
+    parser.add_argument("--quick", action="store_true", help="only the 1-Mpx synthetic stack")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per tool on stacks <= 1 Mpx")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
+    parser.add_argument("--only", nargs="*", help="run only labels containing one of these")
+    parser.add_argument("--cases", nargs="*", help="run only stacks whose name contains one")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/peers.json")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "benchmarks/results/peers.md")
+    args = parser.parse_args()
+    if not Path(TIME).exists():
+        raise SystemExit(f"{TIME} not found: apt-get install time (GNU time measures peak RSS)")
+
+    started = time.perf_counter()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average at start {os.getloadavg()[0]:.1f}",
+        "versions": tool_versions(),
+        "cases": [],
+    }
+    for case in build_cases(args.workdir, args.quick):
+        if args.cases and not any(key in case.name for key in args.cases):
+            continue
+        print(f"{case.name}: {case.mpx:.1f} Mpx, {len(case.planes)} planes", flush=True)
+        registered = None
+        drift = None
+        if case.kind == "real":
+            t = time.perf_counter()
+            registered = registered_planes(case)
+            drift = registered[1]
+            print(f"  registered reference planes in {time.perf_counter() - t:.0f} s", flush=True)
+        ref = reference_for(case, registered)
+        del registered
+        results = run_case(case, ref, args.workdir, args)
+        report["cases"].append(
+            {
+                "name": case.name,
+                "kind": case.kind,
+                "mpx": case.mpx,
+                "planes": len(case.planes),
+                "max_drift_px": drift,
+                "quality_columns": ["q_abf", "focus_attainment", "frac_focus_lost", "halo"],
+                "results": [asdict(r) for r in results],
+                "ratios": add_ratios(results, case.kind),
+            }
+        )
+    report["total_s"] = round(time.perf_counter() - started, 1)
+    report["load_average_at_end"] = round(os.getloadavg()[0], 1)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(_no_nan(report), indent=1, default=str))
+    table = markdown(report)
+    args.markdown.write_text(table)
+    print(table)
+    print(f"total {report['total_s']:.0f} s; wrote {args.json} and {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()
