@@ -28,6 +28,7 @@ _FUSER_MODULES = (
     "wsi_fusion.fusers.msegnet",
     "wsi_fusion.fusers.cgan_blurmask",
     "wsi_fusion.fusers.fmb_net",
+    "wsi_fusion.fusers.gacn",
 )
 
 DEFAULT_FUSER = "focus_measure"
