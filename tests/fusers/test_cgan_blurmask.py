@@ -184,6 +184,31 @@ def test_bad_weights_raise_weights_error(tmp_path: Path, kind: str) -> None:
         fuser.fuse(reference_stack())
 
 
+def test_cli_fuses_a_single_plane_slide(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``wsi-fusion fuse slide_z0.tif --fuser cgan_blurmask -o x.ome.zarr``: one plane, CPU."""
+    import tifffile
+    import zarr
+    from helpers import run_cli
+
+    shipped()
+    image = np.moveaxis(sharp_image("astronaut")[:, :200, :260], 0, -1)
+    rgb = np.rint(ndi.gaussian_filter(image, (1.5, 1.5, 0)) * 255).astype(np.uint8)
+    slide = tmp_path / "slide_z0.tif"
+    tifffile.imwrite(slide, rgb, photometric="rgb", tile=(128, 128))
+    out = tmp_path / "x.ome.zarr"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "fuse", str(slide), "--fuser", "cgan_blurmask", "-o", str(out), "-q"
+    )
+    assert code == 0, err
+    level0 = np.asarray(zarr.open_group(str(out), mode="r")["0"])
+    assert level0.shape == (3, 200, 260) and level0.dtype == np.uint8
+    fused = np.moveaxis(level0, 0, -1).astype(np.float32)
+    assert abs(float(fused.mean()) - float(rgb.mean())) < 3  # no brightness shift
+    assert not np.array_equal(level0, np.moveaxis(rgb, -1, 0))  # generated, not copied
+
+
 def regenerate() -> None:
     """Write the reference outputs of the shipped weights (run after retraining)."""
     stack = reference_stack()
