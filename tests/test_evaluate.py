@@ -236,3 +236,43 @@ def test_cli_mismatch_and_per_plane_files(
     )
     assert code == 0, err
     assert "q_abf" in out
+
+
+def test_planes_are_registered_like_the_fusion(tmp_path: Path) -> None:
+    # Planes drift by up to 2.5 px; the "fusion" is the ground truth, aligned with the middle
+    # plane, as wsi-fusion fuse's registered output is.
+    sharp = skdata.immunohistochemistry()[: SIZE[0], : SIZE[1]].copy()
+    drift = ((2.5, -1.5), (0.0, 0.0), (-2.0, 1.5))
+    stack = make_stack(sharp, 3, seed=3, sigma_per_plane=2.0, drift=drift)
+    planes = write_ome_tiff(tmp_path / "planes.ome.tif", stack.planes)
+    fused = write_ome_tiff(tmp_path / "fused.ome.tif", stack.ground_truth)
+    fast = {**FAST, "metrics": ["q_abf"]}
+
+    raw = evaluate_slide(fused, [planes], register="off", **fast)
+    assert raw.registration == {"mode": "off", "applied": False}
+    # No run.json: the drift is measured on the planes and, being > 0.5 px, applied.
+    auto = evaluate_slide(fused, [planes], **fast)
+    reg = auto.registration
+    assert reg["applied"] and reg["source"] == "measured" and reg["reference_plane"] == 1
+    assert reg["max_abs_px"] == pytest.approx(2.5, abs=0.5)  # largest node; global: 2.5 exactly
+    assert auto.summary["q_abf"].mean > raw.summary["q_abf"].mean + 0.02
+    assert json.loads(json.dumps(auto.to_dict()))["registration"]["source"] == "measured"
+
+    # With a run.json, auto follows the fusion: it did not register, so neither does evaluate.
+    from wsi_fusion.io.readers import open_stack
+    from wsi_fusion.registration import estimate_drift
+
+    with open_stack([planes]) as opened:
+        field = estimate_drift(opened, reference=1)
+    run_json = {
+        "config": {"tile": 96, "overlap": 32},
+        "registration": {"mode": "auto", "applied": False, "drift": field.to_json()},
+    }
+    Path(str(fused) + ".run.json").write_text(json.dumps(run_json))
+    followed = evaluate_slide(fused, [planes], **fast)
+    assert followed.registration["source"] == "run.json"
+    assert not followed.registration["applied"]
+    assert followed.summary["q_abf"].mean == pytest.approx(raw.summary["q_abf"].mean)
+    forced = evaluate_slide(fused, [planes], register="on", **fast)
+    assert forced.registration["applied"] and forced.registration["source"] == "run.json"
+    assert forced.summary["q_abf"].mean == pytest.approx(auto.summary["q_abf"].mean, abs=0.01)

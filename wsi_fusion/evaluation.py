@@ -9,6 +9,11 @@ slide), runs on each tile the registry metrics that the inputs allow plus the fo
 median, min, max). Tile seams are measured once, by :func:`~wsi_fusion.metrics.seam_score` on a
 region that crosses the fusion plan's tile boundaries.
 
+The no-reference metrics compare the fused slide with the source planes *as the fusion saw them*:
+``wsi-fusion fuse`` registers drifting planes onto its reference plane, so the planes are read
+through the same drift field (taken from ``FUSED.run.json``, or measured when there is none).
+Against unregistered planes every edge of a correctly registered fusion would count as misplaced.
+
 ``wsi-fusion evaluate`` is the command-line front end; :func:`tile_metrics` is the per-region
 step, also used by ``workflows/evaluate.py`` on in-memory stacks.
 """
@@ -31,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_fusion._types import Box, PlaneStack, RGBRegion
-from wsi_fusion.errors import PlaneMismatch, UnsupportedInput
+from wsi_fusion.errors import ConfigError, PlaneMismatch, UnsupportedInput
 from wsi_fusion.metrics import METRICS, evaluate, focus_attainment, halo_score, seam_score
 from wsi_fusion.metrics._image import ImageLike
 from wsi_fusion.metrics.registry import UnknownMetric
@@ -40,6 +45,7 @@ from wsi_fusion.tiling.tissue import tile_fractions, tissue_mask
 
 if TYPE_CHECKING:
     from wsi_fusion.pipeline import ProgressReporter
+    from wsi_fusion.registration import DriftField
 
 __all__ = [
     "EXTRA_METRICS",
@@ -52,6 +58,7 @@ __all__ = [
     "default_metrics",
     "evaluate_slide",
     "sample_tiles",
+    "source_registration",
     "seam_region",
     "summarise",
     "tile_metrics",
@@ -74,6 +81,8 @@ SEAM = "seam"
 SEAM_PLANES = "seam_planes"
 
 Better = Literal["higher", "lower", "one"]
+#: Whether to align the source planes before measuring (see :func:`source_registration`).
+RegisterMode = Literal["auto", "on", "off"]
 
 #: Which direction is better for the non-registry scores ("one": closest to 1.0).
 _EXTRA_BETTER: dict[str, Better] = {
@@ -227,6 +236,8 @@ class EvaluationReport:
     plan_tile: int
     plan_overlap: int
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: How the source planes were aligned for the metrics (see :func:`evaluate_slide`).
+    registration: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN -> null, infinity -> "inf")."""
@@ -240,6 +251,7 @@ class EvaluationReport:
             "n_tiles": len(self.boxes),
             "plan": {"tile": self.plan_tile, "overlap": self.plan_overlap},
             "seam_box": _box_dict(self.seam_box),
+            "registration": self.registration,
             "summary": {
                 name: {
                     "mean": _json_number(s.mean),
@@ -425,15 +437,76 @@ def _check_same_size(fused: PlaneStack, other: PlaneStack, what: str) -> None:
 
 def _plan_from_run_json(fused: str) -> tuple[int, int] | None:
     """Tile and overlap recorded in ``FUSED.run.json`` by ``wsi-fusion fuse``, if present."""
+    data = _run_json(fused)
+    if data is None:
+        return None
+    try:
+        config = data["config"]
+        return int(config["tile"]), int(config["overlap"])
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("ignoring %s.run.json (no tile/overlap in it: %s)", fused, err)
+        return None
+
+
+def _run_json(fused: str) -> dict[str, Any] | None:
+    """``FUSED.run.json`` written by ``wsi-fusion fuse`` beside its output, if readable."""
     path = Path(fused).with_name(Path(fused).name + ".run.json")
     if not path.is_file():
         return None
     try:
-        config = json.loads(path.read_text())["config"]
-        return int(config["tile"]), int(config["overlap"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        log.warning("ignoring %s (no tile/overlap in it: %s)", path, err)
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("ignoring %s (%s)", path, err)
         return None
+    return data if isinstance(data, dict) else None
+
+
+def source_registration(
+    fused: str, sources: PlaneStack, mode: RegisterMode, threshold_px: float = 0.5
+) -> tuple[DriftField | None, dict[str, Any]]:
+    """The drift field to read the source planes through, and a record of the decision.
+
+    ``"auto"`` follows the fusion: the field recorded in ``FUSED.run.json`` when the fusion
+    applied one (none when it did not); without a ``run.json``, the drift is measured on the
+    planes (reference: the middle plane, as ``fuse`` defaults to) and applied when it exceeds
+    ``threshold_px``. ``"on"`` always registers (the recorded field, else a measured one);
+    ``"off"`` never does.
+    """
+    from wsi_fusion.registration import DriftField, estimate_drift, should_apply
+
+    if mode == "off" or sources.n_planes < 2:
+        return None, {"mode": mode, "applied": False}
+    recorded = (_run_json(fused) or {}).get("registration")
+    if isinstance(recorded, dict) and isinstance(recorded.get("drift"), dict):
+        try:
+            drift = DriftField.from_json(recorded["drift"], sources.shape)
+        except ConfigError as err:
+            log.warning("ignoring the drift in %s.run.json: %s", fused, err)
+        else:
+            if drift.n_planes == sources.n_planes:
+                applied = mode == "on" or bool(recorded.get("applied"))
+                record = {"mode": mode, "source": "run.json", "applied": applied}
+                return (drift if applied else None), {**record, **_drift_summary(drift)}
+            log.warning(
+                "%s.run.json records %d planes, --planes has %d; measuring the drift instead",
+                fused,
+                drift.n_planes,
+                sources.n_planes,
+            )
+    drift = estimate_drift(sources, reference=sources.n_planes // 2)
+    applied = should_apply(drift, mode, threshold_px)
+    log.info(
+        "source planes drift up to %.2f px vs plane %d: %s",
+        drift.max_abs(),
+        drift.reference,
+        "registering them" if applied else "not registering them",
+    )
+    record = {"mode": mode, "source": "measured", "applied": applied}
+    return (drift if applied else None), {**record, **_drift_summary(drift)}
+
+
+def _drift_summary(drift: DriftField) -> dict[str, Any]:
+    return {"reference_plane": drift.reference, "max_abs_px": round(drift.max_abs(), 3)}
 
 
 class _NoProgress:
@@ -457,6 +530,7 @@ def evaluate_slide(
     plan_overlap: int | None = None,
     thumbnail_side: int = 1024,
     min_tissue: float = 0.25,
+    register: RegisterMode = "auto",
     progress: ProgressReporter | None = None,
 ) -> EvaluationReport:
     """Measure the quality of a fused slide on a random sample of its tissue tiles.
@@ -487,6 +561,10 @@ def evaluate_slide(
         Longer side of the thumbnail the tissue mask is computed on.
     min_tissue
         Smallest tissue fraction of a sampled tile.
+    register
+        Align the source planes as the fusion did before measuring: ``"auto"`` (the drift field
+        of ``FUSED.run.json`` if the fusion applied one; without a run.json, the measured drift
+        when it exceeds 0.5 px), ``"on"`` or ``"off"``. See :func:`source_registration`.
     progress
         Progress sink (the CLI's bars); silent when ``None``.
 
@@ -527,6 +605,12 @@ def evaluate_slide(
         source_stack = open_stack(list(planes))
         opened.append(source_stack)
         _check_same_size(fused_stack, source_stack, "planes")
+        drift, registration = source_registration(os.fspath(fused), source_stack, register)
+        sources: PlaneStack = source_stack
+        if drift is not None:
+            from wsi_fusion.registration import RegisteredStack
+
+            sources = RegisteredStack(source_stack, drift)
         gt_stack = None
         if ground_truth is not None:
             gt_stack = open_stack([ground_truth])
@@ -546,7 +630,7 @@ def evaluate_slide(
             for box in boxes:
                 result = tile_metrics(
                     fused_stack.read(0, box),
-                    _read_planes(source_stack, box),
+                    _read_planes(sources, box),
                     gt_stack.read(0, box) if gt_stack is not None else None,
                     names,
                 )
@@ -556,7 +640,7 @@ def evaluate_slide(
                 advance(1)
         seam_box = seam_region(mask, shape, plan_tile, plan_overlap)
         seam = seam_score(fused_stack.read(0, seam_box), plan_tile, plan_overlap)
-        middle = source_stack.read(source_stack.n_planes // 2, seam_box)
+        middle = sources.read(sources.n_planes // 2, seam_box)
         seam_planes = seam_score(middle, plan_tile, plan_overlap)
     finally:
         for stack in opened:
@@ -579,4 +663,5 @@ def evaluate_slide(
         plan_tile=plan_tile,
         plan_overlap=plan_overlap,
         timings_s={"total": time.perf_counter() - started},
+        registration=registration,
     )

@@ -287,3 +287,28 @@ def test_pipeline_records_and_applies_registration(
         "mode": "off",
         "applied": False,
     }
+
+
+def test_field_json_round_trip(
+    constant_stack: tuple[ArrayStack, np.ndarray], constant_field: DriftField
+) -> None:
+    stack, _ = constant_stack
+    record = json.loads(json.dumps(constant_field.to_json()))
+    back = DriftField.from_json(record, stack.shape)
+    assert back.reference == constant_field.reference and back.shape == constant_field.shape
+    np.testing.assert_allclose(back.shifts, constant_field.shifts, atol=5e-4)
+    np.testing.assert_allclose(back.global_shifts, constant_field.global_shifts, atol=5e-4)
+    assert np.array_equal(back.measured, constant_field.measured)
+    box = Box(100, 120, 64, 80)
+    diff = np.abs(
+        RegisteredStack(stack, back).read(0, box).astype(int)
+        - RegisteredStack(stack, constant_field).read(0, box).astype(int)
+    )
+    assert diff.max() <= 1
+    # records written before "measured" was stored still load
+    del record["measured"]
+    assert DriftField.from_json(record, stack.shape).measured.all()
+    with pytest.raises(ConfigError, match="shifts_px"):
+        DriftField.from_json({**record, "shifts_px": [[[[0.0, 0.0]]]]}, stack.shape)
+    with pytest.raises(ConfigError, match="malformed"):
+        DriftField.from_json({"reference_plane": 0}, stack.shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -66,6 +67,14 @@ from wsi_fusion.cli._progress import BarProgress
     help="Overlap of that fusion (default: from FUSED.run.json, else 128).",
 )
 @click.option(
+    "--register",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Align the planes as the fusion did before measuring: auto = the drift field in "
+    "FUSED.run.json if the fusion applied one (without run.json: measured, applied above 0.5 px).",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(path_type=Path),
@@ -92,6 +101,7 @@ def evaluate(
     min_tissue: float,
     plan_tile: int | None,
     plan_overlap: int | None,
+    register: Literal["auto", "on", "off"],
     json_path: Path | None,
     csv_path: Path | None,
     quiet: bool,
@@ -121,6 +131,7 @@ def evaluate(
         min_tissue=min_tissue,
         plan_tile=plan_tile,
         plan_overlap=plan_overlap,
+        register=register,
         progress=BarProgress(quiet),
     )
     h, w = report.shape
@@ -128,6 +139,12 @@ def evaluate(
         f"{report.fused}: {w} x {h} px, {len(report.boxes)} tiles of {report.tile} px "
         f"(seed {report.seed}); seams for tile {report.plan_tile} / overlap {report.plan_overlap}"
     )
+    reg = report.registration
+    if reg.get("applied"):
+        click.echo(
+            f"planes registered onto plane {reg['reference_plane']} (drift up to "
+            f"{reg['max_abs_px']:.2f} px, field from {reg['source']})"
+        )
     click.echo(report.table())
     if json_path is not None:
         click.echo(f"wrote {report.write_json(json_path)}")

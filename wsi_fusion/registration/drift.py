@@ -132,7 +132,52 @@ class DriftField:
             "global_shift_px": [[round(float(v), 3) for v in row] for row in self.global_shifts],
             "measured_fraction": [round(float(m.mean()), 3) for m in self.measured],
             "shifts_px": np.round(self.shifts, 3).tolist(),
+            "measured": self.measured.tolist(),
         }
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any], shape: tuple[int, int]) -> DriftField:
+        """The field back from :meth:`to_json` (e.g. ``run.json``'s ``registration.drift``).
+
+        Parameters
+        ----------
+        record
+            What :meth:`to_json` wrote. Shifts come back rounded to 1/1000 px.
+        shape
+            Level-0 size (height, width) of the stack the field was measured on (``run.json``
+            does not repeat it: it is the input's size).
+
+        Raises
+        ------
+        ConfigError
+            The record lacks a key or its arrays disagree in size; the message names it.
+        """
+        try:
+            centres_y = np.asarray(record["centres_y"], dtype=np.float64)
+            centres_x = np.asarray(record["centres_x"], dtype=np.float64)
+            shifts = np.asarray(record["shifts_px"], dtype=np.float64)
+            global_shifts = np.asarray(record["global_shift_px"], dtype=np.float64)
+            reference = int(record["reference_plane"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"drift record is incomplete or malformed ({err!r})") from err
+        # Records written before "measured" was stored: every node counts as measured.
+        measured = np.asarray(record.get("measured", True), dtype=bool)
+        expected = (len(global_shifts), len(centres_y), len(centres_x), 2)
+        if shifts.shape != expected or not 0 <= reference < expected[0]:
+            raise ConfigError(
+                f"drift record: shifts_px has shape {shifts.shape}, expected {expected} from "
+                f"{expected[0]} planes and a {expected[1]} x {expected[2]} grid "
+                f"(reference plane {reference})"
+            )
+        return cls(
+            reference=reference,
+            shape=(int(shape[0]), int(shape[1])),
+            centres_y=centres_y,
+            centres_x=centres_x,
+            shifts=shifts,
+            global_shifts=global_shifts,
+            measured=np.broadcast_to(measured, expected[:3]).copy(),
+        )
 
 
 def _bracket(
