@@ -7,8 +7,8 @@
 2. Memory vs size: 5-plane synthetic slides of growing side fused with the default fuser
    (threads scheduler, 2 workers) into OME-Zarr; peak RSS stays nearly flat while the area grows.
 
-Each fusion runs in its own process, so peak RSS is that run's alone (for ``local-cluster`` the
-largest single worker/nanny process is shown as well: work happens there). Not a test: run on
+Each fusion runs in its own process, so peak RSS is that run's alone (the driving process: for
+``local-cluster`` the tiles are fused in the worker processes, not counted). Not a test: run on
 demand, e.g. ``python benchmarks/bench_scaling.py --side 4096 --sizes 2048,4096,8192``.
 """
 
@@ -36,7 +36,6 @@ print(json.dumps({
     "wall_s": wall,
     "timings": report.timings_s,
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
 }))
 """
 
@@ -81,8 +80,6 @@ def workers_table(workdir: Path, side: int, worker_counts: list[int]) -> None:
             assert isinstance(timings, dict)
             phases = float(timings["fuse"]) + float(timings["blend"])
             rss = f"{float(r['peak_rss_mb']):.0f}"  # type: ignore[arg-type]
-            if scheduler == "local-cluster":
-                rss += f" (worker {float(r['children_peak_rss_mb']):.0f})"  # type: ignore[arg-type]
             print(
                 f"| {scheduler} | {n} | {float(r['wall_s']):.1f} | {float(timings['fuse']):.1f} "  # type: ignore[arg-type]
                 f"| {float(timings['blend']):.1f} | {mpx / phases:.2f} | {rss} |",
@@ -109,15 +106,19 @@ def sizes_table(workdir: Path, sides: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--side", type=int, default=4096, help="slide side for the workers table")
-    parser.add_argument("--workers", default="1,2", help="worker counts to compare")
-    parser.add_argument("--sizes", default="2048,4096,8192", help="slide sides for memory table")
+    parser.add_argument("--workers", default="1,2", help="worker counts to compare ('': skip)")
+    parser.add_argument(
+        "--sizes", default="1024,2048,4096", help="slide sides for the memory table ('': skip)"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="wsi_fusion_scaling_"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"workdir {workdir}; {os.cpu_count()} CPUs; default fuser (focus_measure)")
-    workers_table(workdir, args.side, [int(n) for n in args.workers.split(",")])
-    sizes_table(workdir, [int(s) for s in args.sizes.split(",")])
+    if args.workers:  # "" skips the table
+        workers_table(workdir, args.side, [int(n) for n in args.workers.split(",")])
+    if args.sizes:
+        sizes_table(workdir, [int(s) for s in args.sizes.split(",")])
 
 
 if __name__ == "__main__":

@@ -83,6 +83,12 @@ class BatchBars:
 @click.option("--overlap", type=int, default=None, help="Tile overlap in px (default 128).")
 @click.option("--lossless", is_flag=True, help="Lossless (deflate) TIFF tiles instead of JPEG q90.")
 @click.option("--focus-map", is_flag=True, default=None, help="Also write each focus/depth map.")
+@click.option(
+    "--register",
+    type=click.Choice(["auto", "on", "off"]),
+    default=None,
+    help="Align drifting planes: auto (default; when the measured drift > 0.5 px), on, off.",
+)
 @click.option("--no-tissue", is_flag=True, help="Fuse every tile, not only those with tissue.")
 @click.option(
     "--batch-size",
@@ -121,6 +127,7 @@ def batch(
     overlap: int | None,
     lossless: bool,
     focus_map: bool | None,
+    register: str | None,
     no_tissue: bool,
     batch_size: int | None,
     precision: str | None,
@@ -164,6 +171,10 @@ def batch(
     if no_tissue:
         config = config.model_copy(
             update={"tissue": config.tissue.model_copy(update={"enabled": False})}
+        )
+    if register is not None:
+        config = config.model_copy(
+            update={"registration": config.registration.model_copy(update={"mode": register})}
         )
     slides = collect_slides(source, pattern=pattern or DEFAULT_PATTERN, exclude=(outdir,))
     tame_console()
