@@ -126,6 +126,7 @@ def test_bad_weights_are_refused(tmp_path: Path) -> None:
 
 
 @needs_weights
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["calibration", "serial"])
 def test_trained_acnn_beats_every_plane(strategy: str) -> None:
     from conftest import depth_map, focal_stack, sharp_image

@@ -127,6 +127,7 @@ def test_bad_weights_are_refused(tmp_path: Path) -> None:
 
 
 @needs_weights
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["calibration", "serial"])
 def test_trained_gacn_beats_every_plane(strategy: str) -> None:
     from conftest import depth_map, focal_stack, sharp_image
@@ -136,6 +137,21 @@ def test_trained_gacn_beats_every_plane(strategy: str) -> None:
     fused = create_fuser("gacn", device="cpu", strategy=strategy).fuse(stack).fused
     best_plane = max(psnr(plane, sharp) for plane in stack)
     assert psnr(fused, sharp) > best_plane + 2.0
+
+
+
+def test_fuse_batch_equals_fuse_per_tile() -> None:
+    # Soft weighting: continuous in the DMs, so float-level differences between batched and
+    # single convolutions cannot flip a near-tied argmax of an untrained network.
+    fuser = GACNFuser.untrained(device="cpu", batch_size=2, weighting="soft")
+    stack = reference_stack()[:, :, :32, :40]
+    stacks = [stack, stack[:, :, ::-1, :].copy(), stack[:, :, :, ::-1].copy()]
+    batched = fuser.fuse_batch(stacks)
+    for one, result in zip(stacks, batched, strict=True):
+        single = fuser.fuse(one)
+        np.testing.assert_allclose(result.fused, single.fused, atol=1e-4)
+        assert result.weights is not None and single.weights is not None
+        np.testing.assert_allclose(result.weights, single.weights, atol=1e-4)
 
 
 if __name__ == "__main__" and "--regenerate" in sys.argv:

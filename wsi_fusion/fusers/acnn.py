@@ -115,7 +115,7 @@ class ACNNFuser(TorchFuser):
     params: ACNNParams
     weights_record: ClassVar[WeightsRecord] = WeightsRecord(
         model="acnn.small",
-        file="acnn/acnn_small.safetensors",
+        file="acnn/acnn.small.safetensors",
         sha256="0000000000000000000000000000000000000000000000000000000000000000",
     )
 

@@ -62,7 +62,7 @@ class ACNNTrainConfig(BaseModel):
     threads: int = Field(default=1, ge=1)
     max_seconds: float | None = 720.0
     checkpoint: str = "scratch/acnn/checkpoint.pt"
-    output: str = "models/acnn/acnn_small.safetensors"
+    output: str = "models/acnn/acnn.small.safetensors"
     extra_sources: list[str] = Field(default_factory=list)
     log_every: int = 25
     checkpoint_every: int = 100

@@ -75,7 +75,7 @@ class GACNTrainConfig(BaseModel):
     threads: int = Field(default=1, ge=1)
     max_seconds: float | None = 720.0
     checkpoint: str = "scratch/gacn/checkpoint.pt"
-    output: str = "models/gacn/gacn_small.safetensors"
+    output: str = "models/gacn/gacn.small.safetensors"
     extra_sources: list[str] = Field(default_factory=list)
     log_every: int = 10
     checkpoint_every: int = 50
