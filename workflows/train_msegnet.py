@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         "fusers in one run, written to models/msegnet/metrics.json",
     )
     parser.add_argument(
+        "--validate",
+        action="store_true",
+        help="as --evaluate, on stacks from the training rows (models/msegnet/validation.json); "
+        "used to choose the fusion rule's defaults",
+    )
+    parser.add_argument(
         "--write-reference",
         action="store_true",
         help="instead of training: write the tiny reference output of the shipped weights used "
@@ -47,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.evaluate:
         return evaluate(ROOT / "models" / "msegnet" / "metrics.json")
+    if args.validate:
+        return evaluate(ROOT / "models" / "msegnet" / "validation.json", validation=True)
     if args.write_reference:
         return write_reference(ROOT / "tests" / "fusers" / "data" / "msegnet_reference.npz")
 
@@ -96,17 +104,52 @@ def write_reference(out: Path) -> int:
 
 #: Fusers compared side by side in the model card (msegnet variants + the classical ones).
 COMPARED: dict[str, tuple[str, dict[str, object]]] = {
-    "msegnet": ("msegnet", {}),
-    "msegnet (region arbitration, paper)": ("msegnet", {"arbitration": "region"}),
-    "msegnet (unclaimed: most likely)": ("msegnet", {"unclaimed": "most_likely"}),
+    "msegnet (default: most likely plane)": ("msegnet", {}),
+    "msegnet, paper rule (base + region blur metric)": (
+        "msegnet",
+        {"unclaimed": "base", "arbitration": "region"},
+    ),
+    "msegnet, base + window blur metric": (
+        "msegnet",
+        {"unclaimed": "base", "arbitration": "window"},
+    ),
+    "msegnet, base + probability": ("msegnet", {"unclaimed": "base", "arbitration": "probability"}),
     "focus_measure": ("focus_measure", {}),
     "laplacian_pyramid": ("laplacian_pyramid", {}),
     "wavelet": ("wavelet", {}),
 }
 
 
-def evaluate(out: Path, n: int = 6, side: int = 512, planes: int = 5) -> int:
+def validation_stacks(n: int = 6, side: int = 384, planes: int = 5, seed: int = 777) -> list:  # type: ignore[type-arg]
+    """Stacks from the *training* rows (default defocus model), for choosing rule defaults
+    without looking at the held-out set."""
+    import numpy as np
+
+    from wsi_fusion.synth import make_stack
+    from wsi_fusion.training import data
+
+    rng = np.random.default_rng(seed)
+    source = data.sharp_sources()[0]
+    return [
+        (
+            f"train_rows_{seed + i}",
+            make_stack(
+                data.random_crop(source, side, rng, min_tissue=0.6, tries=30),
+                planes,
+                seed=seed + i,
+                noise_sigma=0.005,
+            ),
+        )
+        for i in range(n)
+    ]
+
+
+def evaluate(
+    out: Path, n: int = 6, side: int = 512, planes: int = 5, validation: bool = False
+) -> int:
     """PSNR/SSIM against ground truth on the held-out stacks, segmentation accuracy, tiles/s.
+
+    With ``validation`` the stacks come from the training rows instead (:func:`validation_stacks`).
 
     Also fuses with the *ground-truth* segmentation (a pixel focused where its focus index is the
     plane) through the same fusion rule: the ceiling of the rule with a perfect network.
@@ -122,7 +165,10 @@ def evaluate(out: Path, n: int = 6, side: int = 512, planes: int = 5) -> int:
     from wsi_fusion.training.data import heldout_stacks
 
     torch.set_num_threads(1)
-    stacks = heldout_stacks(n=n, size=side, n_planes=planes, noise=0.005)
+    if validation:
+        stacks = validation_stacks(n=n, planes=planes)
+    else:
+        stacks = heldout_stacks(n=n, size=side, n_planes=planes, noise=0.005)
     tiles = {
         name: np.ascontiguousarray(s.planes.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
         for name, s in stacks
@@ -158,7 +204,13 @@ def evaluate(out: Path, n: int = 6, side: int = 512, planes: int = 5) -> int:
         fused = np.take_along_axis(tiles[key], index[None, None].repeat(3, 1), 0)[0]
         ceiling.append(psnr(to_image(fused), truth[key]))
     result = {
-        "heldout": {"n": n, "side": side, "planes": planes, "noise": 0.005},
+        "stacks": {
+            "set": "validation (training rows)" if validation else "held-out",
+            "names": [name for name, _ in stacks],
+            "side": stacks[0][1].ground_truth.shape[0],
+            "planes": planes,
+            "noise": 0.005,
+        },
         "fusers": rows,
         "msegnet_pixel_accuracy": float(np.mean(accuracy)),
         "rule_with_true_segmentation_psnr": float(np.mean(ceiling)),

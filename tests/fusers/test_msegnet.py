@@ -85,12 +85,15 @@ def test_rule_single_claims_base_and_overlaps() -> None:
     p[1, h // 2 :, w // 2 :] = 0.7  # planes 1 and 2 both claim the bottom-right quarter
     p[2, h // 2 :, w // 2 :] = 0.95
     for arbitration, winner in (("probability", 2), ("window", 1), ("region", 1)):
-        index = fuse_decisions(stack, p, arbitration=arbitration)
+        index = fuse_decisions(stack, p, arbitration=arbitration, unclaimed="base")
         assert (index[:, : w // 2] == 1).all()
         assert (index[: h // 4, w // 2 :] == 0).all()
         assert (index[h // 4 : h // 2, w // 2 :] == 1).all()  # unclaimed -> base
         # The paper's metric gives the overlap to the sharp plane, the network to its likelier one.
         assert (index[h // 2 + 10 : -10, w // 2 + 10 : -10] == winner).mean() > 0.9
+    # Default: the per-pixel argmax of the focused probability, claimed or not.
+    p[0, h // 4 : h // 2, w // 2 :] = 0.3
+    np.testing.assert_array_equal(fuse_decisions(stack, p), p.argmax(axis=0))
 
 
 # -- network and fuser ---------------------------------------------------------------------------
