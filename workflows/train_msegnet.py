@@ -95,7 +95,10 @@ def write_reference(out: Path) -> int:
     stack = stack_u8.astype(np.float32) / 255.0
     fuser = MSegNetFuser(device="cpu")
     p = fuser.focused_probability([stack])[0]
-    index = fuser.fuse(stack).weights.argmax(0).astype(np.uint8)
+    weights = fuser.fuse(stack).weights
+    if weights is None:  # msegnet always returns one-hot weights
+        raise RuntimeError("msegnet returned no weights")
+    index = weights.argmax(0).astype(np.uint8)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, stack=stack_u8, p_focused=p.astype(np.float16), index=index)
     logging.getLogger("train_msegnet").info("wrote %s (%d bytes)", out, out.stat().st_size)
