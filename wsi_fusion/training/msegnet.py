@@ -15,7 +15,7 @@ final output and to every decoder side output (deep supervision), averaged over 
 
 Deviations from the paper and why
 ---------------------------------
-- Adam with cosine decay for a fixed number of steps instead of SGD (lr 1e-3) with
+- AdamW with warm-up and cosine decay for a fixed number of steps instead of SGD (lr 1e-3) with
   reduce-on-plateau and early stopping over ~50 epochs: the CPU budget here is minutes, where
   plain SGD at 1e-3 barely moves; there is no epoch/validation structure in an on-the-fly
   sample stream.
