@@ -199,7 +199,12 @@ def fuse_slide(
         with progress.phase("fuse tiles", len(todo_tiles)) as advance:
             tiles_computed = runner.run(
                 fuse_tiles,
-                [(job, group) for group in _groups(todo_tiles, config.tiles_per_task)],
+                [
+                    (job, group)
+                    for group in _groups(
+                        todo_tiles, _task_size(len(todo_tiles), config.tiles_per_task, runner)
+                    )
+                ],
                 progress=advance,
                 resources=phase1_resources(fuser.needs_weights, runner.gpu_workers),
             )
@@ -283,6 +288,14 @@ def _fuse_mask(config: RunConfig, plan: TilePlan, thumbnail: np.ndarray) -> np.n
         return np.ones(len(plan), dtype=bool)
     fractions = tile_fractions(tissue_mask(thumbnail), plan.shape, list(plan.boxes))
     return fractions >= config.tissue.min_fraction
+
+
+def _task_size(n_items: int, largest: int, runner: TaskRunner) -> int:
+    """Tiles per task: at most ``largest``, and small enough for ~4 tasks per worker slot.
+
+    Small slides would otherwise give fewer tasks than workers (121 tiles / 32 = 4 tasks).
+    """
+    return max(1, min(largest, -(-n_items // (4 * runner.slots))))
 
 
 def _groups(items: list[int], size: int) -> list[list[int]]:

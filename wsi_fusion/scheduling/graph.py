@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -55,6 +56,11 @@ class TaskRunner(ABC):
         """Workers that offer the ``GPU`` resource (0 for the local schedulers)."""
         return 0
 
+    @property
+    def slots(self) -> int:
+        """Tasks that can run at once (threads/processes, or worker threads of the cluster)."""
+        return 1
+
     @abstractmethod
     def run(
         self,
@@ -83,6 +89,12 @@ class LocalRunner(TaskRunner):
         self.workers = workers
         self.description = {"scheduler": scheduler, "workers": workers}
 
+    @property
+    def slots(self) -> int:
+        if self.scheduler == "sync":
+            return 1
+        return self.workers or os.cpu_count() or 1
+
     def run(
         self,
         func: Callable[..., Any],
@@ -109,6 +121,7 @@ class DistributedRunner(TaskRunner):
         client.register_plugin(FuserCachePlugin(), name=FuserCachePlugin.name)
         workers = client.scheduler_info().get("workers", {})
         self._gpu_workers = count_gpu_workers(w.get("resources", {}) for w in workers.values())
+        self._slots = sum(int(w.get("nthreads", 1)) for w in workers.values())
         self.description = {
             "scheduler": scheduler,
             "address": client.scheduler.address,
@@ -122,6 +135,11 @@ class DistributedRunner(TaskRunner):
     @property
     def gpu_workers(self) -> int:
         return self._gpu_workers
+
+    @property
+    def slots(self) -> int:
+        # Workers may still be joining (SLURM jobs in the queue): count at least one.
+        return max(1, self._slots)
 
     def run(
         self,
