@@ -88,7 +88,8 @@ def test_refine_removes_specks_and_fills_holes() -> None:
 
 
 def test_margins_and_serial_refusal() -> None:
-    calib = ACNNFuser.untrained(device="cpu")
+    calib = ACNNFuser.untrained(device="cpu", strategy="calibration")
+    assert ACNNFuser.untrained(device="cpu").margin == calib.margin  # round robin
     serial = ACNNFuser.untrained(device="cpu", strategy="serial", max_planes=3)
     assert calib.margin == FOCUS_HALO
     assert serial.margin == 2 * (FOCUS_HALO + 8)
@@ -97,7 +98,7 @@ def test_margins_and_serial_refusal() -> None:
         serial.fuse(np.zeros((4, 3, 24, 24), np.float32))
 
 
-@pytest.mark.parametrize("strategy", ["calibration", "serial"])
+@pytest.mark.parametrize("strategy", ["round_robin", "calibration", "serial"])
 def test_untrained_strategies_keep_contract(strategy: str) -> None:
     stack = reference_stack()
     result = ACNNFuser.untrained(device="cpu", strategy=strategy).fuse(stack)
@@ -127,7 +128,7 @@ def test_bad_weights_are_refused(tmp_path: Path) -> None:
 
 @needs_weights
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["calibration", "serial"])
+@pytest.mark.parametrize("strategy", ["round_robin", "calibration", "serial"])
 def test_trained_acnn_beats_every_plane(strategy: str) -> None:
     from conftest import depth_map, focal_stack, sharp_image
 

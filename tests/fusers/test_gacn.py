@@ -89,7 +89,8 @@ def test_dice_loss() -> None:
 
 
 def test_margins_and_serial_refusal() -> None:
-    calib = GACNFuser.untrained(device="cpu")
+    calib = GACNFuser.untrained(device="cpu", strategy="calibration")
+    assert GACNFuser.untrained(device="cpu").margin == calib.margin  # round robin
     serial = GACNFuser.untrained(device="cpu", strategy="serial", max_planes=3)
     assert calib.margin == DM_HALO + 8  # guided filter radius 4 reaches 8 px
     assert serial.margin == 2 * calib.margin
@@ -98,7 +99,7 @@ def test_margins_and_serial_refusal() -> None:
         serial.fuse(np.zeros((4, 3, 16, 16), np.float32))
 
 
-@pytest.mark.parametrize("strategy", ["calibration", "serial"])
+@pytest.mark.parametrize("strategy", ["round_robin", "calibration", "serial"])
 def test_untrained_strategies_keep_contract(strategy: str) -> None:
     stack = reference_stack()
     result = GACNFuser.untrained(device="cpu", strategy=strategy).fuse(stack)
@@ -128,7 +129,7 @@ def test_bad_weights_are_refused(tmp_path: Path) -> None:
 
 @needs_weights
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["calibration", "serial"])
+@pytest.mark.parametrize("strategy", ["round_robin", "calibration", "serial"])
 def test_trained_gacn_beats_every_plane(strategy: str) -> None:
     from conftest import depth_map, focal_stack, sharp_image
 
@@ -139,11 +140,12 @@ def test_trained_gacn_beats_every_plane(strategy: str) -> None:
     assert psnr(fused, sharp) > best_plane + 2.0
 
 
-
 def test_fuse_batch_equals_fuse_per_tile() -> None:
     # Soft weighting: continuous in the DMs, so float-level differences between batched and
     # single convolutions cannot flip a near-tied argmax of an untrained network.
-    fuser = GACNFuser.untrained(device="cpu", batch_size=2, weighting="soft")
+    fuser = GACNFuser.untrained(
+        device="cpu", batch_size=2, strategy="calibration", weighting="soft"
+    )
     stack = reference_stack()[:, :, :32, :40]
     stacks = [stack, stack[:, :, ::-1, :].copy(), stack[:, :, :, ::-1].copy()]
     batched = fuser.fuse_batch(stacks)

@@ -32,7 +32,7 @@ class VarianceDecider:
 
     def __init__(self, graded: bool = True) -> None:
         self.graded = graded
-        self.calls = {"decide": 0, "decide_against": 0}
+        self.calls = {"decide": 0, "decide_against": 0, "decide_pairs": 0}
 
     def _p(self, a: FloatArray, b: FloatArray) -> FloatArray:
         va, vb = local_variance(a), local_variance(b)
@@ -47,6 +47,11 @@ class VarianceDecider:
     def decide_against(self, base: FloatArray, others: FloatArray) -> FloatArray:
         self.calls["decide_against"] += 1
         return self._p(np.broadcast_to(base, others.shape), others)
+
+    def decide_pairs(self, stack: FloatArray, pairs: list[tuple[int, int]]) -> FloatArray:
+        self.calls["decide_pairs"] += 1
+        i, j = (list(x) for x in zip(*pairs, strict=True))
+        return self._p(stack[i], stack[j])
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +89,7 @@ def test_calibration_recovers_ranking_of_consistent_decider(
     # the per-pixel most-variant plane (up to float ties).
     agree = np.mean(np.argmax(result.weights, axis=0) == expected)
     assert agree > 0.999
-    assert decider.calls == {"decide": 0, "decide_against": 1}
+    assert decider.calls == {"decide": 0, "decide_against": 1, "decide_pairs": 0}
     np.testing.assert_array_equal(np.unique(result.weights), [0.0, 1.0])
 
 
@@ -106,7 +111,7 @@ def test_serial_weights_are_exact(small_stack: tuple[FloatArray, FloatArray], gr
     decider = VarianceDecider(graded=graded)
     result = fuse_pairwise(stack, decider, "serial")
     assert result.weights is not None
-    assert decider.calls == {"decide": stack.shape[0] - 1, "decide_against": 0}
+    assert decider.calls == {"decide": stack.shape[0] - 1, "decide_against": 0, "decide_pairs": 0}
     np.testing.assert_allclose(result.weights.sum(axis=0), 1.0, atol=1e-6)
     assert result.weights.min() >= 0.0
     # The tracked weights reproduce the folded image exactly.
@@ -115,7 +120,10 @@ def test_serial_weights_are_exact(small_stack: tuple[FloatArray, FloatArray], gr
         np.testing.assert_array_equal(np.unique(result.weights), [0.0, 1.0])
 
 
-@pytest.mark.parametrize(("strategy", "graded"), [("serial", False), ("calibration", True)])
+@pytest.mark.parametrize(
+    ("strategy", "graded"),
+    [("serial", False), ("calibration", True), ("round_robin", False), ("round_robin", True)],
+)
 def test_toy_decider_fuses_better_than_any_plane(
     small_stack: tuple[FloatArray, FloatArray], strategy: str, graded: bool
 ) -> None:
@@ -131,6 +139,25 @@ def test_calibration_needs_graded_decisions(small_stack: tuple[FloatArray, Float
     graded = fuse_pairwise(stack, VarianceDecider(graded=True), "calibration")
     binary = fuse_pairwise(stack, VarianceDecider(graded=False), "calibration")
     assert psnr(graded.fused, sharp) > psnr(binary.fused, sharp) + 2.0
+
+
+@pytest.mark.parametrize("graded", [True, False])
+def test_round_robin_picks_the_pairwise_winner(
+    small_stack: tuple[FloatArray, FloatArray], graded: bool
+) -> None:
+    """With a transitive decider (variance order), the round robin recovers the best plane."""
+    _, stack = small_stack
+    decider = VarianceDecider(graded=graded)
+    result = fuse_pairwise(stack, decider, "round_robin")
+    assert decider.calls == {"decide": 0, "decide_against": 0, "decide_pairs": 1}
+    variance = local_variance(stack)
+    expected = np.argmax(variance, axis=0)
+    # Where the two most variant planes tie (flat regions) any pick is right.
+    top2 = np.sort(variance, axis=0)[-2:]
+    clear = top2[1] > 1.01 * top2[0]
+    assert clear.mean() > 0.8
+    assert np.mean((np.argmax(result.weights, axis=0) == expected)[clear]) > 0.999
+    np.testing.assert_array_equal(np.unique(result.weights), [0.0, 1.0])
 
 
 def test_single_plane_and_margin() -> None:

@@ -16,21 +16,27 @@ Method (the letter's four steps, Fig. 2)
    is not used: it depends on the whole image, not a bounded neighbourhood).
 4. Fusion: ``F = D·A + (1 − D)·B`` (Eq. 5) with the refined decision map ``D``.
 
-N planes go through :mod:`wsi_fusion.fusers.pairwise`:
+N planes go through :mod:`wsi_fusion.fusers.pairwise` (the letter fuses two sources only):
 
-- ``strategy="calibration"`` (default): GACN's decision calibration (Eq. 19) on the *graded*
-  focus maps ``S`` of the baseline plane against every other plane, argmax per pixel. Steps 2-3
-  are skipped: the threshold destroys the relative clarity Eq. 19 needs (GACN Sec. 3.3 says the
-  same of CNN-Fuse's post-processing). Branch features of each plane are computed once.
+- ``strategy="round_robin"`` (default): every pair of planes once on the *graded* focus maps
+  ``S`` (each plane scores ``S`` of its pairs, the other ``1 − S``), per-pixel argmax. Each
+  plane's branch features and head terms are computed once, so pairs cost only the small head.
+- ``strategy="calibration"``: GACN's decision calibration (Eq. 19) on the graded ``S`` of the
+  baseline plane against every other plane, argmax per pixel.
 - ``strategy="serial"``: the letter's two-source method (steps 1-4) folded one plane at a time.
   Its dependence reach grows by one decision reach per fold, so its margin is
   ``(max_planes − 1)`` times that and stacks deeper than ``max_planes`` are refused.
+
+Steps 2-3 (threshold, morphology) only run in serial mode: the asymmetric threshold (A only
+where ``S > 0.9``) hands every near-tie to B, which in a round robin or a calibration would
+favour later planes, and it destroys the relative clarity Eq. 19 needs (GACN Sec. 3.3 says the
+same of CNN-Fuse's post-processing). The model card measures all three.
 
 Deviations from the paper and why
 ---------------------------------
 - The threshold of Eq. 4 is asymmetric (``S > 0.9`` → A, else B): where both patches are
   equally sharp (plain areas, S ≈ 0.5) B is taken. Kept as written.
-- N-plane fusion and its default (calibration on ``S``) are not in the letter (two sources only).
+- N-plane fusion and its default (round robin on ``S``) are not in the letter.
 - The morphological structuring element (disc, radius 2) is a choice; see step 3.
 - The stride-4 score grid starts at the tile's corner, so tiles at different offsets see
   slightly different patch grids: tiled fusion is not bit-identical to whole-image fusion.
@@ -71,9 +77,9 @@ FOCUS_HALO = 22
 
 
 class ACNNParams(TorchParams):
-    #: N-plane strategy: decision calibration on graded focus maps, or the letter's pairwise
-    #: method folded one plane at a time.
-    strategy: Literal["calibration", "serial"] = "calibration"
+    #: N-plane strategy: every pair once or decision calibration (both on graded focus maps),
+    #: or the letter's two-source method folded one plane at a time.
+    strategy: Literal["round_robin", "calibration", "serial"] = "round_robin"
     #: Calibration baseline plane; -1 is the middle plane, 0 the first.
     baseline: int = Field(default=-1, ge=-1)
     #: Segmentation threshold of the focus map (Eq. 4); the letter uses 0.9.
@@ -174,6 +180,22 @@ class ACNNFuser(TorchFuser):
             s = focus_map(scores.float(), net.cfg, base.shape[-2:])
         return s[:, 0].cpu().numpy()
 
+    def decide_pairs(self, stack: TileStack, pairs: list[tuple[int, int]]) -> Float32Array:
+        """Graded focus maps of plane ``i`` against ``j`` per pair; each plane's branch once."""
+        from wsi_fusion.nets.acnn import focus_map
+
+        net: ACNN = self.model  # type: ignore[assignment]
+        i = [a for a, _ in pairs]
+        j = [b for _, b in pairs]
+        step = max(self.params.batch_size, 1)
+        out = []
+        with self.autocast():
+            ta, tb = self._terms(stack)
+            for s in range(0, len(pairs), step):
+                scores = net.score_map(ta[i[s : s + step]], tb[j[s : s + step]])
+                out.append(focus_map(scores.float(), net.cfg, stack.shape[-2:])[:, 0].cpu().numpy())
+        return np.concatenate(out)
+
     def fuse(self, stack: TileStack) -> FusionResult:
         stack = np.asarray(stack, dtype=np.float32)
         p = self.params
@@ -182,7 +204,7 @@ class ACNNFuser(TorchFuser):
             raise ConfigError(
                 f"acnn serial fusion of {z} planes needs max_planes >= {z} (got "
                 f"{p.max_planes}); set max_planes={z} and a tile overlap of at least "
-                f"{2 * serial_margin(self.decision_margin, z)} px, or use strategy='calibration'"
+                f"{2 * serial_margin(self.decision_margin, z)} px, or use strategy='round_robin'"
             )
         baseline = z // 2 if p.baseline < 0 else min(p.baseline, z - 1)
         return fuse_pairwise(stack, self, p.strategy, baseline=baseline)

@@ -34,6 +34,16 @@ in one of two ways, so that no method re-implements it.
     extractions and ``Z − 1`` decisions are needed when the decider caches the baseline's
     features (:meth:`PairwiseDecider.decide_against`), and the reach stays that of one decision.
 
+``round_robin`` — every pair once (not in the GACN paper)
+    Each pair ``(i, j)`` is decided once, plane ``i`` scores ``p_ij`` and plane ``j`` scores
+    ``1 − p_ij`` (a Copeland/Borda count), and the per-pixel argmax wins (one-hot weights).
+    Only the *sign* of each decision matters, so it works with binary DMs, and the reach stays
+    that of one decision. It costs ``Z`` feature extractions (when the decider caches them per
+    plane, :meth:`PairwiseDecider.decide_pairs`) and ``Z·(Z − 1)/2`` decisions. It exists
+    because the calibration is only as good as the *magnitudes* of the decisions (next
+    section), which networks trained on a decision loss do not calibrate, and serial folding's
+    reach grows with Z beyond the default tile overlap.
+
 Notes on the calibration
 ------------------------
 Eq. 19 needs *graded* decisions. With a binary DM (``p ∈ {0, 1}``), all planes judged sharper
@@ -56,7 +66,7 @@ from wsi_fusion.fusers.base import FusionResult, one_hot_weights, weighted_sum
 Float32Array = npt.NDArray[np.float32]
 
 #: N-plane strategies of :func:`fuse_pairwise`.
-Strategy = Literal["calibration", "serial"]
+Strategy = Literal["calibration", "serial", "round_robin"]
 #: How the decision volume becomes weights: the paper's per-pixel argmax, or DV normalised to 1.
 Weighting = Literal["argmax", "soft"]
 
@@ -82,6 +92,13 @@ class PairwiseDecider(Protocol):
         Used by the decision calibration; a decider may reuse the baseline's features across
         the ``P`` pairs (the point of the strategy) and should return graded, not binarised,
         probabilities (see the module notes).
+        """
+        ...
+
+    def decide_pairs(self, stack: TileStack, pairs: list[tuple[int, int]]) -> Float32Array:
+        """Final DMs ``(P, H, W)`` of planes ``i`` against ``j`` for each ``(i, j)`` in ``pairs``.
+
+        Used by the round robin; a decider should compute each plane's features once.
         """
         ...
 
@@ -168,6 +185,20 @@ def fuse_calibrated(
     return FusionResult(fused=weighted_sum(stack, weights), weights=weights)
 
 
+def fuse_round_robin(stack: TileStack, decider: PairwiseDecider) -> FusionResult:
+    """Every pair decided once; per-pixel argmax of the summed decisions (one-hot weights)."""
+    stack = np.asarray(stack, dtype=np.float32)
+    z, _, h, w = stack.shape
+    pairs = [(i, j) for i in range(z) for j in range(i + 1, z)]
+    decisions = np.clip(decider.decide_pairs(stack, pairs), 0.0, 1.0)
+    score = np.zeros((z, h, w), dtype=np.float32)
+    for (i, j), p in zip(pairs, decisions, strict=True):
+        score[i] += p
+        score[j] += 1.0 - p
+    weights = one_hot_weights(np.argmax(score, axis=0), z)
+    return FusionResult(fused=weighted_sum(stack, weights), weights=weights)
+
+
 def fuse_pairwise(
     stack: TileStack,
     decider: PairwiseDecider,
@@ -190,4 +221,8 @@ def fuse_pairwise(
         return fuse_serial(stack, decider)
     if strategy == "calibration":
         return fuse_calibrated(stack, decider, baseline, weighting)
-    raise ValueError(f"unknown pairwise strategy {strategy!r}; use 'calibration' or 'serial'")
+    if strategy == "round_robin":
+        return fuse_round_robin(stack, decider)
+    raise ValueError(
+        f"unknown pairwise strategy {strategy!r}; use 'round_robin', 'calibration' or 'serial'"
+    )
