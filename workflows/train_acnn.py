@@ -27,9 +27,9 @@ log = logging.getLogger("train_acnn")
 
 #: Fusers compared side by side in the model card: ACNN's strategies + the classical ones.
 COMPARED: dict[str, tuple[str, dict[str, Any]]] = {
-    "acnn (calibration on focus maps, middle baseline)": ("acnn", {}),
-    "acnn (calibration, first baseline)": ("acnn", {"baseline": 0}),
-    "acnn (serial, paper: threshold 0.9 + morphology)": ("acnn", {"strategy": "serial"}),
+    "acnn (round robin on focus maps, default)": ("acnn", {}),
+    "acnn (calibration on focus maps, middle baseline)": ("acnn", {"strategy": "calibration"}),
+    "acnn (serial, as the letter: threshold 0.9 + morphology)": ("acnn", {"strategy": "serial"}),
 }
 
 

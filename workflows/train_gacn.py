@@ -27,13 +27,13 @@ log = logging.getLogger("train_gacn")
 
 #: Fusers compared side by side in the model card: GACN's strategies + the classical ones.
 COMPARED: dict[str, tuple[str, dict[str, Any]]] = {
-    "gacn (calibration, middle baseline, k=1)": ("gacn", {}),
-    "gacn (calibration, paper: first baseline, k=1000)": (
+    "gacn (round robin, default)": ("gacn", {}),
+    "gacn (calibration, middle baseline, k=1)": ("gacn", {"strategy": "calibration"}),
+    "gacn (calibration as the paper: first baseline, k=1000)": (
         "gacn",
-        {"baseline": 0, "calibration_steepness": 1000.0},
+        {"strategy": "calibration", "baseline": 0, "calibration_steepness": 1000.0},
     ),
-    "gacn (calibration, soft DV)": ("gacn", {"weighting": "soft"}),
-    "gacn (serial, paper k=1000)": ("gacn", {"strategy": "serial"}),
+    "gacn (serial, as the paper)": ("gacn", {"strategy": "serial"}),
 }
 
 

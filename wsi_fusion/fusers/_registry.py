@@ -29,6 +29,7 @@ _FUSER_MODULES = (
     "wsi_fusion.fusers.cgan_blurmask",
     "wsi_fusion.fusers.fmb_net",
     "wsi_fusion.fusers.gacn",
+    "wsi_fusion.fusers.acnn",
 )
 
 DEFAULT_FUSER = "focus_measure"

@@ -122,7 +122,7 @@ class ACNNFuser(TorchFuser):
     weights_record: ClassVar[WeightsRecord] = WeightsRecord(
         model="acnn.small",
         file="acnn/acnn.small.safetensors",
-        sha256="0000000000000000000000000000000000000000000000000000000000000000",
+        sha256="951e31d69cf5196019200e77a3e218157af88eb790ac6823800c27feffde14e3",
     )
 
     @property
