@@ -81,3 +81,29 @@ def markdown_table(result: Mapping[str, Any]) -> str:
             f"| {label} | {row['psnr']:.2f} | {row['ssim']:.4f} | {row['tiles_per_s']:.3f} |"
         )
     return "\n".join(lines)
+
+
+def time_interleaved(
+    compared: Mapping[str, tuple[str, dict[str, Any]]],
+    repeats: int = 3,
+    side: int = 512,
+    planes: int = 5,
+) -> dict[str, float]:
+    """Seconds per ``side``² tile of ``planes`` planes for each fuser: the best of ``repeats``.
+
+    The fusers take turns on the same tile (round ``r`` runs every fuser once), so a change in
+    the machine's load during the measurement hits all of them alike; the minimum is the least
+    disturbed run.
+    """
+    _, stack = heldout_stacks(n=1, size=side, n_planes=planes, noise=0.005)[0]
+    tile = np.ascontiguousarray(stack.planes.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    fusers = {label: create_fuser(name, **params) for label, (name, params) in compared.items()}
+    for fuser in fusers.values():
+        fuser.fuse(tile[:, :, :64, :64])  # warm-up (model load)
+    best = {label: float("inf") for label in fusers}
+    for _ in range(repeats):
+        for label, fuser in fusers.items():
+            started = time.perf_counter()
+            fuser.fuse(tile)
+            best[label] = min(best[label], time.perf_counter() - started)
+    return best
