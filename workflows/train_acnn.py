@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+NAME = "acnn"
 log = logging.getLogger("train_acnn")
 
 #: Fusers compared side by side in the model card: ACNN's strategies + the classical ones.
@@ -45,9 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of training: held-out PSNR/SSIM and tiles/s of the acnn strategies and "
         "the classical fusers in one run, written to models/acnn/metrics.json",
     )
+    parser.add_argument(
+        "--validate",
+        action="store_true",
+        help="instead of training: the same comparison on validation stacks cut from the "
+        f"training rows (used to choose defaults), written to models/{NAME}/validation.json",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.validate:
+        return validate(ROOT / "models" / NAME / "validation.json")
     if args.evaluate:
         return evaluate(ROOT / "models" / "acnn" / "metrics.json")
 
@@ -95,6 +104,25 @@ def evaluate(out: Path) -> int:
     )
     out.write_text(json.dumps(result, indent=1))
     log.info("held-out comparison:\n%s", markdown_table(result))
+    return 0
+
+
+def validate(out: Path) -> int:
+    """Strategies and classical fusers on stacks from the training rows (default selection)."""
+    import torch
+
+    from wsi_fusion.training.heldout import (
+        CLASSICAL,
+        compare_on_stacks,
+        markdown_table,
+        validation_stacks,
+    )
+
+    torch.set_num_threads(1)
+    result = compare_on_stacks({**COMPARED, **CLASSICAL}, validation_stacks())
+    result["validation"] = {"n": 6, "side": 384, "planes": 5, "seed": 777, "noise": 0.005}
+    out.write_text(json.dumps(result, indent=1))
+    log.info("validation comparison:\n%s", markdown_table(result))
     return 0
 
 

@@ -16,7 +16,8 @@ import numpy.typing as npt
 
 from wsi_fusion.fusers import create_fuser
 from wsi_fusion.metrics import psnr, ssim
-from wsi_fusion.training.data import heldout_stacks
+from wsi_fusion.synth import SynthStack, make_stack
+from wsi_fusion.training.data import heldout_stacks, random_crop, sharp_sources
 
 #: The classical baselines every model card compares against.
 CLASSICAL: dict[str, tuple[str, dict[str, Any]]] = {
@@ -28,6 +29,24 @@ CLASSICAL: dict[str, tuple[str, dict[str, Any]]] = {
 
 def _to_image(fused: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
     return np.clip(np.rint(fused.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+
+
+def validation_stacks(
+    n: int = 6, size: int = 384, n_planes: int = 5, seed: int = 777
+) -> list[tuple[str, SynthStack]]:
+    """Stacks from the *training* rows of the H&E region, for choosing defaults.
+
+    Same defocus model as the held-out set; never used to report results.
+    """
+    rng = np.random.default_rng(seed)
+    source = sharp_sources()[0]
+    out = []
+    for i in range(n):
+        crop = random_crop(source, size, rng, min_tissue=0.6, tries=30)
+        out.append(
+            (f"val_{seed + i}", make_stack(crop, n_planes, seed=seed + i, noise_sigma=0.005))
+        )
+    return out
 
 
 def compare_on_heldout(
@@ -42,6 +61,15 @@ def compare_on_heldout(
     per-stack values) and the hardware. Timing is single-process, after one warm-up tile.
     """
     stacks = heldout_stacks(n=n, size=side, n_planes=planes, noise=0.005)
+    result = compare_on_stacks(compared, stacks)
+    result["heldout"] = {"n": n, "side": side, "planes": planes, "noise": 0.005}
+    return result
+
+
+def compare_on_stacks(
+    compared: Mapping[str, tuple[str, dict[str, Any]]], stacks: list[tuple[str, SynthStack]]
+) -> dict[str, Any]:
+    """PSNR/SSIM against ground truth and tiles/s of each fuser on ``stacks``."""
     tiles = {
         name: np.ascontiguousarray(s.planes.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
         for name, s in stacks
@@ -66,7 +94,6 @@ def compare_on_heldout(
             "per_stack": per,
         }
     return {
-        "heldout": {"n": n, "side": side, "planes": planes, "noise": 0.005},
         "fusers": rows,
         "hardware": f"{platform.processor() or platform.machine()} CPU",
     }
