@@ -41,11 +41,12 @@ Deviations from the paper (see also the network and training modules)
 - One weights file holds BM and both generators (keys ``bm.``, ``single.``, ``few.``), so a
   single sha256 record pins the whole model.
 
-Margin: the generator is a U-Net with three pooling levels and 9×9 convolutions; its
-theoretical receptive field reaches far (±146 px) but the influence decays fast. ``margin`` is
-64 px, the halo of the paper's tiling (512 px tiles, 128 px overlap); the model card reports
-the measured difference between tiled and whole-image output beyond it. The fuser is
-therefore *approximately* margin-bounded, not exactly.
+Margin: the generator is a U-Net with three pooling levels and 9×9 convolutions (theoretical
+receptive field ±139 px) fed with BM masks (±110 px), so an output pixel can in principle depend
+on inputs ±249 px away, but the influence decays fast. ``margin`` is 64 px, the halo of the
+paper's tiling (512 px tiles, 128 px overlap); the model card reports the measured difference
+between tiled and whole-image output beyond it. The fuser is therefore *approximately*
+margin-bounded, not exactly; the stitcher's distance-weighted blend hides the residual.
 """
 
 from __future__ import annotations

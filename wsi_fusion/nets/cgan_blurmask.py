@@ -37,9 +37,9 @@ Deviations and why
   :meth:`PatchDiscriminator.probability` and inside ``BCEWithLogits`` for numerical stability.
 - Inputs whose sides are not multiples of 8 are reflect-padded and cropped back.
 
-The generator's theoretical receptive field reaches ±146 px, but its influence decays fast;
-the fuser's ``margin`` is the measured distance beyond which tile borders change the output by
-less than 1/255 (see :mod:`wsi_fusion.fusers.cgan_blurmask`).
+The lite generator's theoretical receptive field is ±139 px (measured by back-propagation from
+one output pixel), but its influence decays fast; the fuser's ``margin`` and the measured
+tiled-versus-whole difference are discussed in :mod:`wsi_fusion.fusers.cgan_blurmask`.
 """
 
 from __future__ import annotations
