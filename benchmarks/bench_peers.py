@@ -306,6 +306,16 @@ def _fmt(value: float | None) -> str:
     return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
 
 
+def rerate(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with its ratios recomputed from the raw results (as this version defines them)."""
+    for case in report["cases"]:
+        results = [
+            RunResult(**{**r, "peak_rss_mb": r["peak_rss_mb"] or math.nan}) for r in case["results"]
+        ]
+        case["ratios"] = add_ratios(results, case["kind"])
+    return report
+
+
 def _no_nan(value: Any) -> Any:
     """``value`` with NaN floats as None (strict JSON)."""
     if isinstance(value, float) and math.isnan(value):
@@ -349,14 +359,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.render:
-        report = json.loads(args.render.read_text())
-        for case in report["cases"]:  # ratios from the raw results, as this version defines them
-            results = [
-                RunResult(**{**r, "peak_rss_mb": r["peak_rss_mb"] or math.nan})
-                for r in case["results"]
-            ]
-            case["ratios"] = add_ratios(results, case["kind"])
-        print(markdown(report))
+        print(markdown(rerate(json.loads(args.render.read_text()))))
         return
     if not Path(TIME).exists():
         raise SystemExit(f"{TIME} not found: apt-get install time (GNU time measures peak RSS)")
