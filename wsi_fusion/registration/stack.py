@@ -78,15 +78,24 @@ class RegisteredStack:
         grown = Box(box.y - m, box.x - m, box.h + 2 * m, box.w + 2 * m)
         raw = _replicate_outside(self.stack.read(plane, grown), grown, self.shape)
         moved = np.empty((box.h, box.w, raw.shape[2]), dtype=np.float32)
-        for part in self._parts(plane, box):
-            dy, dx = self.field.shift_at(
-                plane, part.y + (part.h - 1) / 2, part.x + (part.w - 1) / 2
-            )
-            y, x = part.y - box.y, part.x - box.x
-            window = raw[y : y + part.h + 2 * m, x : x + part.w + 2 * m]
-            moved[y : y + part.h, x : x + part.w] = shift_constant(
-                window, m, dy, dx, (part.h, part.w)
-            )
+        ys, xs = self._edges(plane, box)
+        # All part centres in one field evaluation (per-part calls cost more than the resampling).
+        centres_y = np.array(
+            [y0 + (y1 - y0 - 1) / 2 for y0, y1 in zip(ys[:-1], ys[1:], strict=True)]
+        )
+        centres_x = np.array(
+            [x0 + (x1 - x0 - 1) / 2 for x0, x1 in zip(xs[:-1], xs[1:], strict=True)]
+        )
+        shifts_y, shifts_x = self.field.shift_map(plane, centres_y, centres_x)
+        for i, (y0, y1) in enumerate(zip(ys[:-1], ys[1:], strict=True)):
+            for j, (x0, x1) in enumerate(zip(xs[:-1], xs[1:], strict=True)):
+                if y1 <= y0 or x1 <= x0:
+                    continue
+                y, x = y0 - box.y, x0 - box.x
+                window = raw[y : y1 - box.y + 2 * m, x : x1 - box.x + 2 * m]
+                moved[y : y1 - box.y, x : x1 - box.x] = shift_constant(
+                    window, m, float(shifts_y[i, j]), float(shifts_x[i, j]), (y1 - y0, x1 - x0)
+                )
         out = _to_uint8(moved)
         inside = box.intersect(Box(0, 0, *self.shape))
         if inside != box:
@@ -99,6 +108,16 @@ class RegisteredStack:
     def _parts(self, plane: int, box: Box) -> list[Box]:
         """``box`` split into n x n equal parts (n = 1, 2, 4, 8 or 16, the fewest that work)
         over each of which the shift varies by at most ``tolerance`` px."""
+        ys, xs = self._edges(plane, box)
+        return [
+            Box(y0, x0, y1 - y0, x1 - x0)
+            for y0, y1 in zip(ys[:-1], ys[1:], strict=True)
+            for x0, x1 in zip(xs[:-1], xs[1:], strict=True)
+            if y1 > y0 and x1 > x0
+        ]
+
+    def _edges(self, plane: int, box: Box) -> tuple[list[int], list[int]]:
+        """Row and column edges of the parts of :meth:`_parts` (``n + 1`` each)."""
         k = _PROBES
         dy, dx = self.field.shift_map(
             plane, np.linspace(box.y, box.y1 - 1, k + 1), np.linspace(box.x, box.x1 - 1, k + 1)
@@ -116,12 +135,7 @@ class RegisteredStack:
             n *= 2
         ys = [box.y + round(i * box.h / n) for i in range(n + 1)]
         xs = [box.x + round(j * box.w / n) for j in range(n + 1)]
-        return [
-            Box(y0, x0, y1 - y0, x1 - x0)
-            for y0, y1 in zip(ys[:-1], ys[1:], strict=True)
-            for x0, x1 in zip(xs[:-1], xs[1:], strict=True)
-            if y1 > y0 and x1 > x0
-        ]
+        return ys, xs
 
     def thumbnail(self, plane: int, max_side: int) -> RGBRegion:
         """The wrapped stack's thumbnail (drift is far below a thumbnail pixel on a slide)."""
