@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -125,7 +126,7 @@ def _refine_peak(
     shape = product.shape
     float_dtype = product.real.dtype
     midpoint = np.array([np.trunc(n / 2) for n in shape])
-    shift = np.stack(peak).astype(float_dtype, copy=False)
+    shift: npt.NDArray[Any] = np.stack(peak).astype(float_dtype, copy=False)
     shift[shift > midpoint] -= np.array(shape)[shift > midpoint]
     if upsample <= 1:
         return shift  # type: ignore[no-any-return]
@@ -154,7 +155,8 @@ def _upsampled_dft(
     """DFT of ``data`` on a ``region``-sample grid, ``1 / factor`` px apart, from ``offsets``."""
     im2pi = 1j * 2 * np.pi
     for n_items, ax_offset in list(zip(data.shape, offsets, strict=True))[::-1]:
-        kernel = (np.arange(region) - ax_offset)[:, None] * sp_fft.fftfreq(n_items, factor)
+        samples: npt.NDArray[Any] = np.arange(region)  # type: ignore[call-overload]
+        kernel = (samples - ax_offset)[:, None] * sp_fft.fftfreq(n_items, factor)
         kernel = np.exp(-im2pi * kernel).astype(data.dtype, copy=False)
         data = np.tensordot(kernel, data, axes=(1, -1))
     return data
