@@ -34,18 +34,24 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)  # config paths are relative to the repository
 
     from wsi_fusion.fusers._weights import save_weights
-    from wsi_fusion.training.cgan_blurmask import BlurMaskTrainConfig, load_config, train_blurmask
+    from wsi_fusion.training.cgan_blurmask import (
+        BlurMaskTrainConfig,
+        checkpoint_step,
+        load_config,
+        train_blurmask,
+    )
 
     cfg = load_config(
         args.config, BlurMaskTrainConfig, steps=args.steps, max_seconds=args.max_seconds
     )
     began = time.perf_counter()
     model, history = train_blurmask(cfg, progress=not args.no_progress)
-    done = bool(history) and history[-1]["step"] >= cfg.steps
+    steps_done = checkpoint_step(cfg.checkpoint)
+    done = steps_done >= cfg.steps
     sha = save_weights(model, Path(cfg.output)) if done else None
     summary = {
         "config": cfg.model_dump(),
-        "steps_done": history[-1]["step"] if history else 0,
+        "steps_done": steps_done,
         "train_seconds_total": history[-1]["seconds"] if history else 0.0,
         "this_invocation_seconds": round(time.perf_counter() - began, 1),
         "final": history[-1] if history else None,

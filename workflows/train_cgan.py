@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_fusion.fusers._weights import save_weights
     from wsi_fusion.training.cgan_blurmask import (
         CganTrainConfig,
+        checkpoint_step,
         load_blurmask,
         load_config,
         train_cgan,
@@ -86,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     bm = load_blurmask(cfg.blurmask)
     gen, _, history = train_cgan(cfg, bm, progress=not args.no_progress)
-    done = bool(history) and history[-1]["step"] >= cfg.steps
+    steps_done = checkpoint_step(cfg.checkpoint)
+    done = steps_done >= cfg.steps
     sha = save_weights(gen, Path(cfg.output)) if done else None
     summary = {
         "config": cfg.model_dump(),
-        "steps_done": history[-1]["step"] if history else 0,
+        "steps_done": steps_done,
         "train_seconds_total": history[-1]["seconds"] if history else 0.0,
         "this_invocation_seconds": round(time.perf_counter() - began, 1),
         "final": history[-1] if history else None,

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)  # config paths are relative to the repository
 
     from wsi_fusion.fusers._weights import save_weights
-    from wsi_fusion.training.cgan_blurmask import load_config
+    from wsi_fusion.training.cgan_blurmask import checkpoint_step, load_config
     from wsi_fusion.training.fmb_net import FmbTrainConfig, load_feature_net, train_fmb_net
 
     cfg = load_config(args.config, FmbTrainConfig, steps=args.steps, max_seconds=args.max_seconds)
@@ -53,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     began = time.perf_counter()
     net, history = train_fmb_net(cfg, load_feature_net(cfg.feature_net), not args.no_progress)
-    done = bool(history) and history[-1]["step"] >= cfg.steps
+    steps_done = checkpoint_step(cfg.checkpoint)
+    done = steps_done >= cfg.steps
     sha = save_weights(net, Path(cfg.output)) if done else None
     summary = {
         "config": cfg.model_dump(),
-        "steps_done": history[-1]["step"] if history else 0,
+        "steps_done": steps_done,
         "train_seconds_total": history[-1]["seconds"] if history else 0.0,
         "this_invocation_seconds": round(time.perf_counter() - began, 1),
         "final": history[-1] if history else None,

@@ -14,6 +14,10 @@ Method
 2. BM maps every input plane to a blur mask (probability that a pixel is defocused).
 3. The generator maps the planes stacked with their masks to the all-in-focus tile.
 
+Blank tiles (no plane has any structure: empty glass, the white outside a slide) are returned
+as their middle plane: there is nothing to restore, and the generator would only add its small
+synthesis error (up to ~3 grey levels measured on flat grey).
+
 The output is *generated*, not copied from a source plane, so ``weights`` is ``None`` (no
 per-plane decision exists) and the pipeline writes no focus map for this fuser.
 :meth:`CganBlurMaskFuser.blur_mask` returns BM's mask of the reference plane, which shows a
@@ -133,7 +137,7 @@ class CganBlurMaskFuser(TorchFuser):
     weights_record: ClassVar[WeightsRecord] = WeightsRecord(
         model="cgan_blurmask.lite",
         file="cgan_blurmask/cgan_blurmask.lite.safetensors",
-        sha256="0" * 64,
+        sha256="ea410f797156a3ebc6e3e9ef3e277c5187e88811548b1c1f15f2167eddece79b",
     )
 
     def build_model(self) -> torch.nn.Module:
@@ -173,12 +177,20 @@ class CganBlurMaskFuser(TorchFuser):
     def fuse_batch(self, stacks: list[TileStack]) -> list[FusionResult]:
         """Fuse tiles with batched forward passes (tiles of equal shape share a batch)."""
         stacks = [np.asarray(s, dtype=np.float32) for s in stacks]
-        results: list[FusionResult | None] = [None] * len(stacks)
-        for indices in _groups_by_shape(stacks):
-            fused, _ = self._forward([stacks[i] for i in indices])
-            for i, f in zip(indices, fused, strict=True):
-                results[i] = FusionResult(fused=f, weights=None)
-        return [r for r in results if r is not None]
+        fused: dict[int, Float32Array] = {}
+        todo: list[int] = []
+        for i, s in enumerate(stacks):
+            if float(plane_sharpness(s).max()) < BLANK_SML:
+                # Nothing to restore (empty glass, the white outside a slide): the generator
+                # would only add its small synthesis error, so the plane is returned as it is.
+                fused[i] = s[s.shape[0] // 2].copy()
+            else:
+                todo.append(i)
+        for group in _groups_by_shape([stacks[i] for i in todo]):
+            indices = [todo[j] for j in group]
+            out, _ = self._forward([stacks[i] for i in indices])
+            fused.update(zip(indices, out, strict=True))
+        return [FusionResult(fused=fused[i], weights=None) for i in range(len(stacks))]
 
     def blur_mask(self, stack: TileStack) -> Float32Array:
         """BM's blur probability ``(H, W)`` of the reference plane: the regions G synthesised."""

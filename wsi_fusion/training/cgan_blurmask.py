@@ -121,6 +121,16 @@ class CganTrainConfig(BaseModel):
     output: str = "models/cgan_blurmask/cgan_blurmask.single.safetensors"
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """Steps completed in a :func:`train_loop` checkpoint (0 when there is none)."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+
+
 # -- BM -------------------------------------------------------------------------------------------
 
 
