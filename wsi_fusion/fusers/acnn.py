@@ -174,41 +174,93 @@ class ACNNFuser(TorchFuser):
 
     def decide_against(self, base: Float32Array, others: TileStack) -> Float32Array:
         """Graded focus maps of ``base`` against each of ``others``; base branch run once."""
-        from wsi_fusion.nets.acnn import focus_map
-
-        net: ACNN = self.model  # type: ignore[assignment]
-        with self.autocast():
-            ta, _ = self._terms(base[None])
-            _, tb = self._terms(others)
-            scores = net.score_map(ta.expand(tb.shape[0], -1, -1, -1), tb)
-            s = focus_map(scores.float(), net.cfg, base.shape[-2:])
-        return s[:, 0].cpu().numpy()
+        stack = np.concatenate([base[None], others])
+        return _CachedTerms(self, stack).against(0)
 
     def decide_pairs(self, stack: TileStack, pairs: list[tuple[int, int]]) -> Float32Array:
         """Graded focus maps of plane ``i`` against ``j`` per pair; each plane's branch once."""
-        from wsi_fusion.nets.acnn import focus_map
+        return _CachedTerms(self, stack).decide_pairs(stack, pairs)
 
-        net: ACNN = self.model  # type: ignore[assignment]
-        i = [a for a, _ in pairs]
-        j = [b for _, b in pairs]
-        step = max(self.params.batch_size, 1)
-        out = []
-        with self.autocast():
-            ta, tb = self._terms(stack)
-            for s in range(0, len(pairs), step):
-                scores = net.score_map(ta[i[s : s + step]], tb[j[s : s + step]])
-                out.append(focus_map(scores.float(), net.cfg, stack.shape[-2:])[:, 0].cpu().numpy())
-        return np.concatenate(out)
+    def _baseline(self, z: int) -> int:
+        return z // 2 if self.params.baseline < 0 else min(self.params.baseline, z - 1)
 
-    def fuse(self, stack: TileStack) -> FusionResult:
-        stack = np.asarray(stack, dtype=np.float32)
+    def _check_depth(self, z: int) -> None:
         p = self.params
-        z = stack.shape[0]
         if p.strategy == "serial" and z > p.max_planes:
             raise ConfigError(
                 f"acnn serial fusion of {z} planes needs max_planes >= {z} (got "
                 f"{p.max_planes}); set max_planes={z} and a tile overlap of at least "
                 f"{2 * serial_margin(self.decision_margin, z)} px, or use strategy='round_robin'"
             )
-        baseline = z // 2 if p.baseline < 0 else min(p.baseline, z - 1)
-        return fuse_pairwise(stack, self, p.strategy, baseline=baseline)
+
+    def fuse(self, stack: TileStack) -> FusionResult:
+        stack = np.asarray(stack, dtype=np.float32)
+        self._check_depth(stack.shape[0])
+        baseline = self._baseline(stack.shape[0])
+        return fuse_pairwise(stack, self, self.params.strategy, baseline=baseline)
+
+    def fuse_batch(self, stacks: list[TileStack]) -> list[FusionResult]:
+        """Several equal-sized tiles with the branch batched over all their planes.
+
+        Equals :meth:`fuse` per tile (the branch and head see one plane at a time). Serial mode
+        (each fold needs the previous result) falls back to :meth:`fuse` per tile.
+        """
+        p = self.params
+        arrays = [np.asarray(s, dtype=np.float32) for s in stacks]
+        if p.strategy == "serial" or len(arrays) < 2 or len({a.shape for a in arrays}) != 1:
+            return super().fuse_batch(stacks)
+        z = arrays[0].shape[0]
+        self._check_depth(z)
+        with self.autocast():
+            ta, tb = self._terms(np.concatenate(arrays))
+        results = []
+        for i, stack in enumerate(arrays):
+            sl = slice(i * z, (i + 1) * z)
+            cached = _CachedTerms(self, stack, ta[sl], tb[sl])
+            results.append(fuse_pairwise(stack, cached, p.strategy, baseline=self._baseline(z)))
+        return results
+
+
+class _CachedTerms:
+    """A pairwise decider over one stack whose head terms are computed once per plane."""
+
+    def __init__(
+        self,
+        fuser: ACNNFuser,
+        stack: TileStack,
+        ta: torch.Tensor | None = None,
+        tb: torch.Tensor | None = None,
+    ) -> None:
+        self.fuser = fuser
+        self.shape = stack.shape[-2:]
+        if ta is None or tb is None:
+            with fuser.autocast():
+                ta, tb = fuser._terms(stack)
+        self.ta, self.tb = ta, tb
+
+    def _maps(self, i: list[int], j: list[int]) -> Float32Array:
+        from wsi_fusion.nets.acnn import focus_map
+
+        net: ACNN = self.fuser.model  # type: ignore[assignment]
+        step = max(self.fuser.params.batch_size, 1)
+        out = []
+        with self.fuser.autocast():
+            for s in range(0, len(i), step):
+                scores = net.score_map(self.ta[i[s : s + step]], self.tb[j[s : s + step]])
+                out.append(focus_map(scores.float(), net.cfg, self.shape)[:, 0].cpu().numpy())
+        return np.concatenate(out)
+
+    def against(self, base: int) -> Float32Array:
+        """Plane ``base`` against every other plane, in plane order."""
+        rest = [j for j in range(self.ta.shape[0]) if j != base]
+        return self._maps([base] * len(rest), rest)
+
+    def decide(self, a: TileStack, b: TileStack) -> Float32Array:
+        return self.fuser.decide(a, b)
+
+    def decide_against(self, base: Float32Array, others: TileStack) -> Float32Array:
+        """Calibration on the cached stack; the baseline is the fuser's (as the adapter's)."""
+        return self.against(self.fuser._baseline(self.ta.shape[0]))
+
+    def decide_pairs(self, stack: TileStack, pairs: list[tuple[int, int]]) -> Float32Array:
+        return self._maps([a for a, _ in pairs], [b for _, b in pairs])
