@@ -36,7 +36,9 @@ Deviations from the paper and why
 ---------------------------------
 - The threshold of Eq. 4 is asymmetric (``S > 0.9`` → A, else B): where both patches are
   equally sharp (plain areas, S ≈ 0.5) B is taken. Kept as written.
-- N-plane fusion and its default (round robin on ``S``) are not in the letter.
+- N-plane fusion and its default (round robin on ``S``) are not in the letter; the default was
+  chosen on validation stacks from the training rows (round robin 37.25 dB, the letter's
+  method folded serially 36.74 dB, calibration 33.78 dB; held-out numbers in the model card).
 - The morphological structuring element (disc, radius 2) is a choice; see step 3.
 - The stride-4 score grid starts at the tile's corner, so tiles at different offsets see
   slightly different patch grids: tiled fusion is not bit-identical to whole-image fusion.

@@ -3,7 +3,7 @@
 Most multi-focus papers fuse two sources A and B: a network predicts, per pixel, the probability
 ``p`` that A is the sharper one (the decision map, DM) and the fused image is
 ``F = p·A + (1 − p)·B``. A z-stack has Z planes; this module folds a pairwise decider over them
-in one of two ways, so that no method re-implements it.
+in one of three ways, so that no method re-implements it.
 
 ``serial`` — one-by-one serial fusion (GACN, Ma et al. 2021, Fig. 3 top)
     Fuse plane 1 with plane 2, the result with plane 3, and so on:
