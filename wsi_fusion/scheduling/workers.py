@@ -59,15 +59,6 @@ def thread_registered_stack(inputs: Sequence[str], drift: DriftField) -> PlaneSt
     return cache[key]  # type: ignore[no-any-return]
 
 
-def thread_fuser(name: str, params: dict[str, Any]) -> Fuser:
-    """The calling thread's instance of fuser ``name`` with ``params``."""
-    cache = _cache("fusers")
-    key = (name, json.dumps(params, sort_keys=True, default=str))
-    if key not in cache:
-        cache[key] = create_fuser(name, **params)
-    return cache[key]  # type: ignore[no-any-return]
-
-
 @dataclass
 class LoadedFuser:
     """A fuser loaded on a worker, with the batch size its tasks use."""
