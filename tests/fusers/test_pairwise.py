@@ -84,6 +84,7 @@ def test_calibration_recovers_ranking_of_consistent_decider(
     _, stack = small_stack
     decider = VarianceDecider(graded=True)
     result = fuse_pairwise(stack, decider, "calibration", weighting="argmax")
+    assert result.weights is not None
     expected = np.argmax(local_variance(stack), axis=0)
     # Bradley-Terry decisions p = v_A / (v_A + v_B): DV is proportional to v, so its argmax is
     # the per-pixel most-variant plane (up to float ties).
@@ -100,6 +101,7 @@ def test_soft_calibration_of_two_planes_is_the_decision_map(
     pair = stack[1:3]
     decider = VarianceDecider(graded=True)
     result = fuse_pairwise(pair, decider, "calibration", weighting="soft")
+    assert result.weights is not None
     p = decider._p(pair[:1], pair[1:])[0]
     np.testing.assert_allclose(result.weights[0], np.clip(p, 1e-4, 1 - 1e-4), atol=1e-5)
     np.testing.assert_allclose(result.fused, weighted_sum(pair, result.weights), atol=1e-6)
@@ -110,6 +112,7 @@ def test_serial_weights_are_exact(small_stack: tuple[FloatArray, FloatArray], gr
     _, stack = small_stack
     decider = VarianceDecider(graded=graded)
     result = fuse_pairwise(stack, decider, "serial")
+    assert result.weights is not None
     assert result.weights is not None
     assert decider.calls == {"decide": stack.shape[0] - 1, "decide_against": 0, "decide_pairs": 0}
     np.testing.assert_allclose(result.weights.sum(axis=0), 1.0, atol=1e-6)
@@ -129,6 +132,7 @@ def test_toy_decider_fuses_better_than_any_plane(
 ) -> None:
     sharp, stack = small_stack
     result = fuse_pairwise(stack, VarianceDecider(graded=graded), strategy)  # type: ignore[arg-type]
+    assert result.weights is not None
     best_plane = max(psnr(plane, sharp) for plane in stack)
     assert psnr(result.fused, sharp) > best_plane + 3.0
 
@@ -149,6 +153,7 @@ def test_round_robin_picks_the_pairwise_winner(
     _, stack = small_stack
     decider = VarianceDecider(graded=graded)
     result = fuse_pairwise(stack, decider, "round_robin")
+    assert result.weights is not None
     assert decider.calls == {"decide": 0, "decide_against": 0, "decide_pairs": 1}
     variance = local_variance(stack)
     expected = np.argmax(variance, axis=0)
@@ -163,6 +168,7 @@ def test_round_robin_picks_the_pairwise_winner(
 def test_single_plane_and_margin() -> None:
     one = np.random.default_rng(0).random((1, 3, 8, 9), dtype=np.float32)
     result = fuse_pairwise(one, VarianceDecider(), "serial")
+    assert result.weights is not None
     np.testing.assert_array_equal(result.fused, one[0])
     np.testing.assert_array_equal(result.weights, 1.0)
     assert serial_margin(10, 5) == 40
