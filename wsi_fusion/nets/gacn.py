@@ -24,14 +24,16 @@ Architecture (as built here)
 Deviations from the paper and why
 ---------------------------------
 - Widths are not stated in the text (Fig. 1 is not reproduced); features use 16 channels per
-  layer as SESF-Fuse, which the paper builds on; the decision path uses 16 channels. The shipped
-  variant is ``gacn.small`` (growth 8, decision width 8), to train in the CPU budget.
+  layer as SESF-Fuse, which the paper builds on, and the decision path 16 (``GACNConfig``).
+  The shipped variant is ``gacn.small`` (growth 8, decision width 8), to train in the CPU
+  budget.
 - The decision is antisymmetric by construction (``GACNConfig.antisymmetric``): the decision
   path runs on ``a_A − a_B`` and on ``a_B − a_A`` and the logit is half their difference, so
   ``p(B, A) = 1 − p(A, B)``. Trained as in the paper (one-sided Dice, Eq. 7) the plain path
   learned to put both classes above p = 0.5 (measured: Dice falling, accuracy of the sign 50 %);
   antisymmetry removes that bias and makes pairwise decisions consistent for the N-plane
-  strategies. It doubles the (cheap) decision path, not the feature path.
+  strategies. It doubles the cost of the decision path (on a CPU about that of the feature
+  path), not of the feature path.
 - The steepness of the sigmoid projection is an argument: the paper uses k = 1000 throughout.
   With k = 1000 almost every pixel is saturated at initialisation and Dice gets no gradient, so
   training ramps k (see ``training/gacn.py``); inference uses the paper's k unless told otherwise.
