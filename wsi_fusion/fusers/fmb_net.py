@@ -11,6 +11,10 @@ Every plane goes through the focus-measure block (per-channel sum-modified-Lapla
 3×3 window) and a shared encoder; the element-wise maximum over planes is refined by nine
 blocks and mapped to RGB. All planes of a tile go through one batched forward pass.
 
+Blank tiles (no plane has any structure) are returned as their middle plane, as
+``focus_measure`` does: there is nothing to fuse, and the network's zero-padded borders would
+tint them by a few grey levels.
+
 Weights: ``None``. The fusion happens in feature space (a maximum over encoder channels), and
 the output is decoded by the network, not copied from a plane, so no per-plane weight map
 exists; deriving one (e.g. the plane that wins most channels of the maximum) would label as a
@@ -38,6 +42,7 @@ from wsi_fusion.fusers._registry import register_fuser
 from wsi_fusion.fusers._torch import TorchFuser, TorchParams
 from wsi_fusion.fusers._weights import WeightsRecord
 from wsi_fusion.fusers.base import FusionResult
+from wsi_fusion.fusers.cgan_blurmask import BLANK_SML, plane_sharpness
 
 if TYPE_CHECKING:
     import torch
@@ -71,7 +76,7 @@ class FmbNetFuser(TorchFuser):
     weights_record: ClassVar[WeightsRecord] = WeightsRecord(
         model="fmb_net.lite",
         file="fmb_net/fmb_net.lite.safetensors",
-        sha256="0" * 64,
+        sha256="503d8fb7cabeba25b56d32aabc158239aa6152b0f0a0b2d83e8140387b3910f1",
     )
 
     def build_model(self) -> FmbNet:
@@ -92,9 +97,14 @@ class FmbNetFuser(TorchFuser):
 
         stacks = [np.asarray(s, dtype=np.float32) for s in stacks]
         groups: dict[tuple[int, ...], list[int]] = {}
-        for i, s in enumerate(stacks):
-            groups.setdefault(tuple(s.shape), []).append(i)
         fused: dict[int, Float32Array] = {}
+        for i, s in enumerate(stacks):
+            if float(plane_sharpness(s).max()) < BLANK_SML:
+                # Blank tile (empty glass, the white outside a slide): nothing to fuse; the
+                # network's zero-padded borders would only tint it by a few grey levels.
+                fused[i] = s[s.shape[0] // 2].copy()
+            else:
+                groups.setdefault(tuple(s.shape), []).append(i)
         model = self.model
         bs = self.tparams.batch_size
         with self.autocast():
