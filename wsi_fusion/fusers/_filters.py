@@ -103,8 +103,18 @@ def guided_filter(
     mean_i = box_mean(guide, radius)
     # Clamp at 0: float32 cancellation can make a flat window's variance slightly negative.
     var_i = np.maximum(box_mean(guide * guide, radius) - mean_i * mean_i, 0.0)
+    var_i += np.float32(eps)
     mean_p = box_mean(source, radius)
-    cov_ip = box_mean(source * guide, radius) - mean_i * mean_p
-    a = cov_ip / (var_i + np.float32(eps))
-    b = mean_p - a * mean_i
-    return box_mean(a, radius) * guide + box_mean(b, radius)
+    # The same arithmetic as algorithm 1, in place: on (planes, H, W) sources every temporary
+    # is as large as the input, and fresh ones cost page faults as much as arithmetic.
+    a = box_mean(source * guide, radius)
+    scratch = mean_i * mean_p
+    a -= scratch  # cov_ip
+    a /= var_i
+    b = mean_p
+    np.multiply(a, mean_i, out=scratch)
+    b -= scratch
+    out = box_mean(a, radius)
+    out *= guide
+    out += box_mean(b, radius)
+    return out
