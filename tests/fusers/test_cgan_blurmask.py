@@ -117,6 +117,7 @@ def test_deeplab_variants_build_and_lite_is_local() -> None:
 @pytest.mark.parametrize("mode", ["single", "few"])
 def test_one_and_two_plane_inputs_and_batching(mode: str) -> None:
     fuser = CganBlurMaskFuser.untrained(seed=0, device="cpu", mode=mode, batch_size=2)
+    assert isinstance(fuser, CganBlurMaskFuser)
     assert CganBlurMaskFuser.min_planes == 1
     stack = reference_stack()
     stacks = [stack[:1].copy(), stack[:2].copy(), stack, stack[:, :, :20, :30].copy(), stack]

@@ -91,7 +91,9 @@ def test_margin_is_the_exact_receptive_halo() -> None:
     assert 2 * fuser.margin <= 128
     # The output convolution starts at zero (plane-mean prior); give it weights so that the
     # whole receptive field matters.
-    torch.nn.init.normal_(fuser.model.out.weight, 0.0, 0.1)
+    out_conv = fuser.model.out
+    assert isinstance(out_conv, torch.nn.Conv2d)
+    torch.nn.init.normal_(out_conv.weight, 0.0, 0.1)
     rng = np.random.default_rng(0)
     stack = rng.random((2, 3, 96, 80)).astype(np.float32)
     whole = fuser.fuse(stack).fused
