@@ -62,9 +62,9 @@ class FmbTrainConfig(BaseModel):
     seed: int = 0
     steps: int = Field(default=800, ge=1)
     batch: int = Field(default=2, ge=1)
-    crop: int = Field(default=128, ge=32)
+    crop: int = Field(default=96, ge=32)
     #: Plane counts drawn per step (uniformly).
-    planes: tuple[int, ...] = (3, 4, 5, 6)
+    planes: tuple[int, ...] = (3, 4, 5)
     lr: float = Field(default=3e-4, gt=0)
     w_l1: float = Field(default=1.0, ge=0)
     w_perceptual: float = Field(default=1.0, ge=0)
