@@ -229,23 +229,17 @@ def _first_argmax(values: Float32Array) -> tuple[npt.NDArray[np.intp], Float32Ar
 def _weighted_sum(
     stack: Float32Array, weights: PlaneWeights, present: npt.NDArray[np.intp]
 ) -> Float32Array:
-    """``sum_z weights[z] * stack[z]``, clipped to [0, 1] (as :func:`.base.weighted_sum`).
+    """``sum_z weights[z] * stack[z]`` over the planes with any weight, clipped to [0, 1].
 
-    Weights are one-hot on most pixels: those are copied from their plane (a product with 1 plus
-    exact zeros is the copy), and only the soft band is multiplied out, over the planes that have
-    any weight.
+    Same as :func:`~wsi_fusion.fusers.base.weighted_sum` up to float rounding (planes without
+    weight add exact zeros there); products in place, about 1.5x faster than the einsum. Copying
+    one-hot pixels and multiplying out only the soft ones is slower: on real stacks ~half of the
+    pixels lie in a transition band, and gathering them costs more than the products.
     """
-    planes = [int(k) for k in present]
-    fused = np.empty(stack.shape[1:], dtype=np.float32)
-    soft = np.ones(weights.shape[1:], dtype=bool)
-    for k in planes:
-        one = weights[k] == 1.0
-        np.copyto(fused, stack[k], where=one[None])
-        soft &= ~one
-    if soft.any():
-        ys, xs = np.nonzero(soft)
-        acc = stack[planes[0]][:, ys, xs] * weights[planes[0]][ys, xs]
-        for k in planes[1:]:
-            acc += stack[k][:, ys, xs] * weights[k][ys, xs]
-        fused[:, ys, xs] = acc
+    first, *rest = (int(k) for k in present)
+    fused = stack[first] * weights[first][None]
+    term = np.empty_like(fused)
+    for k in rest:
+        np.multiply(stack[k], weights[k][None], out=term)
+        fused += term
     return np.clip(fused, 0.0, 1.0, out=fused)
