@@ -69,6 +69,8 @@ class GACNTrainConfig(BaseModel):
     base_blur: tuple[float, float] = (0.0, 2.0)
     base_blur_probability: float = Field(default=0.5, ge=0.0, le=1.0)
     noise: float = Field(default=0.01, ge=0.0)
+    #: HED stain jitter of the crops (``training.data.augment``); 0 = the first shipped run.
+    stain: float = Field(default=0.0, ge=0.0, lt=1.0)
     lr: float = Field(default=2e-3, gt=0.0)
     qg_weight: float = Field(default=1.0, ge=0.0)
     train_steepness: tuple[float, float] = (1.0, 100.0)
@@ -176,7 +178,7 @@ def sample_batch(
     a_list, b_list, m_list = [], [], []
     for _ in range(cfg.batch):
         source = sources[int(rng.integers(len(sources)))]
-        crop = augment(random_crop(source, cfg.crop, rng), rng)
+        crop = augment(random_crop(source, cfg.crop, rng), rng, stain=cfg.stain)
         if rng.random() < cfg.base_blur_probability:
             s0 = float(rng.uniform(*cfg.base_blur))
             crop = np.rint(gaussian_blur(to_float(crop), s0) * 255).astype(np.uint8)

@@ -67,6 +67,8 @@ class MSegNetTrainConfig(BaseModel):
     weight_decay: float = Field(default=1e-4, ge=0)
     focal_alpha: float = Field(default=0.5, gt=0, lt=1)
     focal_gamma: float = Field(default=2.0, ge=0)
+    #: HED stain jitter of the crops (``training.data.augment``); 0 = the first shipped run.
+    stain: float = Field(default=0.0, ge=0.0, lt=1.0)
     threads: int = Field(default=1, ge=1)
     max_seconds: float | None = None
     checkpoint: str = "scratch/msegnet/checkpoint.pt"
@@ -129,13 +131,13 @@ def make_batch(
     labels: list[npt.NDArray[np.float32]] = []
     for _ in range(cfg.blur_samples):
         src = sources[int(rng.integers(len(sources)))]
-        crop = data.augment(data.random_crop(src, cfg.crop, rng), rng)
+        crop = data.augment(data.random_crop(src, cfg.crop, rng), rng, stain=cfg.stain)
         image, mask = data.local_blur_sample(crop, rng, sigma=cfg.sigma)
         images.append(image)
         labels.append(mask)
     for _ in range(cfg.stacks):
         src = sources[int(rng.integers(len(sources)))]
-        crop = data.augment(data.random_crop(src, cfg.crop, rng), rng)
+        crop = data.augment(data.random_crop(src, cfg.crop, rng), rng, stain=cfg.stain)
         stack = data.focal_stack_sample(crop, rng, cfg.n_planes)
         chosen = rng.choice(
             cfg.n_planes, size=min(cfg.planes_per_stack, cfg.n_planes), replace=False
