@@ -13,10 +13,8 @@ final losses, sha256) goes next to the checkpoint; copy the sha256 into
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import platform
 import sys
 from pathlib import Path
@@ -25,23 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "train_msegnet.yaml"))
-    parser.add_argument("--steps", type=int, default=None, help="override the config's steps")
-    parser.add_argument("--max-seconds", type=float, default=None, help="override the budget")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument(
-        "--evaluate",
-        action="store_true",
-        help="instead of training: held-out PSNR/SSIM and tiles/s of msegnet and the classical "
-        "fusers in one run, written to models/msegnet/metrics.json",
+    from wsi_fusion.training.run import (
+        add_comparison_options,
+        finish_run,
+        start_logging,
+        train_parser,
+        training_summary,
     )
-    parser.add_argument(
-        "--validate",
-        action="store_true",
-        help="as --evaluate, on stacks from the training rows (models/msegnet/validation.json); "
-        "used to choose the fusion rule's defaults",
-    )
+
+    parser = train_parser(__doc__, ROOT / "configs" / "train_msegnet.yaml")
+    add_comparison_options(parser, "msegnet")
     parser.add_argument(
         "--write-reference",
         action="store_true",
@@ -49,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         "by tests/fusers/test_msegnet.py",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    start_logging()
     if args.evaluate:
         return evaluate(ROOT / "models" / "msegnet" / "metrics.json")
     if args.validate:
@@ -58,26 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_reference:
         return write_reference(ROOT / "tests" / "fusers" / "data" / "msegnet_reference.npz")
 
-    from wsi_fusion.training.msegnet import load_config, train
+    from wsi_fusion.training.config import load_train_config
+    from wsi_fusion.training.msegnet import MSegNetTrainConfig, train
 
-    cfg = load_config(args.config, steps=args.steps, max_seconds=args.max_seconds)
+    cfg = load_train_config(
+        args.config, MSegNetTrainConfig, steps=args.steps, max_seconds=args.max_seconds
+    )
     history, sha, seconds = train(cfg, ROOT, progress=not args.no_progress)
-    summary = {
-        "config": cfg.model_dump(),
-        "steps_done": history[-1]["step"] if history else 0,
-        "train_seconds_total": history[-1]["seconds"] if history else 0.0,
-        "this_invocation_seconds": round(seconds, 1),
-        "final": history[-1] if history else None,
-        "sha256": sha,
-        "hardware": f"{platform.processor() or platform.machine()}, {cfg.threads} thread(s), CPU",
-    }
-    out = (ROOT / cfg.checkpoint).with_suffix(".summary.json")
-    out.write_text(json.dumps(summary, indent=1))
-    logging.getLogger("train_msegnet").info("summary: %s", out)
-    if not sha:
-        logging.getLogger("train_msegnet").warning("not finished; rerun to resume")
-        return 1
-    return 0
+    return finish_run(ROOT / cfg.checkpoint, training_summary(cfg, history, seconds, sha))
 
 
 def write_reference(out: Path) -> int:
@@ -123,36 +101,13 @@ COMPARED: dict[str, tuple[str, dict[str, object]]] = {
 }
 
 
-def validation_stacks(n: int = 6, side: int = 384, planes: int = 5, seed: int = 777) -> list:  # type: ignore[type-arg]
-    """Stacks from the *training* rows (default defocus model), for choosing rule defaults
-    without looking at the held-out set."""
-    import numpy as np
-
-    from wsi_fusion.synth import make_stack
-    from wsi_fusion.training import data
-
-    rng = np.random.default_rng(seed)
-    source = data.sharp_sources()[0]
-    return [
-        (
-            f"train_rows_{seed + i}",
-            make_stack(
-                data.random_crop(source, side, rng, min_tissue=0.6, tries=30),
-                planes,
-                seed=seed + i,
-                noise_sigma=0.005,
-            ),
-        )
-        for i in range(n)
-    ]
-
-
 def evaluate(
     out: Path, n: int = 6, side: int = 512, planes: int = 5, validation: bool = False
 ) -> int:
     """PSNR/SSIM against ground truth on the held-out stacks, segmentation accuracy, tiles/s.
 
-    With ``validation`` the stacks come from the training rows instead (:func:`validation_stacks`).
+    With ``validation`` the stacks come from the training rows instead
+    (:func:`wsi_fusion.training.heldout.validation_stacks`).
 
     Also fuses with the *ground-truth* segmentation (a pixel focused where its focus index is the
     plane) through the same fusion rule: the ceiling of the rule with a perfect network.
@@ -166,10 +121,11 @@ def evaluate(
     from wsi_fusion.fusers.msegnet import MSegNetFuser, fuse_decisions
     from wsi_fusion.metrics import psnr, ssim
     from wsi_fusion.training.data import heldout_stacks
+    from wsi_fusion.training.heldout import to_image, validation_stacks
 
     torch.set_num_threads(1)
     if validation:
-        stacks = validation_stacks(n=n, planes=planes)
+        stacks = validation_stacks(n=n, n_planes=planes, prefix="train_rows")
     else:
         stacks = heldout_stacks(n=n, size=side, n_planes=planes, noise=0.005)
     tiles = {
@@ -177,9 +133,6 @@ def evaluate(
         for name, s in stacks
     }
     truth = {name: s.ground_truth for name, s in stacks}
-
-    def to_image(fused: np.ndarray) -> np.ndarray:
-        return np.clip(np.rint(fused.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
 
     rows: dict[str, dict[str, object]] = {}
     for label, (name, params) in COMPARED.items():

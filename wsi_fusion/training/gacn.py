@@ -38,12 +38,11 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
 from wsi_fusion.nets.gacn import GACN, BoundarySmoothing, smooth_boundary
@@ -255,20 +254,6 @@ def build_training(
 # -- the run ------------------------------------------------------------------------------------
 
 
-def load_config(path: str | Path, **overrides: Any) -> GACNTrainConfig:
-    """Read ``configs/train_gacn.yaml``; ``None`` overrides are ignored; unknown keys are errors."""
-    import yaml
-
-    from wsi_fusion.errors import ConfigError
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return GACNTrainConfig(**data)
-    except ValidationError as err:
-        raise ConfigError(f"invalid GACN training config {path}: {err}") from err
-
-
 def train(
     cfg: GACNTrainConfig, root: Path, progress: bool = True
 ) -> tuple[list[dict[str, float]], str, float]:
@@ -276,33 +261,14 @@ def train(
 
     The sha256 is empty when the time budget stopped the run before ``cfg.steps``.
     """
-    import time
-
-    from wsi_fusion.fusers._weights import save_weights
     from wsi_fusion.nets.gacn import SMALL
     from wsi_fusion.training.data import sharp_sources
-    from wsi_fusion.training.loop import seed_everything, train_loop
+    from wsi_fusion.training.run import Built, train_and_save
 
-    torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    net = GACN(SMALL)
-    sources = sharp_sources([root / d for d in cfg.extra_sources])
-    step, optimizer, scheduler = build_training(cfg, sources, net)
-    started = time.perf_counter()
-    history = train_loop(
-        step,
-        cfg.steps,
-        root / cfg.checkpoint,
-        {"net": net},
-        {"adam": optimizer},
-        {"cosine": scheduler},
-        seed=cfg.seed,
-        log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every,
-        max_seconds=cfg.max_seconds,
-        progress=progress,
-    )
-    seconds = time.perf_counter() - started
-    done = bool(history) and history[-1]["step"] >= cfg.steps
-    sha = save_weights(net, root / cfg.output) if done else ""
-    return history, sha, seconds
+    def build() -> Built:
+        net = GACN(SMALL)
+        sources = sharp_sources([root / d for d in cfg.extra_sources])
+        step, optimizer, scheduler = build_training(cfg, sources, net)
+        return net, step, optimizer, scheduler
+
+    return train_and_save(cfg, root, build, progress=progress)

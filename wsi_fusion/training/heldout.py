@@ -27,16 +27,18 @@ CLASSICAL: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _to_image(fused: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+def to_image(fused: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+    """A fused ``(C, H, W)`` float image in [0, 1] as ``(H, W, C)`` uint8 (the metrics' input)."""
     return np.clip(np.rint(fused.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
 
 
 def validation_stacks(
-    n: int = 6, size: int = 384, n_planes: int = 5, seed: int = 777
+    n: int = 6, size: int = 384, n_planes: int = 5, seed: int = 777, prefix: str = "val"
 ) -> list[tuple[str, SynthStack]]:
     """Stacks from the *training* rows of the H&E region, for choosing defaults.
 
-    Same defocus model as the held-out set; never used to report results.
+    Same defocus model as the held-out set; never used to report results. Named
+    ``<prefix>_<seed + i>``.
     """
     rng = np.random.default_rng(seed)
     source = sharp_sources()[0]
@@ -44,7 +46,7 @@ def validation_stacks(
     for i in range(n):
         crop = random_crop(source, size, rng, min_tissue=0.6, tries=30)
         out.append(
-            (f"val_{seed + i}", make_stack(crop, n_planes, seed=seed + i, noise_sigma=0.005))
+            (f"{prefix}_{seed + i}", make_stack(crop, n_planes, seed=seed + i, noise_sigma=0.005))
         )
     return out
 
@@ -81,7 +83,7 @@ def compare_on_stacks(
         fuser.fuse(next(iter(tiles.values()))[:, :, :64, :64])  # warm-up (model load)
         per: dict[str, dict[str, float]] = {}
         started = time.perf_counter()
-        fused = {key: _to_image(fuser.fuse(tile).fused) for key, tile in tiles.items()}
+        fused = {key: to_image(fuser.fuse(tile).fused) for key, tile in tiles.items()}
         seconds = time.perf_counter() - started
         for key, image in fused.items():
             per[key] = {"psnr": psnr(image, truth[key]), "ssim": ssim(image, truth[key])}

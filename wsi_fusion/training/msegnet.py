@@ -29,17 +29,16 @@ Deviations from the paper and why
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from wsi_fusion.training import data
-from wsi_fusion.training.loop import step_rng, train_loop
+from wsi_fusion.training.loop import step_rng
 
 log = logging.getLogger(__name__)
 
@@ -149,21 +148,6 @@ def make_batch(
     return np.ascontiguousarray(x, dtype=np.float32), np.stack(labels).astype(np.float32)
 
 
-def load_config(path: str | Path, **overrides: Any) -> MSegNetTrainConfig:
-    """Read a YAML training config; unknown keys are errors (:class:`ConfigError`)."""
-    import yaml
-    from pydantic import ValidationError
-
-    from wsi_fusion.errors import ConfigError
-
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return MSegNetTrainConfig(**raw)
-    except ValidationError as err:
-        raise ConfigError(f"invalid m-SegNet training config {path}: {err}") from err
-
-
 def train(
     cfg: MSegNetTrainConfig, root: Path, progress: bool = True
 ) -> tuple[list[dict[str, float]], str, float]:
@@ -173,50 +157,34 @@ def train(
     """
     import torch
 
-    from wsi_fusion.fusers._weights import save_weights
     from wsi_fusion.nets.msegnet import build_msegnet
+    from wsi_fusion.training.run import Built, train_and_save
 
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    model = build_msegnet(cfg.widths, cfg.blocks)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(cfg.steps))
-    sources = data.sharp_sources(cfg.extra_sources)
+    def build() -> Built:
+        model = build_msegnet(cfg.widths, cfg.blocks)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(cfg.steps))
+        sources = data.sharp_sources(cfg.extra_sources)
 
-    def step_fn(step: int) -> Mapping[str, float]:
-        x, y = make_batch(sources, step_rng(cfg.seed, step), cfg)
-        logits, sides = model(torch.from_numpy(x))
-        loss = deep_supervision_loss(
-            logits, sides, torch.from_numpy(y), cfg.focal_alpha, cfg.focal_gamma
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            acc = ((logits[:, 1] > logits[:, 0]).float() == torch.from_numpy(y)).float().mean()
-        return {"loss": loss.item(), "acc": acc.item()}
+        def step_fn(step: int) -> Mapping[str, float]:
+            x, y = make_batch(sources, step_rng(cfg.seed, step), cfg)
+            logits, sides = model(torch.from_numpy(x))
+            loss = deep_supervision_loss(
+                logits, sides, torch.from_numpy(y), cfg.focal_alpha, cfg.focal_gamma
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                hit = (logits[:, 1] > logits[:, 0]).float() == torch.from_numpy(y)
+                acc = hit.float().mean()
+            return {"loss": loss.item(), "acc": acc.item()}
 
-    began = time.perf_counter()
-    history = train_loop(
-        step_fn,
-        cfg.steps,
-        root / cfg.checkpoint,
-        {"model": model},
-        {"opt": opt},
-        {"sched": sched},
-        seed=cfg.seed,
-        log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every,
-        max_seconds=cfg.max_seconds,
-        progress=progress,
-    )
-    done = history[-1]["step"] if history else 0
-    sha = ""
-    if done >= cfg.steps:
-        sha = save_weights(model.eval(), root / cfg.output, dtype="float16")
-        log.info("wrote %s (sha256 %s)", cfg.output, sha)
-    return history, sha, time.perf_counter() - began
+        return model, step_fn, opt, sched
+
+    # Checkpoint keys of this workflow's existing checkpoints.
+    return train_and_save(cfg, root, build, progress=progress, names=("model", "opt", "sched"))
 
 
 def _cosine(steps: int, warmup: int = 20) -> Callable[[int], float]:
