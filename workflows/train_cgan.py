@@ -28,23 +28,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKED = Path("models/cgan_blurmask/cgan_blurmask.lite.safetensors")
+#: The runs whose generators are shipped (``--pack`` defaults).
+SINGLE_CONFIG = "configs/train_cgan_single.yaml"
+FEW_CONFIG = "configs/train_cgan_few.yaml"
 
 
-def pack(single_cfg: str, few_cfg: str) -> int:
-    """Assemble BM + both generators into the shipped weights file; print its sha256."""
+def pack(single_cfg: str, few_cfg: str, out: Path = PACKED) -> int:
+    """Assemble BM + both generators into one weights file (default: the shipped one).
+
+    Prints its sha256. The generators' mask gates come from the configs (``gated``); for the
+    shipped file they must match ``GATED_SINGLE`` / ``GATED_FEW`` in
+    :mod:`wsi_fusion.nets.cgan_blurmask`.
+    """
     from wsi_fusion.fusers._weights import load_into, load_state_dict, save_weights
     from wsi_fusion.nets.cgan_blurmask import CganBlurMask
     from wsi_fusion.training.cgan_blurmask import CganTrainConfig, load_blurmask, load_config
 
     single = load_config(single_cfg, CganTrainConfig)
     few = load_config(few_cfg, CganTrainConfig)
-    model = CganBlurMask("lite")
+    model = CganBlurMask("lite", gated_single=single.gated, gated_few=few.gated)
     model.bm.load_state_dict(load_blurmask(single.blurmask).state_dict())
     for gen, cfg in ((model.single, single), (model.few, few)):
         load_into(gen, load_state_dict(Path(cfg.output)), source=cfg.output)
-    sha = save_weights(model, PACKED)
-    size = PACKED.stat().st_size / 1e6
-    logging.getLogger("train_cgan").info("packed %s (%.1f MB) sha256 %s", PACKED, size, sha)
+    sha = save_weights(model, out)
+    size = out.stat().st_size / 1e6
+    logging.getLogger("train_cgan").info("packed %s (%.1f MB) sha256 %s", out, size, sha)
     sys.stdout.write(f"{sha}\n")
     return 0
 
@@ -56,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=None, help="override the budget")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--pack", action="store_true", help="pack BM + both generators")
+    parser.add_argument("--single-config", default=SINGLE_CONFIG, help="--pack: single-plane run")
+    parser.add_argument("--few-config", default=FEW_CONFIG, help="--pack: few-plane run")
+    parser.add_argument("--out", default=str(PACKED), help="--pack: file to write")
+    parser.add_argument(
+        "--weights", default=str(PACKED), help="--evaluate: packed file to evaluate"
+    )
     parser.add_argument(
         "--evaluate", action="store_true", help="held-out metrics of the packed model"
     )
@@ -64,12 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.chdir(ROOT)  # config paths are relative to the repository
     if args.pack:
-        return pack("configs/train_cgan_single.yaml", "configs/train_cgan_few.yaml")
+        return pack(args.single_config, args.few_config, Path(args.out))
     if args.evaluate:
-        from wsi_fusion.training.cgan_blurmask import evaluate_cgan
+        from wsi_fusion.training.cgan_blurmask import CganTrainConfig, evaluate_cgan, load_config
 
-        metrics = evaluate_cgan(PACKED)
+        gates = tuple(
+            load_config(c, CganTrainConfig).gated for c in (args.single_config, args.few_config)
+        )
+        metrics = evaluate_cgan(args.weights, gated=(gates[0], gates[1]))
         out = PACKED.parent / "metrics.json"
+        if Path(args.weights).resolve() != (ROOT / PACKED).resolve():
+            out = Path(args.weights).with_suffix(".metrics.json")  # a candidate, not the shipped
         out.write_text(json.dumps(metrics, indent=1))
         logging.getLogger("train_cgan").info("held-out metrics: %s", out)
         return 0

@@ -92,6 +92,25 @@ def test_generator_starts_from_the_identity_and_discriminator_map() -> None:
     assert discriminator_receptive_field() == (94, 64)
 
 
+def test_gated_generator_keeps_the_plane_where_the_mask_says_sharp() -> None:
+    from wsi_fusion.nets.cgan_blurmask import DenseUNetGenerator
+
+    torch.manual_seed(0)
+    gen = DenseUNetGenerator(1, gated=True)
+    torch.nn.init.normal_(gen.tail.weight, std=0.1)  # a generator that changes the image
+    planes = torch.rand(1, 1, 3, 32, 48)
+    masks = torch.zeros(1, 1, 1, 32, 48)
+    masks[..., 16:, :] = 1.0  # bottom half "blurred"
+    with torch.no_grad():
+        out = gen(planes, masks)
+        ungated = DenseUNetGenerator(1)
+        ungated.load_state_dict(gen.state_dict())
+        free = ungated(planes, masks)
+    assert torch.equal(out[..., :16, :], planes[:, 0, :, :16, :])  # sharp: the input, exactly
+    torch.testing.assert_close(out[..., 16:, :], free[..., 16:, :])  # blurred: G's output
+    assert (free[..., :16, :] - planes[:, 0, :, :16, :]).abs().max() > 0.01
+
+
 def test_deeplab_variants_build_and_lite_is_local() -> None:
     from wsi_fusion.nets.deeplab import build_deeplab
 

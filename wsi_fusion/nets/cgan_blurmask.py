@@ -35,6 +35,11 @@ Deviations and why
   is 94 px (:func:`discriminator_receptive_field`). It sees the RGB image only, as the paper's
   ``D(I)`` (not conditioned on the input planes). ``D`` returns logits; the sigmoid is applied in
   :meth:`PatchDiscriminator.probability` and inside ``BCEWithLogits`` for numerical stability.
+- Mask gate (``gated=True``, round-2 models): the output is ``x_ref + m·(G − x_ref)`` with ``m``
+  BM's blur probability of the reference plane, i.e. a residual that can only be added where BM
+  says "blurred". The paper lets G rewrite every pixel; here a region BM calls sharp is returned
+  as the input plane, so the model cannot make in-focus tissue worse (the first shipped,
+  ungated model lost up to 7 dB on an unseen IHC stain by rewriting sharp regions).
 - Inputs whose sides are not multiples of 8 are reflect-padded and cropped back.
 
 The lite generator's theoretical receptive field is ±139 px (measured by back-propagation from
@@ -98,12 +103,17 @@ class DenseUNetGenerator(nn.Module):
         Planes in the input (1 for the single-plane model, 3 for the few-plane model).
     width
         ``"lite"`` (shipped) or ``"paper"``.
+    gated
+        Blend the output with the reference plane by its blur mask (see the module docstring).
     """
 
-    def __init__(self, n_planes: int = 1, width: GeneratorWidth = "lite") -> None:
+    def __init__(
+        self, n_planes: int = 1, width: GeneratorWidth = "lite", gated: bool = False
+    ) -> None:
         super().__init__()
         c0, c1, c2, c3, growth = _WIDTHS[width]
         self.n_planes = n_planes
+        self.gated = gated
         self.head = nn.Sequential(nn.Conv2d(4 * n_planes, c0, 9, 1, 4), nn.PReLU(c0))
         self.enc1 = DenseBlocks(c0, c1, growth)
         self.enc2 = DenseBlocks(c1, c2, growth)
@@ -140,6 +150,9 @@ class DenseUNetGenerator(nn.Module):
         z = self.tail(d1)
         prior = torch.atanh(ref.clamp(0.0, 1.0).mul(2.0).sub(1.0).clamp(-0.999, 0.999))
         out = (torch.tanh(z + prior) + 1.0) * 0.5
+        if self.gated:
+            gate = x[:, 4 * (p // 2) + 3 : 4 * (p // 2) + 4]
+            out = ref + gate * (out - ref)
         return out[..., :h, :w]
 
 
@@ -190,6 +203,12 @@ def discriminator_receptive_field() -> tuple[int, int]:
     return rf, jump * 4
 
 
+#: Whether the shipped single-/few-plane generators were trained with the mask gate (the gate
+#: has no parameters, so the weights file cannot say; these must match how they were trained).
+GATED_SINGLE = False
+GATED_FEW = False
+
+
 class CganBlurMask(nn.Module):
     """The shipped model: frozen BM plus the single-plane and the few-plane generators.
 
@@ -197,13 +216,18 @@ class CganBlurMask(nn.Module):
     record pins everything the fuser runs.
     """
 
-    def __init__(self, width: GeneratorWidth = "lite") -> None:
+    def __init__(
+        self,
+        width: GeneratorWidth = "lite",
+        gated_single: bool = GATED_SINGLE,
+        gated_few: bool = GATED_FEW,
+    ) -> None:
         super().__init__()
         from wsi_fusion.nets.deeplab import build_deeplab
 
         self.bm = build_deeplab("deeplab_v3_lite" if width == "lite" else "deeplab_v3_resnet50")
-        self.single = DenseUNetGenerator(1, width)
-        self.few = DenseUNetGenerator(3, width)
+        self.single = DenseUNetGenerator(1, width, gated=gated_single)
+        self.few = DenseUNetGenerator(3, width, gated=gated_few)
 
     def masks(self, planes: torch.Tensor) -> torch.Tensor:
         """BM blur probability of each plane: ``(N, P, 3, H, W)`` → ``(N, P, 1, H, W)``."""

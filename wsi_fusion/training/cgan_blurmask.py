@@ -88,6 +88,10 @@ class BlurMaskTrainConfig(BaseModel):
     sigma: tuple[float, float] = (1.0, 16.0)
     #: Fraction of samples left entirely sharp (mask all 0), so BM learns that sharp is common.
     sharp_fraction: float = Field(default=0.1, ge=0, le=1)
+    #: HED stain augmentation strength (``augment(..., stain=)``); 0 is the first shipped recipe.
+    stain: float = Field(default=0.0, ge=0, lt=1)
+    #: Start from these BM weights (own file or the packed model) instead of random init.
+    init: str | None = None
     max_seconds: float | None = None
     threads: int = Field(default=1, ge=1)
     extra_dirs: tuple[str, ...] = ()
@@ -114,6 +118,13 @@ class CganTrainConfig(BaseModel):
     lr_decay: float = Field(default=0.8, gt=0, le=1)
     epoch_steps: int = Field(default=100, ge=1)
     adv_weight: float = Field(default=1e-3, ge=0)
+    #: HED stain augmentation strength (``augment(..., stain=)``); 0 is the first shipped recipe.
+    stain: float = Field(default=0.0, ge=0, lt=1)
+    #: Mask-gated residual output (``DenseUNetGenerator(gated=True)``): changes only where BM
+    #: says "blurred", so sharp regions of the input plane cannot be made worse.
+    gated: bool = False
+    #: Start from these generator weights (own file or the packed model) instead of random init.
+    init: str | None = None
     max_seconds: float | None = None
     threads: int = Field(default=1, ge=1)
     extra_dirs: tuple[str, ...] = ()
@@ -142,7 +153,7 @@ def blurmask_batch(
     images, masks = [], []
     for _ in range(cfg.batch):
         src = sources[int(rng.integers(len(sources)))]
-        sharp = augment(random_crop(src, cfg.crop, rng), rng)
+        sharp = augment(random_crop(src, cfg.crop, rng), rng, stain=cfg.stain)
         if rng.random() < cfg.sharp_fraction:
             image = sharp.astype(np.float32) / 255.0
             mask = np.zeros(sharp.shape[:2], np.float32)
@@ -163,6 +174,11 @@ def train_blurmask(cfg: BlurMaskTrainConfig, progress: bool = True) -> tuple[Dee
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = build_deeplab(cfg.variant)
+    if cfg.init:  # fine-tune; a checkpoint of this run, if any, still takes precedence
+        model.load_state_dict(load_blurmask(cfg.init, cfg.variant).state_dict())
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sources = sharp_sources(cfg.extra_dirs)
 
@@ -209,7 +225,7 @@ def cgan_batch(
     inputs, truths = [], []
     for _ in range(cfg.batch):
         src = sources[int(rng.integers(len(sources)))]
-        sharp = augment(random_crop(src, cfg.crop, rng), rng)
+        sharp = augment(random_crop(src, cfg.crop, rng), rng, stain=cfg.stain)
         synth = focal_stack_sample(sharp, rng, n_planes=cfg.stack_planes)
         planes = np.moveaxis(synth.planes, -1, 1).astype(np.float32) / 255.0  # (Z, 3, H, W)
         inputs.append(planes[input_indices(planes, cfg.mode)])
@@ -235,7 +251,9 @@ def train_cgan(
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     n_planes = 1 if cfg.mode == "single" else 3
-    gen = DenseUNetGenerator(n_planes, cfg.width)
+    gen = DenseUNetGenerator(n_planes, cfg.width, gated=cfg.gated)
+    if cfg.init:  # fine-tune; a checkpoint of this run, if any, still takes precedence
+        gen.load_state_dict(load_generator(cfg.init, cfg.mode, cfg.width).state_dict())
     disc = PatchDiscriminator()
     bm = bm.eval()
     for p in bm.parameters():
@@ -304,6 +322,22 @@ def load_blurmask(path: str | Path, variant: str = "deeplab_v3_lite") -> DeepLab
     return model.eval()
 
 
+def load_generator(
+    path: str | Path, mode: Literal["single", "few"], width: Literal["lite", "paper"] = "lite"
+) -> DenseUNetGenerator:
+    """A trained generator from its own safetensors file or the packed model (``single.`` etc.)."""
+    from wsi_fusion.fusers._weights import load_into, load_state_dict
+    from wsi_fusion.nets.cgan_blurmask import DenseUNetGenerator
+
+    gen = DenseUNetGenerator(1 if mode == "single" else 3, width)
+    state = load_state_dict(Path(path))
+    prefix = f"{mode}."
+    if any(k.startswith(prefix) for k in state):  # the packed file
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    load_into(gen, {k: v.float() for k, v in state.items()}, source=str(path))
+    return gen
+
+
 # -- held-out evaluation (model card) -------------------------------------------------------------
 
 #: Classical fusers the few-plane model is compared with, on the same three planes.
@@ -325,24 +359,32 @@ def evaluate_blurmask(
 ) -> dict[str, float]:
     """BM on held-out tissue (``heldout_sources``) with local blur: pixel accuracy and IoU.
 
-    Also the accuracy by blur strength (sigma 1-2, 2-4, >4 px), since mild blur is the hard case.
+    Also the accuracy by blur strength (sigma 1-2, 2-4, >4 px), since mild blur is the hard case,
+    the accuracy per held-out source (H&E, IHC), and per source the fraction of an untouched
+    sharp crop that BM calls blurred (the failure that made the first model rewrite sharp IHC).
     """
     import torch
 
     from wsi_fusion.training.data import heldout_sources
 
+    def predict(image: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            prob = bm.blur_probability(torch.from_numpy(np.moveaxis(image, -1, 0))[None])
+        return prob[0, 0].numpy() > 0.5
+
     rng = np.random.default_rng(2024)
-    sources = list(heldout_sources().values())
+    named = list(heldout_sources().items())
     correct = inter = union = 0.0
     total = 0
     by_sigma: dict[str, list[float]] = {"1-2": [], "2-4": [], ">4": []}
+    by_source: dict[str, list[float]] = {name: [] for name, _ in named}
+    false_blur: dict[str, list[float]] = {name: [] for name, _ in named}
     for i in range(n):
-        crop = random_crop(sources[i % len(sources)], size, rng, min_tissue=0.5)
+        name, source = named[i % len(named)]
+        crop = random_crop(source, size, rng, min_tissue=0.5)
         s = float(np.exp(rng.uniform(np.log(sigma[0]), np.log(sigma[1]))))
         image, mask = local_blur_sample(crop, rng, sigma=(s, s))
-        with torch.no_grad():
-            prob = bm.blur_probability(torch.from_numpy(np.moveaxis(image, -1, 0))[None])
-        pred = prob[0, 0].numpy() > 0.5
+        pred = predict(image)
         truth = mask > 0.5
         acc = float((pred == truth).mean())
         correct += acc * truth.size
@@ -350,15 +392,26 @@ def evaluate_blurmask(
         inter += float((pred & truth).sum())
         union += float((pred | truth).sum())
         by_sigma["1-2" if s < 2 else "2-4" if s < 4 else ">4"].append(acc)
+        by_source[name].append(acc)
+        false_blur[name].append(float(predict(crop.astype(np.float32) / 255.0).mean()))
     out = {"pixel_accuracy": round(correct / total, 4), "iou_blurred": round(inter / union, 4)}
     out.update(
         {f"accuracy_sigma_{k}": round(float(np.mean(v)), 4) for k, v in by_sigma.items() if v}
+    )
+    out.update({f"accuracy_{k}": round(float(np.mean(v)), 4) for k, v in by_source.items()})
+    out.update(
+        {f"sharp_called_blurred_{k}": round(float(np.mean(v)), 4) for k, v in false_blur.items()}
     )
     return out
 
 
 def evaluate_cgan(
-    weights: str | Path, n: int = 6, size: int = 512, n_planes: int = 5, noise: float = 0.005
+    weights: str | Path,
+    n: int = 6,
+    size: int = 512,
+    n_planes: int = 5,
+    noise: float = 0.005,
+    gated: tuple[bool, bool] | None = None,
 ) -> dict[str, Any]:
     """Held-out metrics of the packed model (``heldout_stacks``, luminance PSNR/SSIM vs GT).
 
@@ -377,6 +430,9 @@ def evaluate_cgan(
 
     single = CganBlurMaskFuser(weights=str(weights), device="cpu", mode="single")
     few = CganBlurMaskFuser(weights=str(weights), device="cpu", mode="few")
+    if gated is not None:  # a candidate whose gates differ from the shipped defaults
+        for fuser in (single, few):
+            fuser.model.single.gated, fuser.model.few.gated = gated  # type: ignore[union-attr]
     classical = {name: create_fuser(name) for name in CLASSICAL}
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {"single": 0.0, "few": 0.0}
@@ -392,12 +448,26 @@ def evaluate_cgan(
         for cname, cfuser in classical.items():
             outputs[f"{cname}@3"] = cfuser.fuse(three).fused
             outputs[f"{cname}@{n_planes}"] = cfuser.fuse(stack).fused
-        row: dict[str, Any] = {"stack": name, "reference_plane": ref}
+        row: dict[str, Any] = {
+            "stack": name,
+            "reference_plane": ref,
+            "blurred_fraction": round(float((single.blur_mask(stack) > 0.5).mean()), 3),
+        }
         for key, out in outputs.items():
             img = _to_uint8(out)
             row[key] = {"psnr": round(psnr(img, gt), 3), "ssim": round(ssim(img, gt), 4)}
         rows.append(row)
     keys = [k for k in rows[0] if isinstance(rows[0][k], dict)]
+    by_stain: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_stain.setdefault(r["stack"].split("_")[0], []).append(r)
+    mean_by_stain = {
+        stain: {
+            k: round(float(np.mean([r[k]["psnr"] for r in group])), 3)
+            for k in ("input_plane", "single", "few")
+        }
+        for stain, group in sorted(by_stain.items())
+    }
     mean = {
         k: {m: round(float(np.mean([r[k][m] for r in rows])), 3) for m in ("psnr", "ssim")}
         for k in keys
@@ -422,6 +492,7 @@ def evaluate_cgan(
         "blurmask_heldout": evaluate_blurmask(model.bm),
         "mean": mean,
         "per_stack": rows,
+        "mean_psnr_by_stain": mean_by_stain,
         "gain_single_db": round(mean["single"]["psnr"] - mean["input_plane"]["psnr"], 3),
         "cpu_tiles_per_second": {k: round(n / v, 3) for k, v in seconds.items()},
         "torch_threads": torch.get_num_threads(),
