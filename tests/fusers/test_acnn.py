@@ -8,14 +8,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _decision_checks import (
+from learned_checks import (
     check_bad_weights,
+    check_beats_every_plane,
     check_reference,
     check_sha256,
+    check_weights_contract,
+    needs_weights,
     reference_stack,
     regenerate,
 )
-from conftest import psnr
 
 from wsi_fusion.errors import ConfigError
 from wsi_fusion.fusers import create_fuser
@@ -26,9 +28,7 @@ torch = pytest.importorskip("torch")
 
 from wsi_fusion.nets.acnn import ACNN, SMALL, focus_map, receptive_halo  # noqa: E402
 
-needs_weights = pytest.mark.skipif(
-    ACNNFuser.weights_status() != "present", reason="acnn weights not shipped"
-)
+shipped_weights = needs_weights(ACNNFuser)
 
 
 def _dense_focus(net: ACNN, a: Any, b: Any) -> Any:
@@ -102,45 +102,34 @@ def test_margins_and_serial_refusal() -> None:
 @pytest.mark.parametrize("strategy", ["round_robin", "calibration", "serial"])
 def test_untrained_strategies_keep_contract(strategy: str) -> None:
     stack = reference_stack()
-    result = ACNNFuser.untrained(device="cpu", strategy=strategy).fuse(stack)
-    assert result.weights is not None
-    np.testing.assert_allclose(result.weights.sum(axis=0), 1.0, atol=1e-5)
-    np.testing.assert_allclose(
-        result.fused, np.einsum("zchw,zhw->chw", stack, result.weights), atol=1e-5
-    )
+    check_weights_contract(ACNNFuser.untrained(device="cpu", strategy=strategy).fuse(stack), stack)
 
 
-@needs_weights
+@shipped_weights
 def test_shipped_weights_load_and_match_sha256() -> None:
     check_sha256(ACNNFuser)
 
 
-@needs_weights
+@shipped_weights
 def test_reference_output() -> None:
     check_reference("acnn")
 
 
-@needs_weights
 def test_bad_weights_are_refused(tmp_path: Path) -> None:
-    from wsi_fusion.fusers.gacn import GACNFuser
+    from wsi_fusion.nets.gacn import GACN
+    from wsi_fusion.nets.gacn import SMALL as OTHER
 
-    check_bad_weights(ACNNFuser, GACNFuser.untrained(device="cpu"), tmp_path)
+    check_bad_weights(ACNNFuser, GACN(OTHER), tmp_path)
 
 
-@needs_weights
+@shipped_weights
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["round_robin", "calibration", "serial"])
 def test_trained_acnn_beats_every_plane(strategy: str) -> None:
-    from conftest import depth_map, focal_stack, sharp_image
-
-    sharp = np.ascontiguousarray(sharp_image("astronaut")[:, 40:168, 180:340])
-    stack = focal_stack(sharp, depth_map(sharp.shape[1:], n_planes=4), 4, blur_per_plane=2.0)
-    fused = create_fuser("acnn", device="cpu", strategy=strategy).fuse(stack).fused
-    best_plane = max(psnr(plane, sharp) for plane in stack)
-    assert psnr(fused, sharp) > best_plane + 2.0
+    check_beats_every_plane("acnn", strategy=strategy)
 
 
-@needs_weights
+@shipped_weights
 @pytest.mark.parametrize("strategy", ["round_robin", "calibration"])
 def test_fuse_batch_equals_fuse_per_tile(strategy: str) -> None:
     fuser = create_fuser("acnn", device="cpu", batch_size=2, strategy=strategy)

@@ -7,17 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _decision_checks import (
+from learned_checks import (
     check_bad_weights,
+    check_beats_every_plane,
     check_reference,
     check_sha256,
+    check_weights_contract,
+    needs_weights,
     reference_stack,
     regenerate,
 )
-from conftest import psnr
 
 from wsi_fusion.errors import ConfigError
-from wsi_fusion.fusers import create_fuser
 from wsi_fusion.fusers.gacn import DM_HALO, GACNFuser
 from wsi_fusion.tiling.plan import make_plan
 
@@ -26,9 +27,7 @@ torch = pytest.importorskip("torch")
 from wsi_fusion.nets.gacn import GACN, SMALL, ChannelSE, receptive_halo  # noqa: E402
 from wsi_fusion.training.gacn import dice_loss, qg_loss  # noqa: E402
 
-needs_weights = pytest.mark.skipif(
-    GACNFuser.weights_status() != "present", reason="gacn weights not shipped"
-)
+shipped_weights = needs_weights(GACNFuser)
 
 
 def test_halo_constant_matches_network() -> None:
@@ -102,42 +101,31 @@ def test_margins_and_serial_refusal() -> None:
 @pytest.mark.parametrize("strategy", ["round_robin", "calibration", "serial"])
 def test_untrained_strategies_keep_contract(strategy: str) -> None:
     stack = reference_stack()
-    result = GACNFuser.untrained(device="cpu", strategy=strategy).fuse(stack)
-    assert result.weights is not None
-    np.testing.assert_allclose(result.weights.sum(axis=0), 1.0, atol=1e-5)
-    np.testing.assert_allclose(
-        result.fused, np.einsum("zchw,zhw->chw", stack, result.weights), atol=1e-5
-    )
+    check_weights_contract(GACNFuser.untrained(device="cpu", strategy=strategy).fuse(stack), stack)
 
 
-@needs_weights
+@shipped_weights
 def test_shipped_weights_load_and_match_sha256() -> None:
     check_sha256(GACNFuser)
 
 
-@needs_weights
+@shipped_weights
 def test_reference_output() -> None:
     check_reference("gacn")
 
 
-@needs_weights
 def test_bad_weights_are_refused(tmp_path: Path) -> None:
-    from wsi_fusion.fusers.acnn import ACNNFuser
+    from wsi_fusion.nets.acnn import ACNN
+    from wsi_fusion.nets.acnn import SMALL as OTHER
 
-    check_bad_weights(GACNFuser, ACNNFuser.untrained(device="cpu"), tmp_path)
+    check_bad_weights(GACNFuser, ACNN(OTHER), tmp_path)
 
 
-@needs_weights
+@shipped_weights
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["round_robin", "calibration", "serial"])
 def test_trained_gacn_beats_every_plane(strategy: str) -> None:
-    from conftest import depth_map, focal_stack, sharp_image
-
-    sharp = np.ascontiguousarray(sharp_image("astronaut")[:, 40:168, 180:340])
-    stack = focal_stack(sharp, depth_map(sharp.shape[1:], n_planes=4), 4, blur_per_plane=2.0)
-    fused = create_fuser("gacn", device="cpu", strategy=strategy).fuse(stack).fused
-    best_plane = max(psnr(plane, sharp) for plane in stack)
-    assert psnr(fused, sharp) > best_plane + 2.0
+    check_beats_every_plane("gacn", strategy=strategy)
 
 
 def test_fuse_batch_equals_fuse_per_tile() -> None:

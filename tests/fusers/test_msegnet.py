@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import learned_checks
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from wsi_fusion.errors import WeightsError
 from wsi_fusion.fusers.msegnet import (
     MSegNetFuser,
     blur_metric_regions,
@@ -45,9 +45,7 @@ def blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def shipped() -> MSegNetFuser:
-    if MSegNetFuser.weights_status() != "present":
-        pytest.skip(f"msegnet weights {MSegNetFuser.weights_status()}")
-    return MSegNetFuser(device="cpu")
+    return learned_checks.shipped(MSegNetFuser)
 
 
 # -- the paper's no-reference blur metric (Eqs. 5-13) ------------------------------------------
@@ -139,14 +137,8 @@ def test_fuse_batch_equals_fuse_and_odd_sizes() -> None:
 
 
 def test_weights_load_and_match_sha256() -> None:
-    from wsi_fusion.fusers._weights import file_sha256, models_dir
-
-    fuser = shipped()
-    path = models_dir() / fuser.weights_record.file
-    assert file_sha256(path) == fuser.weights_record.sha256
-    assert path.stat().st_size < 25 * 2**20
-    assert not fuser.model.training
-    assert fuser.describe()["weights"]["sha256"] == fuser.weights_record.sha256
+    shipped()
+    learned_checks.check_sha256(MSegNetFuser)
 
 
 def test_forward_reproduces_stored_reference() -> None:
@@ -156,6 +148,7 @@ def test_forward_reproduces_stored_reference() -> None:
     p = fuser.focused_probability([stack])[0]
     np.testing.assert_allclose(p, ref["p_focused"].astype(np.float32), atol=2e-3)
     result = fuser.fuse(stack)
+    assert result.weights is not None
     np.testing.assert_array_equal(result.weights.argmax(0), ref["index"])
 
 
@@ -165,42 +158,15 @@ def test_shipped_model_finds_the_focused_plane() -> None:
     ref = np.load(REFERENCE)
     sharp = ref["stack"][0].astype(np.float32) / 255.0
     result = fuser.fuse(np.stack([blur(sharp, 4.0), sharp]))
+    assert result.weights is not None
     assert result.weights[1].mean() > 0.9
 
 
-def _write(path: Path, state: dict[str, torch.Tensor]) -> Path:
-    from safetensors.torch import save_file
-
-    save_file(state, str(path))
-    return path
-
-
-def test_wrong_shape_weights_are_refused(tmp_path: Path) -> None:
+def test_bad_weights_are_refused(tmp_path: Path) -> None:
     from wsi_fusion.nets.msegnet import build_msegnet
 
-    other = build_msegnet(widths=(8, 16, 32, 64))
-    path = _write(tmp_path / "narrow.safetensors", other.state_dict())
-    with pytest.raises(WeightsError, match="do not fit"):
-        _ = MSegNetFuser(weights=str(path), device="cpu").model
-
-
-def test_truncated_weights_are_refused(tmp_path: Path) -> None:
-    from wsi_fusion.nets.msegnet import build_msegnet
-
-    full = _write(tmp_path / "full.safetensors", build_msegnet().state_dict())
-    cut = tmp_path / "cut.safetensors"
-    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    with pytest.raises(WeightsError, match="truncated|readable"):
-        _ = MSegNetFuser(weights=str(cut), device="cpu").model
-
-
-def test_pickled_weights_are_refused(tmp_path: Path) -> None:
-    from wsi_fusion.nets.msegnet import build_msegnet
-
-    path = tmp_path / "model.pt"
-    torch.save(build_msegnet().state_dict(), path)
-    with pytest.raises(WeightsError, match="pickle"):
-        _ = MSegNetFuser(weights=str(path), device="cpu").model
+    narrow = build_msegnet(widths=(8, 16, 32, 64))
+    learned_checks.check_bad_weights(MSegNetFuser, narrow, tmp_path)
 
 
 # -- training recipe ------------------------------------------------------------------------------
