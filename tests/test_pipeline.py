@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,135 @@ def test_learned_settings_reach_only_learned_fusers() -> None:
         "precision": "bf16",
     }
     assert RunConfig().effective_fuser_params(needs_weights=True) == {}
+
+
+# -- extra outputs: the cgan_blurmask blur mask -------------------------------------------------
+
+
+@pytest.fixture
+def cgan() -> Iterator[None]:
+    """Skip without the shipped cgan_blurmask weights; run torch on one thread (several are
+    ~10x slower on a shared CPU for tensors this small)."""
+    torch = pytest.importorskip("torch")
+    from wsi_fusion.fusers.cgan_blurmask import CganBlurMaskFuser
+
+    if CganBlurMaskFuser.weights_status() != "present":
+        pytest.skip(f"cgan_blurmask weights {CganBlurMaskFuser.weights_status()}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def half_blurred_slide(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A single-plane 256 x 384 H&E-like slide, sharp on the left, blurred on the right."""
+    from scipy import ndimage as ndi
+    from skimage import data
+
+    rgb = data.astronaut()[40:296, 60:444]
+    blurred = ndi.gaussian_filter(rgb.astype(np.float32), (4, 4, 0))
+    rgb = rgb.copy()
+    rgb[:, 192:] = np.rint(blurred[:, 192:]).astype(np.uint8)
+    path = tmp_path / "slide_z0.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb", tile=(128, 128))
+    return path, rgb
+
+
+#: Two 256-px tiles across 384 px (a margin of 64 needs an overlap of 128); six 128-px blocks.
+CGAN = {
+    **SMALL,
+    "tile": 256,
+    "overlap": 128,
+    "chunk": 128,
+    "scheduler": "sync",
+    "tissue": {"enabled": False},
+}
+
+
+def test_blur_mask_output_equals_the_whole_image_mask(
+    cgan: None, half_blurred_slide, tmp_path: Path
+) -> None:
+    from ome_zarr_models.v04 import Image, ImageLabel
+
+    from wsi_fusion.fusers.cgan_blurmask import CganBlurMaskFuser
+
+    slide, rgb = half_blurred_slide
+    out = tmp_path / "out.ome.zarr"
+    report = fuse_slide([slide], out, RunConfig(fuser="cgan_blurmask", blur_mask=True, **CGAN))
+    group = zarr.open_group(out, mode="r")
+    Image.from_zarr(group)
+    ImageLabel.from_zarr(group["labels/blur_mask"])
+    assert [a.shape for a in (group["0"], group["1"])] == [(3, 256, 384), (3, 128, 192)]
+    mask = np.asarray(group["labels/blur_mask/0"])
+    assert mask.shape == (256, 384) and mask.dtype == np.uint8
+    assert group["labels/blur_mask/1"].shape == (128, 192)
+
+    stack = (np.moveaxis(rgb, -1, 0)[None].astype(np.float32) / 255).astype(np.float32)
+    whole = CganBlurMaskFuser(device="cpu").blur_mask(stack) * 255
+    # The tiles meet at x = 192 (a hard switch: overlap = 2 x margin). BM's halo reaches a little
+    # past the 64-px margin, so only the seam differs. Measured with the shipped weights: at most
+    # 0.56 grey levels (the uint8 rounding) farther than 32 px from the seam, 4.5 within 16 px.
+    diff = np.abs(mask.astype(np.float32) - whole)
+    away = np.r_[0:160, 224:384]
+    assert diff[:, away].max() <= 1.0
+    assert diff.max() <= 8.0 and diff.mean() <= 0.5
+    # It shows the blurred half (the regions the generator synthesised).
+    assert mask[:, 240:].mean() > mask[:, :144].mean() + 40
+
+    run = json.loads(report.run_json.read_text())
+    assert run["config"]["blur_mask"] is True
+    assert run["extra_outputs"]["blur_mask"]["path"] == "labels/blur_mask"
+
+
+@pytest.mark.parametrize("phase", ["fuse_tiles", "blend_blocks"])
+def test_blur_mask_resumes_bit_identical_in_tiff(
+    cgan: None, half_blurred_slide, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, phase: str
+) -> None:
+    slide, _ = half_blurred_slide
+    config = RunConfig(fuser="cgan_blurmask", blur_mask=True, compression="deflate", **CGAN)
+    reference = fuse_slide([slide], tmp_path / "reference.tif", config)
+    assert reference.extra_outputs == [tmp_path / "reference.blur_mask.tif"]
+
+    out = tmp_path / "out.tif"
+    with monkeypatch.context() as m:
+        _crash_after(m, phase, 1)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            fuse_slide([slide], out, config)
+    assert not (tmp_path / "out.blur_mask.tif").exists()
+    report = fuse_slide([slide], out, config)
+    assert report.tiles_resumed > 0
+    for a, b in [
+        (reference.output, out),
+        *zip(reference.extra_outputs, report.extra_outputs, strict=True),
+    ]:
+        with tifffile.TiffFile(a) as fa, tifffile.TiffFile(b) as fb:
+            levels_a, levels_b = fa.series[0].levels, fb.series[0].levels
+            assert len(levels_a) == len(levels_b)
+            for la, lb in zip(levels_a, levels_b, strict=True):
+                assert np.array_equal(la.asarray(), lb.asarray())
+    with tifffile.TiffFile(report.extra_outputs[0]) as f:
+        assert f.series[0].levels[0].shape == (256, 384)
+        assert "blur_mask" in f.pages[0].description
+
+
+def test_blur_mask_is_refused_for_a_fuser_that_cannot_produce_it(
+    textured_stack, tmp_path: Path
+) -> None:
+    from wsi_fusion.errors import ConfigError
+
+    stack, _ = textured_stack
+    config = RunConfig(fuser="focus_measure", blur_mask=True, **SMALL)
+    with pytest.raises(ConfigError, match=r"'focus_measure'.*--fuser cgan_blurmask"):
+        fuse_slide([stack], tmp_path / "out.ome.zarr", config)
+    assert not (tmp_path / "out.ome.zarr.cache").exists()
+
+
+def test_blur_mask_changes_the_digest_and_the_cache_fingerprint(textured_stack) -> None:
+    stack, _ = textured_stack
+    off = RunConfig(fuser="cgan_blurmask")
+    on = off.model_copy(update={"blur_mask": True})
+    assert pipeline.run_digest([stack], off) != pipeline.run_digest([stack], on)
+    assert pipeline._fingerprint((str(stack),), off) != pipeline._fingerprint((str(stack),), on)
+    # Off, the switch is left out of the digest: runs made before it existed keep theirs.
+    assert pipeline._switches_off(off) == {"blur_mask"} and not pipeline._switches_off(on)

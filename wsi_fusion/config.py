@@ -67,6 +67,9 @@ class RunConfig(BaseModel):
     compression: Literal["jpeg", "deflate", "zstd", "lzw", "none"] = "jpeg"
     jpeg_quality: int = Field(90, ge=1, le=100)
     focus_map: bool = False
+    #: Also write the blur mask of a fuser that generates its output (``cgan_blurmask``): where
+    #: the image was synthesised rather than copied (``labels/blur_mask``, ``NAME.blur_mask.tif``).
+    blur_mask: bool = False
     #: Plane copied for background tiles and used for the tissue thumbnail (None: middle plane).
     reference_plane: int | None = None
     tissue: TissueConfig = Field(default_factory=TissueConfig)
@@ -81,6 +84,11 @@ class RunConfig(BaseModel):
     scheduler: str = "threads"
     #: Threads/processes of the local schedulers, worker processes of ``local-cluster``.
     workers: int | None = Field(None, ge=1)
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """Names of the fuser extra outputs this run writes (see ``Fuser.extra_outputs``)."""
+        return ("blur_mask",) if self.blur_mask else ()
 
     def effective_fuser_params(self, needs_weights: bool) -> dict[str, Any]:
         """``fuser_params`` plus the ``learned`` settings for a fuser that needs weights."""

@@ -28,7 +28,7 @@ from wsi_fusion._types import PlaneStack
 from wsi_fusion.config import RunConfig
 from wsi_fusion.errors import UnsupportedInput
 from wsi_fusion.fusers import create_fuser, fuser_class
-from wsi_fusion.io.destination import Destination, publish, resolve_destination
+from wsi_fusion.io.destination import Destination, publish, resolve_destination, stem
 from wsi_fusion.registration import DriftField, estimate_drift, should_apply
 from wsi_fusion.scheduling.graph import TaskRunner, open_runner, phase1_resources
 from wsi_fusion.scheduling.tasks import FusionJob, blend_blocks, fuse_tiles
@@ -124,6 +124,8 @@ def fuse_slide(
     try:
         fuser_params = config.effective_fuser_params(fuser_class(config.fuser).needs_weights)
         fuser = create_fuser(config.fuser, **fuser_params)
+        # Refuse an extra output the fuser cannot produce before any work is done.
+        fuser.request_extras(config.extras)
         if stack.n_planes < fuser.min_planes:
             raise UnsupportedInput(
                 f"fuser {config.fuser!r} needs at least {fuser.min_planes} focal planes but "
@@ -154,6 +156,16 @@ def fuse_slide(
 
     provenance = _provenance(input_paths, stack_info, config, fuser.describe())
     provenance["registration"] = registration_info
+    # Where each extra output is: a label of the OME-Zarr, or a TIFF beside a TIFF output.
+    provenance["extra_outputs"] = {
+        name: {
+            **EXTRA_OUTPUTS.get(name, {}),
+            "path": f"labels/{name}"
+            if dest.format == "ome-zarr"
+            else str(extra_tiff_path(dest, name)),
+        }
+        for name in config.extras
+    }
     cache = TileCache.prepare(
         dest.cache_dir,
         _fingerprint(input_paths, config),
@@ -162,6 +174,7 @@ def fuse_slide(
         planes=stack.n_planes,
         tile=plan.tile,
         with_weights=config.focus_map,
+        extras=config.extras,
     )
     job = FusionJob(
         inputs=input_paths,
@@ -176,6 +189,7 @@ def fuse_slide(
         chunk=config.chunk,
         focus_map=config.focus_map,
         drift=drift,
+        extras=config.extras,
     )
     tiles_resumed = len(cache.done_tiles())
     _prepare_image(dest, job, cache, mpp, config, provenance)
@@ -304,6 +318,19 @@ def _groups(items: list[int], size: int) -> list[list[int]]:
 
 #: Settings that change how a run is executed but never its output.
 _EXECUTION_ONLY = {"scheduler", "workers"}
+#: Output switches added after digests were first recorded: left out of the digest while off, so
+#: runs that do not use them keep the digest they had (batch conversion skips on it).
+_LATER_SWITCHES = ("blur_mask",)
+
+#: What each fuser extra output holds, for ``run.json`` and the label metadata.
+EXTRA_OUTPUTS: dict[str, dict[str, str]] = {
+    "blur_mask": {
+        "meaning": (
+            "blur probability of the reference plane from the fuser's blur-mask network, x 255: "
+            "high where the output was synthesised by the generator; 0 where tiles were copied"
+        ),
+    },
+}
 
 
 def run_digest(inputs: Sequence[str | os.PathLike[str]], config: RunConfig) -> str:
@@ -316,24 +343,30 @@ def run_digest(inputs: Sequence[str | os.PathLike[str]], config: RunConfig) -> s
     record = {
         "version": __version__,
         "inputs": _input_identity(tuple(str(p) for p in inputs)),
-        "config": config.model_dump(exclude=_EXECUTION_ONLY),
+        "config": config.model_dump(exclude=_EXECUTION_ONLY | _switches_off(config)),
     }
     text = json.dumps(record, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _switches_off(config: RunConfig) -> set[str]:
+    return {name for name in _LATER_SWITCHES if not getattr(config, name)}
 
 
 def cache_bound_bytes(plan: TilePlan, planes: int, config: RunConfig, fmt: str) -> int:
     """Most disk the tile cache of a run can use (uncompressed; compression only lowers it).
 
     Fused tiles take ``tiles x C x T²`` bytes, plane weights (with a focus map) ``tiles x Z x
-    T²``; a TIFF output also keeps its OME-Zarr pyramid (``4/3 x H x W x C`` bytes, plus the label
-    pyramid) in the cache until it is streamed into the TIFF. Done markers are empty files.
+    T²``, each extra output (blur mask) ``tiles x T²``; a TIFF output also keeps its OME-Zarr
+    pyramid (``4/3 x H x W x C`` bytes, plus one channel per label pyramid) in the cache until it
+    is streamed into the TIFF. Done markers are empty files.
     """
-    per_tile = 3 + (planes if config.focus_map else 0)
+    extras = len(config.extras)
+    per_tile = 3 + (planes if config.focus_map else 0) + extras
     total = len(plan) * per_tile * plan.tile * plan.tile
     if fmt != "ome-zarr":
         h, w = plan.shape
-        total += (h * w * (3 + (1 if config.focus_map else 0)) * 4) // 3
+        total += (h * w * (3 + (1 if config.focus_map else 0) + extras) * 4) // 3
     return total
 
 
@@ -402,6 +435,18 @@ def _prepare_image(
     )
     if config.focus_map:
         add_label(group, "focus_map", job.plan.shape, chunk=config.chunk)
+    for name in job.extras:
+        # A continuous 0..255 map, not classes: levels are 2x2 means, and the colour table
+        # fades from transparent (0) to opaque orange (255) for viewers that honour it.
+        add_label(
+            group,
+            name,
+            job.plan.shape,
+            chunk=config.chunk,
+            colors=_RAMP_COLOURS,
+            downsample="mean",
+            description=EXTRA_OUTPUTS.get(name, {}).get("meaning", name),
+        )
 
 
 def _finish_pyramid(dest: Destination, config: RunConfig) -> None:
@@ -413,6 +458,8 @@ def _finish_pyramid(dest: Destination, config: RunConfig) -> None:
     build_pyramid(group, compute=True)
     if config.focus_map:
         build_label_pyramid(group, "focus_map", compute=True)
+    for name in config.extras:
+        build_label_pyramid(group, name, compute=True)
 
 
 def _write_final(
@@ -442,7 +489,25 @@ def _write_final(
         write_label_tiff(label_levels(group, "focus_map"), partial_map, mpp=mpp)
         publish(partial_map, dest.focus_map_tiff)
         extra.append(dest.focus_map_tiff)
+    for name in config.extras:
+        final = extra_tiff_path(dest, name)
+        partial = final.with_name(final.name + ".partial")
+        meaning = EXTRA_OUTPUTS.get(name, {}).get("meaning", name)
+        write_label_tiff(
+            label_levels(group, name), partial, mpp=mpp, description=f"wsi_fusion {name}: {meaning}"
+        )
+        publish(partial, final)
+        extra.append(final)
     return extra
+
+
+def extra_tiff_path(dest: Destination, name: str) -> Path:
+    """``NAME.<extra>.tif`` beside a TIFF output (like the focus map's ``NAME.focus.tif``)."""
+    return dest.output.with_name(f"{stem(dest.output)}.{name}.tif")
+
+
+#: Display colours of a continuous 0..255 label: transparent at 0, opaque orange at 255.
+_RAMP_COLOURS = {v: (255, 120, 0, v) for v in range(256)}
 
 
 def _provenance(

@@ -53,6 +53,13 @@ from wsi_fusion.cli._progress import BarProgress
     help="Also write the focus/depth map (labels in OME-Zarr, .focus.tif for TIFF).",
 )
 @click.option(
+    "--blur-mask",
+    is_flag=True,
+    default=None,
+    help="cgan_blurmask: also write its blur mask, where the image was synthesised "
+    "(labels/blur_mask in OME-Zarr, .blur_mask.tif for TIFF).",
+)
+@click.option(
     "--register",
     type=click.Choice(["auto", "on", "off"]),
     default=None,
@@ -110,6 +117,7 @@ def fuse(
     ngff_version: str | None,
     lossless: bool,
     focus_map: bool | None,
+    blur_mask: bool | None,
     register: str | None,
     no_tissue: bool,
     batch_size: int | None,
@@ -134,6 +142,7 @@ def fuse(
         "format": fmt,
         "ngff_version": ngff_version,
         "focus_map": focus_map,
+        "blur_mask": blur_mask,
         "scheduler": scheduler,
         "workers": workers,
         "compression": "deflate" if lossless else None,

@@ -5,18 +5,29 @@ A fuser takes a tile stack ``(Z, C, H, W)`` float32 in [0, 1] and returns the fu
 decisions, ``None`` only for generative fusers). It declares ``margin``: the width of the border
 of its output that depends on pixels outside the tile. The tile plan refuses an overlap smaller
 than twice the margin, which is what makes tiled fusion equal whole-image fusion.
+
+Some fusers can also produce *extra outputs*: per-pixel maps in [0, 1] that explain the fused
+tile (``cgan_blurmask``'s blur mask shows which regions its generator synthesised). A fuser lists
+the names it can produce in ``extra_outputs``; the pipeline asks for some of them with
+:meth:`Fuser.request_extras`, and the fuser then returns each in ``FusionResult.extras``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
 from wsi_fusion._types import FusedTile, PlaneWeights, TileStack
+from wsi_fusion.errors import ConfigError
+
+#: An extra output of one tile: ``(H, W)`` float32 in [0, 1].
+ExtraMap = npt.NDArray[np.float32]
 
 
 class FuserParams(BaseModel):
@@ -31,6 +42,8 @@ class FusionResult:
 
     fused: FusedTile
     weights: PlaneWeights | None
+    #: The extra outputs the fuser was asked for (:meth:`Fuser.request_extras`), by name.
+    extras: Mapping[str, ExtraMap] = field(default_factory=dict)
 
 
 class Fuser(ABC):
@@ -47,9 +60,27 @@ class Fuser(ABC):
     min_planes: ClassVar[int] = 2
     #: Whether the fuser needs trained weights.
     needs_weights: ClassVar[bool] = False
+    #: Names of the extra outputs the fuser can produce (see :meth:`request_extras`).
+    extra_outputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any) -> None:
         self.params = self.Params(**params)
+        #: Extra outputs every result carries, in request order (none unless requested).
+        self.extras: tuple[str, ...] = ()
+
+    def request_extras(self, names: Iterable[str]) -> None:
+        """Make every :class:`FusionResult` of this fuser carry the extra outputs ``names``.
+
+        Raises
+        ------
+        ConfigError
+            If the fuser cannot produce one of them; the message names the fusers that can.
+        """
+        wanted = tuple(dict.fromkeys(names))
+        for name in wanted:
+            if name not in self.extra_outputs:
+                raise ConfigError(unsupported_extra_message(self.name, name))
+        self.extras = wanted
 
     @property
     @abstractmethod
@@ -72,6 +103,19 @@ class Fuser(ABC):
     def describe(self) -> dict[str, Any]:
         """Name, parameters and weight provenance, for run metadata."""
         return {"name": self.name, "params": self.params.model_dump(), "paper": self.paper}
+
+
+def unsupported_extra_message(fuser: str, extra: str) -> str:
+    """Why fuser ``fuser`` cannot give ``extra``, naming the registered fusers that can."""
+    from wsi_fusion.fusers._registry import fuser_class, list_fusers
+
+    able = [n for n in list_fusers() if extra in fuser_class(n).extra_outputs]
+    option = "--" + extra.replace("_", "-")
+    fix = f"use --fuser {' or --fuser '.join(able)}" if able else "no registered fuser produces it"
+    return (
+        f"fuser {fuser!r} cannot produce the extra output {extra!r} ({option}); {fix}, "
+        f"or drop {option}"
+    )
 
 
 def one_hot_weights(index: np.ndarray, n_planes: int) -> PlaneWeights:

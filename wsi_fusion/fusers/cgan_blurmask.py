@@ -21,7 +21,10 @@ synthesis error (up to ~3 grey levels measured on flat grey).
 The output is *generated*, not copied from a source plane, so ``weights`` is ``None`` (no
 per-plane decision exists) and the pipeline writes no focus map for this fuser.
 :meth:`CganBlurMaskFuser.blur_mask` returns BM's mask of the reference plane, which shows a
-reader which regions the generator had to synthesise.
+reader which regions the generator had to synthesise. The fuser declares it as the extra output
+``blur_mask`` (``wsi-fusion fuse --blur-mask``): after ``request_extras(["blur_mask"])`` every
+result carries it, taken from the same BM forward pass that conditions the generator (no second
+pass). Blank tiles returned as they are get a zero mask: nothing in them was synthesised.
 
 Which plane is "plane 0"
 ------------------------
@@ -137,6 +140,7 @@ class CganBlurMaskFuser(TorchFuser):
     Params = CganBlurMaskParams
     params: CganBlurMaskParams
     min_planes: ClassVar[int] = 1
+    extra_outputs: ClassVar[tuple[str, ...]] = ("blur_mask",)
     weights_record: ClassVar[WeightsRecord] = WeightsRecord(
         model="cgan_blurmask.lite",
         file="cgan_blurmask/cgan_blurmask.lite.safetensors",
@@ -181,19 +185,31 @@ class CganBlurMaskFuser(TorchFuser):
         """Fuse tiles with batched forward passes (tiles of equal shape share a batch)."""
         stacks = [np.asarray(s, dtype=np.float32) for s in stacks]
         fused: dict[int, Float32Array] = {}
+        masks: dict[int, Float32Array] = {}
         todo: list[int] = []
         for i, s in enumerate(stacks):
             if float(plane_sharpness(s).max()) < BLANK_SML:
                 # Nothing to restore (empty glass, the white outside a slide): the generator
-                # would only add its small synthesis error, so the plane is returned as it is.
+                # would only add its small synthesis error, so the plane is returned as it is,
+                # and its blur mask says that nothing was synthesised.
                 fused[i] = s[s.shape[0] // 2].copy()
+                masks[i] = np.zeros(s.shape[2:], dtype=np.float32)
             else:
                 todo.append(i)
         for group in _groups_by_shape([stacks[i] for i in todo]):
             indices = [todo[j] for j in group]
-            out, _ = self._forward([stacks[i] for i in indices])
+            out, mask = self._forward([stacks[i] for i in indices])
             fused.update(zip(indices, out, strict=True))
-        return [FusionResult(fused=fused[i], weights=None) for i in range(len(stacks))]
+            masks.update(zip(indices, mask, strict=True))
+        want_mask = "blur_mask" in self.extras
+        return [
+            FusionResult(
+                fused=fused[i],
+                weights=None,
+                extras={"blur_mask": masks[i]} if want_mask else {},
+            )
+            for i in range(len(stacks))
+        ]
 
     def blur_mask(self, stack: TileStack) -> Float32Array:
         """BM's blur probability ``(H, W)`` of the reference plane: the regions G synthesised."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,8 @@ class FusionJob:
     channels: int = field(default=3)
     #: Lateral drift of the planes to correct while reading tiles (``None``: read as stored).
     drift: DriftField | None = None
+    #: Extra outputs of the fuser to cache, blend and write as labels (e.g. ``blur_mask``).
+    extras: tuple[str, ...] = ()
 
     def block(self, index: int) -> Box:
         """Output block ``index`` (row-major over a ``chunk`` grid)."""
@@ -91,6 +94,7 @@ def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
         channels=job.channels,
         tile=job.plan.tile,
         default_batch=job.batch_size,
+        extras=job.extras,
     )
     batch: list[int] = []
 
@@ -101,7 +105,9 @@ def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
             weights = (
                 quantize(result.weights) if job.focus_map and result.weights is not None else None
             )
-            cache.write_tile(i, quantize(result.fused), weights)
+            extras = {name: quantize(result.extras[name]) for name in job.extras}
+            # Positional: tests wrap write_tile with a plain ``*args`` signature.
+            cache.write_tile(i, quantize(result.fused), weights, extras)
         batch.clear()
 
     for i in todo:
@@ -117,14 +123,18 @@ def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
 
 
 def _copy_reference(job: FusionJob, cache: TileCache, index: int) -> None:
-    """Background tile: the reference plane unchanged, all weight on it."""
+    """Background tile: the reference plane unchanged, all weight on it, extras 0.
+
+    Extras are 0 because a copied tile was not fused: nothing in it was synthesised.
+    """
     box = job.plan.box(index)
     pixels = thread_stack(job.inputs).read(job.reference_plane, box).transpose(2, 0, 1)
     weights = None
     if job.focus_map:
         choice = np.full((box.h, box.w), job.reference_plane, dtype=np.int64)
         weights = quantize(one_hot_weights(choice, job.planes))
-    cache.write_tile(index, np.ascontiguousarray(pixels), weights)
+    extras = {name: np.zeros((box.h, box.w), dtype=np.uint8) for name in job.extras}
+    cache.write_tile(index, np.ascontiguousarray(pixels), weights, extras)
 
 
 def blend_blocks(job: FusionJob, indices: Sequence[int]) -> int:
@@ -137,6 +147,7 @@ def blend_blocks(job: FusionJob, indices: Sequence[int]) -> int:
     image = zarr.open_group(job.image_path, mode="r+")
     level0 = image_levels(image)[0]
     labels = label_levels(image, "focus_map")[0] if job.focus_map else None
+    extra_labels = {name: label_levels(image, name)[0] for name in job.extras}
     for index in todo:
         block = job.block(index)
         fused = blend_block(job.plan, block, cache.read_fused, job.channels)
@@ -144,6 +155,10 @@ def blend_blocks(job: FusionJob, indices: Sequence[int]) -> int:
         if labels is not None:
             weights = blend_block(job.plan, block, cache.read_weights, job.planes)
             labels[block.y : block.y1, block.x : block.x1] = focus_index(weights)
+        for name, target in extra_labels.items():
+            # The same distance ramps as the pixels: an extra lines up with the fused image.
+            values = blend_block(job.plan, block, partial(cache.read_extra, name), 1)
+            target[block.y : block.y1, block.x : block.x1] = _to_uint8_levels(values[0])
         cache.mark_block(index)
     return len(todo)
 

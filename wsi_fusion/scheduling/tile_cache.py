@@ -1,4 +1,4 @@
-"""On-disk tile cache: fused tiles and their plane weights, with per-tile done markers.
+"""On-disk tile cache: fused tiles, their plane weights and extras, with per-tile done markers.
 
 Phase 1 tasks write each fused tile into its own zarr chunk and then drop an empty marker file;
 no locks are needed because no two tasks share a chunk. A rerun lists the markers and skips the
@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ _FINGERPRINT = "fingerprint.json"
 
 
 class TileCache:
-    """Fused tiles ``(n, C, T, T)`` uint8 and weights ``(n, Z, T, T)`` uint8 under ``root``."""
+    """Fused tiles ``(n, C, T, T)`` uint8, weights ``(n, Z, T, T)`` uint8 and each requested
+    extra output ``(n, 1, T, T)`` uint8 (array ``extra_<name>``) under ``root``."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -41,6 +43,7 @@ class TileCache:
         planes: int,
         tile: int,
         with_weights: bool,
+        extras: Sequence[str] = (),
     ) -> TileCache:
         """Open the cache at ``root`` if it matches ``fingerprint``, else start a fresh one."""
         root = Path(root)
@@ -67,6 +70,14 @@ class TileCache:
                 chunks=(1, planes, tile, tile),
                 dtype="u1",
             )
+        for name in extras:
+            # (n, 1, T, T): one channel, so blend_block reads an extra like a one-plane tile.
+            group.create_array(
+                _extra_array(name),
+                shape=(n_tiles, 1, tile, tile),
+                chunks=(1, 1, tile, tile),
+                dtype="u1",
+            )
         for name in ("tiles_done", "blocks_done"):
             (root / name).mkdir()
         # The stamp goes last: a cache without it is incomplete and is rebuilt.
@@ -85,10 +96,17 @@ class TileCache:
         return {int(name) for name in os.listdir(self.root / "tiles_done")}
 
     def write_tile(
-        self, index: int, fused: npt.NDArray[np.uint8], weights: npt.NDArray[np.uint8] | None
+        self,
+        index: int,
+        fused: npt.NDArray[np.uint8],
+        weights: npt.NDArray[np.uint8] | None,
+        extras: Mapping[str, npt.NDArray[np.uint8]] | None = None,
     ) -> None:
+        """Store tile ``index`` (extras as ``(T, T)`` uint8), then mark it done."""
         if weights is not None:
             self._array("weights")[index] = weights
+        for name, values in (extras or {}).items():
+            self._array(_extra_array(name))[index] = values[None]
         self._array("fused")[index] = fused
         # The marker is created only after the data is on disk.
         (self.root / "tiles_done" / str(index)).touch()
@@ -98,6 +116,10 @@ class TileCache:
 
     def read_weights(self, index: int) -> npt.NDArray[np.uint8]:
         return np.asarray(self._array("weights")[index])
+
+    def read_extra(self, name: str, index: int) -> npt.NDArray[np.uint8]:
+        """Extra output ``name`` of tile ``index``, ``(1, T, T)`` uint8."""
+        return np.asarray(self._array(_extra_array(name))[index])
 
     # -- output blocks -------------------------------------------------------------------------
     def done_blocks(self) -> set[int]:
@@ -113,6 +135,10 @@ class TileCache:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _extra_array(name: str) -> str:
+    return f"extra_{name}"
 
 
 def quantize(values: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:

@@ -96,13 +96,24 @@ class FuserCache:
         channels: int,
         tile: int,
         default_batch: int,
+        extras: tuple[str, ...] = (),
     ) -> LoadedFuser:
-        """The loaded fuser ``name`` with ``params`` for stacks of ``planes`` x ``tile``²."""
-        key = (name, json.dumps(params, sort_keys=True, default=str), planes, channels, tile)
+        """The loaded fuser ``name`` with ``params`` for stacks of ``planes`` x ``tile``²,
+        producing the extra outputs ``extras``."""
+        key = (
+            name,
+            json.dumps(params, sort_keys=True, default=str),
+            planes,
+            channels,
+            tile,
+            extras,
+        )
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 entry = self._load(name, params, planes, channels, tile, default_batch)
+                if extras:
+                    entry.fuser.request_extras(extras)
                 self._entries[key] = entry
                 self.loads += 1
             return entry

@@ -6,8 +6,8 @@ No single TIFF layout serves every viewer (see ECOSYSTEM.md, "Writing pyramids")
   OME-XML with PhysicalSizeX/Y in µm. Read by QuPath, Bio-Formats, OMERO, tiffslide.
 * :func:`write_generic_tiff`: the "generic tiled TIFF" OpenSlide reads (it ignores SubIFDs):
   every level a page of the main IFD chain, reduced ones marked ``subfiletype=1``.
-* :func:`write_label_tiff`: the focus/depth map as a single-channel, losslessly compressed,
-  pyramidal TIFF.
+* :func:`write_label_tiff`: a label map (the focus/depth map, the blur mask) as a single-channel,
+  losslessly compressed, pyramidal TIFF.
 
 Tiles are read from the zarr levels one tile row at a time and handed to
 :meth:`tifffile.TiffWriter.write` as an iterator, with a small ``buffersize`` so tifffile
@@ -201,8 +201,9 @@ def write_label_tiff(
     tile: int = 512,
     min_side: int = 256,
     compression: Compression = "deflate",
+    description: str = "wsi_fusion focus map (value = focal plane)",
 ) -> Path:
-    """Write a label map (the focus/depth map) as a pyramidal single-channel TIFF.
+    """Write a label map (the focus/depth map, the blur mask) as a pyramidal single-channel TIFF.
 
     Level 0 is in the main IFD and reduced levels in SubIFDs (as OME-TIFF, without OME-XML).
     Reduced levels pick every ``2**l``-th pixel, like
@@ -227,6 +228,8 @@ def write_label_tiff(
     compression
         Lossless only (``"deflate"`` default, ``"zstd"``, ``"lzw"``, ``"none"``): a label map must
         not be altered.
+    description
+        ImageDescription of level 0: what the values mean (ASCII).
 
     Returns
     -------
@@ -269,7 +272,7 @@ def write_label_tiff(
             mpp,
             options,
             subifds=True,
-            description="wsi_fusion focus map (value = focal plane)",
+            description=description,
         )
     logger.info("wrote label TIFF %s (%d levels)", path, len(levels))
     return path

@@ -1,9 +1,12 @@
-"""OME-Zarr (NGFF 0.4 or 0.5) output: the image pyramid and an optional focus-map label.
+"""OME-Zarr (NGFF 0.4 or 0.5) output: the image pyramid and optional label images.
 
 The pipeline first calls :func:`create_image`, which makes every level as an empty array with all
 metadata in place; the blender then fills level 0 chunk by chunk, and :func:`build_pyramid`
-computes levels 1..n from it. The label image (the focus/depth map) follows the same pattern with
-:func:`add_label` and :func:`build_label_pyramid`.
+computes levels 1..n from it. The label images (the focus/depth map, a fuser's extra outputs such
+as the blur mask) follow the same pattern with :func:`add_label` and :func:`build_label_pyramid`.
+A label of class values (the focus map) is reduced by a stride-2 pick; a continuous map stored as
+0..255 (the blur mask) by the 2x2 mean, recorded as the multiscale ``type`` (``nearest`` or
+``mean``) so that :func:`build_label_pyramid` needs no second argument.
 
 * NGFF 0.4 is stored as Zarr v2 (``.zattrs``, ``/`` chunk separator): QuPath, OMERO and
   Bio-Formats read only this. NGFF 0.5 is Zarr v3 with the metadata under the ``ome`` key
@@ -180,6 +183,8 @@ def add_label(
     chunk: int | None = None,
     colors: Mapping[int, Sequence[int]] | None = None,
     properties: Sequence[Mapping[str, Any]] | None = None,
+    downsample: Literal["pick", "mean"] = "pick",
+    description: str | None = None,
 ) -> zarr.Array[Any]:
     """Add an empty label image ``labels/<name>`` with the same levels as the image.
 
@@ -198,6 +203,12 @@ def add_label(
         draw value 0 transparent, so a depth map that stores ``plane + 1`` keeps 0 for "no data".
     properties
         Optional ``image-label`` properties, each a mapping with a ``label-value`` key.
+    downsample
+        How :func:`build_label_pyramid` reduces it: ``"pick"`` (stride-2, for class values that
+        must never be averaged) or ``"mean"`` (2x2 mean, for a continuous map quantised to
+        0..255 such as a probability).
+    description
+        What the values mean, stored in the multiscale ``metadata`` (default: the reduction).
 
     Returns
     -------
@@ -240,14 +251,22 @@ def add_label(
     ]
     ome_attrs = _ngff_attrs(group)
     mpp = _mpp_of(ome_attrs["multiscales"][0])
+    reduction = {
+        "pick": ("downsample_labels2", "stride-2 pick (labels are never averaged)"),
+        "mean": ("downsample2", "2x2 mean, rounding half up, odd edge replicated"),
+    }
+    if downsample not in reduction:
+        raise ValueError(f"downsample {downsample!r} must be 'pick' or 'mean'")
+    func, how = reduction[downsample]
     multiscale = _multiscale(
         name,
         len(image_levels_),
         mpp,
         version,
         channel_axis=False,
-        method="wsi_fusion.pyramid.downsample.downsample_labels2",
-        description="stride-2 pick (labels are never averaged)",
+        method=f"wsi_fusion.pyramid.downsample.{func}",
+        description=how if description is None else f"{description}; levels: {how}",
+        kind="mean" if downsample == "mean" else "nearest",
     )
     image_label: dict[str, Any] = {"source": {"image": "../../"}}
     if version == "0.4":
@@ -320,7 +339,9 @@ def build_pyramid(group: zarr.Group, compute: bool = False) -> Delayed | None:
 
 
 def build_label_pyramid(group: zarr.Group, name: str, compute: bool = False) -> Delayed | None:
-    """Fill levels 1..n of label ``labels/<name>`` from its level 0 with a stride-2 pick.
+    """Fill levels 1..n of label ``labels/<name>`` from its level 0.
+
+    A stride-2 pick, or the 2x2 mean for a label made with ``add_label(downsample="mean")``.
 
     Parameters
     ----------
@@ -336,9 +357,12 @@ def build_label_pyramid(group: zarr.Group, name: str, compute: bool = False) -> 
     dask.delayed.Delayed or None
         As :func:`build_pyramid`.
     """
+    label_group = group[f"labels/{name}"]
+    assert isinstance(label_group, zarr.Group)  # label_levels below raises otherwise
+    kind = _ngff_attrs(label_group).get("multiscales", [{}])[0].get("type")
     return _pyramid(
         label_levels(group, name),
-        downsample_labels2,
+        downsample2 if kind == "mean" else downsample_labels2,
         compute,
         what=f"{group.store_path}/labels/{name}",
     )
@@ -517,10 +541,12 @@ def _multiscale(
     method: str,
     description: str,
     z_scale: float | None = None,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """NGFF ``multiscales`` entry for axes ``[c,] [z,] y, x`` halved in y and x per level.
 
-    ``z_scale`` adds a z axis (same unit as y and x) that keeps its scale at every level.
+    ``z_scale`` adds a z axis (same unit as y and x) that keeps its scale at every level;
+    ``kind`` overrides the ``type`` (default ``mean`` for images, ``nearest`` for labels).
     """
     pixel = 1.0 if mpp is None else float(mpp)
     space: dict[str, Any] = {"type": "space"}
@@ -551,7 +577,7 @@ def _multiscale(
         "name": name,
         "axes": axes,
         "datasets": datasets,
-        "type": "mean" if channel_axis else "nearest",
+        "type": kind or ("mean" if channel_axis else "nearest"),
         "metadata": {"method": method, "description": description},
     }
     if version == "0.4":
