@@ -12,6 +12,7 @@ import click
 from tqdm import tqdm
 
 from wsi_fusion.cli._logs import tame_console
+from wsi_fusion.cli._run_options import run_config, run_options
 
 if TYPE_CHECKING:
     from wsi_fusion.batch.runner import SlideResult
@@ -66,53 +67,14 @@ class BatchBars:
     "--fuser", default=None, help="Fusion method for every slide (default focus_measure)."
 )
 @click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="YAML run config (see configs/); command-line options override it.",
-)
-@click.option(
     "--format",
     "fmt",
     type=click.Choice(["ome-zarr", "ome-tiff", "tiff"]),
     default=None,
     help="Output format of every slide (default ome-zarr).",
 )
-@click.option("--tile", type=int, default=None, help="Tile size in px (default 512).")
-@click.option("--overlap", type=int, default=None, help="Tile overlap in px (default 128).")
-@click.option("--lossless", is_flag=True, help="Lossless (deflate) TIFF tiles instead of JPEG q90.")
 @click.option("--focus-map", is_flag=True, default=None, help="Also write each focus/depth map.")
-@click.option(
-    "--register",
-    type=click.Choice(["auto", "on", "off"]),
-    default=None,
-    help="Align drifting planes: auto (default; when the measured drift > 0.5 px), on, off.",
-)
-@click.option("--no-tissue", is_flag=True, help="Fuse every tile, not only those with tissue.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Learned fusers: tiles per forward pass (default: from free GPU memory).",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16"]),
-    default=None,
-    help="Learned fusers on a GPU: autocast precision (default fp32).",
-)
-@click.option(
-    "--scheduler",
-    default=None,
-    help="threads (default), processes, local-cluster, or a scheduler address (tcp://host:8786).",
-)
-@click.option(
-    "--workers",
-    type=int,
-    default=None,
-    help="Threads/processes, or local-cluster worker processes (default 2; one per GPU).",
-)
+@run_options
 @click.option("--force", is_flag=True, help="Redo slides whose output is already up to date.")
 @click.option("--keep-cache", is_flag=True, help="Keep each slide's tile cache after success.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
@@ -121,21 +83,12 @@ def batch(
     outdir: Path,
     pattern: str | None,
     fuser: str | None,
-    config_path: Path | None,
     fmt: str | None,
-    tile: int | None,
-    overlap: int | None,
-    lossless: bool,
     focus_map: bool | None,
-    register: str | None,
-    no_tissue: bool,
-    batch_size: int | None,
-    precision: str | None,
-    scheduler: str | None,
-    workers: int | None,
     force: bool,
     keep_cache: bool,
     quiet: bool,
+    **run_settings: Any,
 ) -> None:
     """Fuse every slide of SOURCE (a folder or a CSV manifest) into OUTDIR.
 
@@ -148,34 +101,9 @@ def batch(
     """
     from wsi_fusion.batch import DEFAULT_PATTERN, collect_slides, run_batch
     from wsi_fusion.batch.runner import uses_learned_fuser
-    from wsi_fusion.config import load_config
     from wsi_fusion.scheduling.graph import open_runner
 
-    overrides: dict[str, Any] = {
-        "fuser": fuser,
-        "tile": tile,
-        "overlap": overlap,
-        "format": fmt,
-        "focus_map": focus_map,
-        "scheduler": scheduler,
-        "workers": workers,
-        "compression": "deflate" if lossless else None,
-    }
-    config = load_config(config_path, **overrides)
-    if batch_size is not None or precision is not None:
-        chosen = {"batch_size": batch_size, "precision": precision}
-        learned_settings = config.learned.model_copy(
-            update={k: v for k, v in chosen.items() if v is not None}
-        )
-        config = config.model_copy(update={"learned": learned_settings})
-    if no_tissue:
-        config = config.model_copy(
-            update={"tissue": config.tissue.model_copy(update={"enabled": False})}
-        )
-    if register is not None:
-        config = config.model_copy(
-            update={"registration": config.registration.model_copy(update={"mode": register})}
-        )
+    config = run_config(**run_settings, fuser=fuser, format=fmt, focus_map=focus_map)
     slides = collect_slides(source, pattern=pattern or DEFAULT_PATTERN, exclude=(outdir,))
     tame_console()
     learned = uses_learned_fuser(slides, config)

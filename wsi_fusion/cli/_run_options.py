@@ -1,0 +1,125 @@
+"""Options and config resolution shared by ``wsi-fusion fuse`` and ``wsi-fusion batch``.
+
+Both commands take the same run settings (config file, tiling, compression, registration,
+tissue detection, learned-fuser batching, scheduler) and turn them into one validated
+:class:`wsi_fusion.config.RunConfig` the same way; only the inputs and outputs differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from wsi_fusion.config import RunConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OPTIONS = [
+    click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="YAML run config (see configs/); command-line options override it.",
+    ),
+    click.option("--tile", type=int, default=None, help="Tile size in px (default 512)."),
+    click.option("--overlap", type=int, default=None, help="Tile overlap in px (default 128)."),
+    click.option(
+        "--lossless", is_flag=True, help="Lossless (deflate) TIFF tiles instead of JPEG q90."
+    ),
+    click.option(
+        "--register",
+        type=click.Choice(["auto", "on", "off"]),
+        default=None,
+        help="Align drifting planes: auto (default; when the measured drift > 0.5 px), on, off.",
+    ),
+    click.option("--no-tissue", is_flag=True, help="Fuse every tile, not only those with tissue."),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Learned fusers: tiles per forward pass (default: from free GPU memory).",
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(["fp32", "fp16", "bf16"]),
+        default=None,
+        help="Learned fusers on a GPU: autocast precision (default fp32).",
+    ),
+    click.option(
+        "--scheduler",
+        default=None,
+        help="threads (default), processes, sync, local-cluster, or a scheduler address "
+        "(tcp://host:8786, e.g. a SLURM cluster's).",
+    ),
+    click.option(
+        "--workers",
+        type=int,
+        default=None,
+        help="Worker threads/processes (default: all cores); local-cluster: worker processes "
+        "(default 2, or one per GPU for learned fusers).",
+    ),
+]
+
+
+def run_options(command: F) -> F:
+    """Add the shared run options (``--config`` ... ``--workers``) to a click command.
+
+    The command receives them as ``config_path, tile, overlap, lossless, register, no_tissue,
+    batch_size, precision, scheduler, workers`` (collect them with ``**run_settings``) and
+    passes them on to :func:`run_config`.
+    """
+    for option in reversed(_OPTIONS):  # click applies decorators bottom-up
+        command = option(command)
+    return command
+
+
+def run_config(
+    config_path: Path | None,
+    *,
+    tile: int | None,
+    overlap: int | None,
+    lossless: bool,
+    register: str | None,
+    no_tissue: bool,
+    batch_size: int | None,
+    precision: str | None,
+    scheduler: str | None,
+    workers: int | None,
+    **overrides: Any,
+) -> RunConfig:
+    """The run config: the YAML file (or defaults) with the command-line options applied.
+
+    ``overrides`` are further top-level settings of the command (``fuser``, ``format``, ...);
+    ``None`` means "not given" and keeps the file's value.
+    """
+    from wsi_fusion.config import load_config
+
+    config = load_config(
+        config_path,
+        **overrides,
+        tile=tile,
+        overlap=overlap,
+        scheduler=scheduler,
+        workers=workers,
+        compression="deflate" if lossless else None,
+    )
+    if batch_size is not None or precision is not None:
+        chosen = {"batch_size": batch_size, "precision": precision}
+        learned_settings = config.learned.model_copy(
+            update={k: v for k, v in chosen.items() if v is not None}
+        )
+        config = config.model_copy(update={"learned": learned_settings})
+    if no_tissue:
+        config = config.model_copy(
+            update={"tissue": config.tissue.model_copy(update={"enabled": False})}
+        )
+    if register is not None:
+        config = config.model_copy(
+            update={"registration": config.registration.model_copy(update={"mode": register})}
+        )
+    return config
