@@ -293,3 +293,21 @@ def test_blur_mask_changes_the_digest_and_the_cache_fingerprint(textured_stack) 
     assert pipeline._fingerprint((str(stack),), off) != pipeline._fingerprint((str(stack),), on)
     # Off, the switch is left out of the digest: runs made before it existed keep theirs.
     assert pipeline._switches_off(off) == {"blur_mask"} and not pipeline._switches_off(on)
+
+
+def test_cli_blur_mask_flag_names_the_fusers_that_can(
+    textured_stack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from helpers import run_cli
+
+    stack, _ = textured_stack
+    out = tmp_path / "out.ome.zarr"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "fuse", str(stack), "-o", str(out), "--fuser", "plane", "--blur-mask"
+    )
+    assert code == 1
+    assert "'plane' cannot produce the extra output 'blur_mask'" in err
+    assert "--fuser cgan_blurmask" in err and not out.exists()

@@ -148,6 +148,40 @@ def test_one_and_two_plane_inputs_and_batching(mode: str) -> None:
     assert mask.shape == (48, 64) and mask.min() >= 0 and mask.max() <= 1
 
 
+def test_blur_mask_extra_comes_from_the_same_forward_pass() -> None:
+    fuser = CganBlurMaskFuser.untrained(seed=0, device="cpu", mode="few", batch_size=2)
+    assert CganBlurMaskFuser.extra_outputs == ("blur_mask",)
+    stack = reference_stack()
+    blank = np.full_like(stack, 0.9)
+    plain = fuser.fuse_batch([stack, blank])
+    assert all(not r.extras for r in plain)
+
+    fuser.request_extras(["blur_mask"])
+    forwards = []
+    model = fuser.model
+    model.register_forward_hook(lambda *args: forwards.append(1))
+    with_mask = fuser.fuse_batch([stack, stack[:, :, :20, :30].copy(), blank])
+    assert len(forwards) == 2  # one batch per tile shape; the blank tile needs none
+    for r, s in zip(with_mask, [stack, stack[:, :, :20, :30], blank], strict=True):
+        mask = r.extras["blur_mask"]
+        assert mask.shape == s.shape[2:] and mask.dtype == np.float32
+        assert 0.0 <= mask.min() and mask.max() <= 1.0
+    np.testing.assert_allclose(with_mask[0].fused, plain[0].fused, atol=1e-6)
+    np.testing.assert_allclose(with_mask[0].extras["blur_mask"], fuser.blur_mask(stack), atol=1e-6)
+    # A blank tile is returned as it is: nothing was synthesised.
+    assert not with_mask[2].extras["blur_mask"].any()
+
+
+def test_an_extra_the_fuser_cannot_produce_is_refused() -> None:
+    from wsi_fusion.errors import ConfigError
+    from wsi_fusion.fusers import create_fuser
+
+    with pytest.raises(ConfigError, match=r"'focus_measure'.*'blur_mask'.*--fuser cgan_blurmask"):
+        create_fuser("focus_measure").request_extras(["blur_mask"])
+    with pytest.raises(ConfigError, match="'depth'"):
+        CganBlurMaskFuser.untrained(device="cpu").request_extras(["depth"])
+
+
 # -- shipped weights -----------------------------------------------------------------------------
 
 

@@ -170,6 +170,51 @@ def test_label_pyramid_picks_pixels(pyramid: zarr.Group) -> None:
     assert _ome(pyramid["labels"])["labels"] == ["focus_map"]
 
 
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_continuous_label_is_averaged_and_valid(tmp_path: Path, version: str) -> None:
+    """A 0..255 map (the blur mask) as a label: levels are 2x2 means, metadata says so."""
+    if version == "0.4":
+        from ome_zarr_models.v04 import ImageLabel, Labels
+    else:
+        from ome_zarr_models.v05 import ImageLabel, Labels
+    group = create_image(
+        tmp_path / "m.ome.zarr", (3, 300, 420), chunk=128, mpp=MPP, ngff_version=version
+    )
+    ramp = {v: (255, 120, 0, v) for v in range(256)}
+    level0 = add_label(
+        group,
+        "blur_mask",
+        chunk=128,
+        colors=ramp,
+        downsample="mean",
+        description="blur probability x 255",
+    )
+    add_label(group, "focus_map", chunk=128)
+    values = np.random.default_rng(0).integers(0, 256, (300, 420), dtype=np.uint8)
+    level0[:] = values
+    build_label_pyramid(group, "blur_mask", compute=True)
+    levels = label_levels(group, "blur_mask")
+    np.testing.assert_array_equal(levels[1][:], downsample2(values))
+    meta = _ome(group["labels/blur_mask"])
+    assert meta["multiscales"][0]["type"] == "mean"
+    assert "blur probability" in meta["multiscales"][0]["metadata"]["description"]
+    assert len(meta["image-label"]["colors"]) == 256
+    assert _ome(group["labels"])["labels"] == ["blur_mask", "focus_map"]
+    Labels.from_zarr(group["labels"])
+    ImageLabel.from_zarr(group["labels/blur_mask"])
+    with pytest.raises(ValueError, match="'pick' or 'mean'"):
+        add_label(group, "bad", downsample="max")  # type: ignore[arg-type]
+
+    path = tmp_path / "m.blur_mask.tif"
+    write_label_tiff(levels[0], path, mpp=MPP, tile=TILE, description="wsi_fusion blur_mask")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].description == "wsi_fusion blur_mask"
+        stored = [lv.asarray() for lv in tif.series[0].levels]
+    assert len(stored) == len(levels)
+    for arr, lv in zip(stored, levels, strict=True):
+        np.testing.assert_array_equal(arr, lv[:])
+
+
 def test_build_pyramid_is_lazy_and_ordered(
     tmp_path: Path, image: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:

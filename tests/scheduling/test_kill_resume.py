@@ -33,9 +33,9 @@ tile_delay = float(os.environ.get("TEST_TILE_DELAY", "0"))
 block_delay = float(os.environ.get("TEST_BLOCK_DELAY", "0"))
 write_tile, mark_block = TileCache.write_tile, TileCache.mark_block
 
-def slow_write_tile(self, *args):
+def slow_write_tile(self, *args, **kwargs):
     time.sleep(tile_delay)
-    write_tile(self, *args)
+    write_tile(self, *args, **kwargs)
 
 def slow_mark_block(self, index):
     time.sleep(block_delay)  # the block's pixels are written; its marker not yet
