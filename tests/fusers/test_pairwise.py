@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 from conftest import FloatArray, depth_map, focal_stack, psnr, sharp_image
 
+from wsi_fusion.errors import ConfigError
 from wsi_fusion.fusers._filters import box_mean, luminance
 from wsi_fusion.fusers.base import weighted_sum
 from wsi_fusion.fusers.pairwise import (
+    baseline_plane,
     calibrated_weights,
+    check_serial_depth,
     decision_volume,
     fuse_pairwise,
     serial_margin,
@@ -178,3 +181,15 @@ def test_single_plane_and_margin() -> None:
 def test_unknown_strategy_is_refused(small_stack: tuple[FloatArray, FloatArray]) -> None:
     with pytest.raises(ValueError, match="unknown pairwise strategy"):
         fuse_pairwise(small_stack[1], VarianceDecider(), "parallel")  # type: ignore[arg-type]
+
+
+def test_baseline_plane_is_the_middle_or_clipped() -> None:
+    assert [baseline_plane(-1, z) for z in (1, 2, 5)] == [0, 1, 2]
+    assert [baseline_plane(3, z) for z in (2, 4, 6)] == [1, 3, 3]
+
+
+def test_serial_depth_beyond_max_planes_is_refused() -> None:
+    check_serial_depth("x", "serial", 3, 3, 10)
+    check_serial_depth("x", "round_robin", 9, 3, 10)  # only serial folding is limited
+    with pytest.raises(ConfigError, match=r"max_planes >= 4 .*overlap of at least 60 px"):
+        check_serial_depth("x", "serial", 4, 3, 10)

@@ -58,13 +58,17 @@ import numpy.typing as npt
 from pydantic import Field
 
 from wsi_fusion._types import TileStack
-from wsi_fusion.errors import ConfigError
 from wsi_fusion.fusers._filters import luminance
 from wsi_fusion.fusers._registry import register_fuser
 from wsi_fusion.fusers._torch import TorchFuser, TorchParams
 from wsi_fusion.fusers._weights import WeightsRecord
 from wsi_fusion.fusers.base import FusionResult
-from wsi_fusion.fusers.pairwise import fuse_pairwise, serial_margin
+from wsi_fusion.fusers.pairwise import (
+    baseline_plane,
+    check_serial_depth,
+    fuse_pairwise,
+    serial_margin,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -216,16 +220,11 @@ class GACNFuser(TorchFuser):
         return _CachedPlanes(self, stack).decide_pairs(stack, pairs)
 
     def _baseline(self, z: int) -> int:
-        return z // 2 if self.params.baseline < 0 else min(self.params.baseline, z - 1)
+        return baseline_plane(self.params.baseline, z)
 
     def _check_depth(self, z: int) -> None:
         p = self.params
-        if p.strategy == "serial" and z > p.max_planes:
-            raise ConfigError(
-                f"gacn serial fusion of {z} planes needs max_planes >= {z} (got "
-                f"{p.max_planes}); set max_planes={z} and a tile overlap of at least "
-                f"{2 * serial_margin(self.dm_margin, z)} px, or use strategy='round_robin'"
-            )
+        check_serial_depth("gacn", p.strategy, z, p.max_planes, self.dm_margin)
 
     def fuse(self, stack: TileStack) -> FusionResult:
         stack = np.asarray(stack, dtype=np.float32)

@@ -61,6 +61,7 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_fusion._types import PlaneWeights, TileStack
+from wsi_fusion.errors import ConfigError
 from wsi_fusion.fusers.base import FusionResult, one_hot_weights, weighted_sum
 
 Float32Array = npt.NDArray[np.float32]
@@ -110,6 +111,34 @@ def serial_margin(pair_margin: int, n_planes: int) -> int:
     of the steps before it, so the halo adds up over the ``n_planes − 1`` folds.
     """
     return pair_margin * max(n_planes - 1, 1)
+
+
+def check_serial_depth(
+    fuser: str, strategy: str, n_planes: int, max_planes: int, pair_margin: int
+) -> None:
+    """Refuse serial folding of more planes than the tile margin was sized for.
+
+    The serial margin grows with the number of planes (:func:`serial_margin`), and the fuser
+    declared it for ``max_planes``; a deeper stack would be unreliable inside the overlap.
+
+    Raises
+    ------
+    ConfigError
+        ``strategy`` is ``"serial"`` and ``n_planes > max_planes``; the message gives the
+        ``max_planes`` and overlap to set, or the strategy to use instead.
+    """
+    if strategy == "serial" and n_planes > max_planes:
+        raise ConfigError(
+            f"{fuser} serial fusion of {n_planes} planes needs max_planes >= {n_planes} (got "
+            f"{max_planes}); set max_planes={n_planes} and a tile overlap of at least "
+            f"{2 * serial_margin(pair_margin, n_planes)} px, or use strategy='round_robin'"
+        )
+
+
+def baseline_plane(baseline: int, n_planes: int) -> int:
+    """The calibration's baseline plane: the middle one for ``baseline=-1``, else ``baseline``
+    clipped to the stack."""
+    return n_planes // 2 if baseline < 0 else min(baseline, n_planes - 1)
 
 
 def fuse_serial(stack: TileStack, decider: PairwiseDecider) -> FusionResult:
