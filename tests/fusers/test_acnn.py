@@ -1,23 +1,17 @@
-"""ACNN: dense = patch-wise scores, reach, refinement, strategies, shipped weights, reference."""
+"""ACNN: dense = patch-wise scores, reach, refinement, margins, batching.
+
+The checks shared with gacn (contract, shipped weights, reference, bad files) are in
+``test_decision_fusers.py``.
+"""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from learned_checks import (
-    check_bad_weights,
-    check_beats_every_plane,
-    check_reference,
-    check_sha256,
-    check_weights_contract,
-    needs_weights,
-    reference_stack,
-    regenerate,
-)
+from learned_checks import needs_weights, reference_stack, regenerate
 
 from wsi_fusion.errors import ConfigError
 from wsi_fusion.fusers import create_fuser
@@ -97,36 +91,6 @@ def test_margins_and_serial_refusal() -> None:
     make_plan((2048, 2048), tile=512, overlap=128, margin=calib.margin)
     with pytest.raises(ConfigError, match="max_planes"):
         serial.fuse(np.zeros((4, 3, 24, 24), np.float32))
-
-
-@pytest.mark.parametrize("strategy", ["round_robin", "calibration", "serial"])
-def test_untrained_strategies_keep_contract(strategy: str) -> None:
-    stack = reference_stack()
-    check_weights_contract(ACNNFuser.untrained(device="cpu", strategy=strategy).fuse(stack), stack)
-
-
-@shipped_weights
-def test_shipped_weights_load_and_match_sha256() -> None:
-    check_sha256(ACNNFuser)
-
-
-@shipped_weights
-def test_reference_output() -> None:
-    check_reference("acnn")
-
-
-def test_bad_weights_are_refused(tmp_path: Path) -> None:
-    from wsi_fusion.nets.gacn import GACN
-    from wsi_fusion.nets.gacn import SMALL as OTHER
-
-    check_bad_weights(ACNNFuser, GACN(OTHER), tmp_path)
-
-
-@shipped_weights
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["round_robin", "calibration", "serial"])
-def test_trained_acnn_beats_every_plane(strategy: str) -> None:
-    check_beats_every_plane("acnn", strategy=strategy)
 
 
 @shipped_weights

@@ -1,22 +1,16 @@
-"""GACN: network reach, differentiable Q_g, strategies, shipped weights, reference output."""
+"""GACN: network reach, antisymmetry, differentiable Q_g, Dice, margins, batching.
+
+The checks shared with acnn (contract, shipped weights, reference, bad files) are in
+``test_decision_fusers.py``.
+"""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from learned_checks import (
-    check_bad_weights,
-    check_beats_every_plane,
-    check_reference,
-    check_sha256,
-    check_weights_contract,
-    needs_weights,
-    reference_stack,
-    regenerate,
-)
+from learned_checks import reference_stack, regenerate
 
 from wsi_fusion.errors import ConfigError
 from wsi_fusion.fusers.gacn import DM_HALO, GACNFuser
@@ -26,8 +20,6 @@ torch = pytest.importorskip("torch")
 
 from wsi_fusion.nets.gacn import GACN, SMALL, ChannelSE, receptive_halo  # noqa: E402
 from wsi_fusion.training.gacn import dice_loss, qg_loss  # noqa: E402
-
-shipped_weights = needs_weights(GACNFuser)
 
 
 def test_halo_constant_matches_network() -> None:
@@ -96,36 +88,6 @@ def test_margins_and_serial_refusal() -> None:
     make_plan((2048, 2048), tile=512, overlap=128, margin=calib.margin)
     with pytest.raises(ConfigError, match="max_planes"):
         serial.fuse(np.zeros((4, 3, 16, 16), np.float32))
-
-
-@pytest.mark.parametrize("strategy", ["round_robin", "calibration", "serial"])
-def test_untrained_strategies_keep_contract(strategy: str) -> None:
-    stack = reference_stack()
-    check_weights_contract(GACNFuser.untrained(device="cpu", strategy=strategy).fuse(stack), stack)
-
-
-@shipped_weights
-def test_shipped_weights_load_and_match_sha256() -> None:
-    check_sha256(GACNFuser)
-
-
-@shipped_weights
-def test_reference_output() -> None:
-    check_reference("gacn")
-
-
-def test_bad_weights_are_refused(tmp_path: Path) -> None:
-    from wsi_fusion.nets.acnn import ACNN
-    from wsi_fusion.nets.acnn import SMALL as OTHER
-
-    check_bad_weights(GACNFuser, ACNN(OTHER), tmp_path)
-
-
-@shipped_weights
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["round_robin", "calibration", "serial"])
-def test_trained_gacn_beats_every_plane(strategy: str) -> None:
-    check_beats_every_plane("gacn", strategy=strategy)
 
 
 def test_fuse_batch_equals_fuse_per_tile() -> None:
