@@ -208,7 +208,7 @@ def test_continuous_label_is_averaged_and_valid(tmp_path: Path, version: str) ->
     path = tmp_path / "m.blur_mask.tif"
     write_label_tiff(levels[0], path, mpp=MPP, tile=TILE, description="wsi_fusion blur_mask")
     with tifffile.TiffFile(path) as tif:
-        assert tif.pages[0].description == "wsi_fusion blur_mask"
+        assert tif.pages.first.description == "wsi_fusion blur_mask"
         stored = [lv.asarray() for lv in tif.series[0].levels]
     assert len(stored) == len(levels)
     for arr, lv in zip(stored, levels, strict=True):
