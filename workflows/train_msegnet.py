@@ -121,17 +121,14 @@ def evaluate(
     from wsi_fusion.fusers.msegnet import MSegNetFuser, fuse_decisions
     from wsi_fusion.metrics import psnr, ssim
     from wsi_fusion.training.data import heldout_stacks
-    from wsi_fusion.training.heldout import to_image, validation_stacks
+    from wsi_fusion.training.heldout import to_image, to_tile, validation_stacks
 
     torch.set_num_threads(1)
     if validation:
         stacks = validation_stacks(n=n, n_planes=planes, prefix="train_rows")
     else:
         stacks = heldout_stacks(n=n, size=side, n_planes=planes, noise=0.005)
-    tiles = {
-        name: np.ascontiguousarray(s.planes.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-        for name, s in stacks
-    }
+    tiles = {name: to_tile(s) for name, s in stacks}
     truth = {name: s.ground_truth for name, s in stacks}
 
     rows: dict[str, dict[str, object]] = {}

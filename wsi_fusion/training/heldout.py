@@ -27,6 +27,11 @@ CLASSICAL: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def to_tile(stack: SynthStack) -> npt.NDArray[np.float32]:
+    """A synthetic stack's uint8 ``(Z, H, W, C)`` planes as a float ``(Z, C, H, W)`` tile."""
+    return np.ascontiguousarray(stack.planes.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+
+
 def to_image(fused: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
     """A fused ``(C, H, W)`` float image in [0, 1] as ``(H, W, C)`` uint8 (the metrics' input)."""
     return np.clip(np.rint(fused.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
@@ -72,10 +77,7 @@ def compare_on_stacks(
     compared: Mapping[str, tuple[str, dict[str, Any]]], stacks: list[tuple[str, SynthStack]]
 ) -> dict[str, Any]:
     """PSNR/SSIM against ground truth and tiles/s of each fuser on ``stacks``."""
-    tiles = {
-        name: np.ascontiguousarray(s.planes.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-        for name, s in stacks
-    }
+    tiles = {name: to_tile(s) for name, s in stacks}
     truth = {name: s.ground_truth for name, s in stacks}
     rows: dict[str, dict[str, Any]] = {}
     for label, (name, params) in compared.items():
@@ -125,7 +127,7 @@ def time_interleaved(
     disturbed run.
     """
     _, stack = heldout_stacks(n=1, size=side, n_planes=planes, noise=0.005)[0]
-    tile = np.ascontiguousarray(stack.planes.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    tile = to_tile(stack)
     fusers = {label: create_fuser(name, **params) for label, (name, params) in compared.items()}
     for fuser in fusers.values():
         fuser.fuse(tile[:, :, :64, :64])  # warm-up (model load)
