@@ -319,3 +319,14 @@ def test_cli_blur_mask_flag_names_the_fusers_that_can(
     assert code == 1
     assert "'plane' cannot produce the extra output 'blur_mask'" in err
     assert "--fuser cgan_blurmask" in err and not out.exists()
+
+
+def test_focus_map_is_refused_for_a_generative_fuser(
+    cgan: None, half_blurred_slide: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    from wsi_fusion.errors import ConfigError
+
+    slide, _ = half_blurred_slide
+    config = RunConfig(fuser="cgan_blurmask", focus_map=True, **CGAN)
+    with pytest.raises(ConfigError, match="no plane weights.*drop --focus-map"):
+        fuse_slide([slide], tmp_path / "out.ome.zarr", config)

@@ -19,7 +19,7 @@ as their middle plane: there is nothing to restore, and the generator would only
 synthesis error (up to ~3 grey levels measured on flat grey).
 
 The output is *generated*, not copied from a source plane, so ``weights`` is ``None`` (no
-per-plane decision exists) and the pipeline writes no focus map for this fuser.
+per-plane decision exists) and the pipeline refuses ``--focus-map`` for this fuser.
 :meth:`CganBlurMaskFuser.blur_mask` returns BM's mask of the reference plane, which shows a
 reader which regions the generator had to synthesise. The fuser declares it as the extra output
 ``blur_mask`` (``wsi-fusion fuse --blur-mask``): after ``request_extras(["blur_mask"])`` every

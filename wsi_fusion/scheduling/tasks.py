@@ -17,6 +17,7 @@ import numpy.typing as npt
 import zarr
 
 from wsi_fusion._types import Box, TileStack
+from wsi_fusion.errors import ConfigError
 from wsi_fusion.fusers.base import one_hot_weights
 from wsi_fusion.io.writers.ome_zarr import image_levels, label_levels
 from wsi_fusion.registration import DriftField
@@ -102,6 +103,12 @@ def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
         # Groups of tiles go through one fuse_batch call: learned fusers batch forward passes.
         stacks = [read_tile_stack(job, job.plan.box(i)) for i in batch]
         for i, result in zip(batch, fuser.fuse_batch(stacks), strict=True):
+            if job.focus_map and result.weights is None:
+                # Blending missing weights would give an all-zero map that looks like a result.
+                raise ConfigError(
+                    f"fuser {job.fuser!r} generates its output and gives no plane weights, so "
+                    "there is no focus map to write; drop --focus-map (focus_map: false)"
+                )
             weights = (
                 quantize(result.weights) if job.focus_map and result.weights is not None else None
             )
