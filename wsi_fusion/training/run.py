@@ -259,3 +259,24 @@ def train_workflow(
     cfg = load_train_config(args.config, model_cls, steps=args.steps, max_seconds=args.max_seconds)
     history, sha, seconds = train(cfg, root, progress=not args.no_progress)
     return finish_run(root / cfg.checkpoint, training_summary(cfg, history, seconds, sha))
+
+
+def save_and_finish(
+    cfg: TrainRun,
+    net: torch.nn.Module,
+    history: list[dict[str, float]],
+    seconds: float,
+    steps_done: int,
+) -> int:
+    """For workflows that run their own loop: save the weights once ``cfg.steps`` are done,
+    write the summary (with ``output``) next to the checkpoint; 0 done, 1 rerun to resume.
+
+    Paths in ``cfg`` are relative to the working directory.
+    """
+    from wsi_fusion.fusers._weights import save_weights
+
+    done = steps_done >= cfg.steps
+    sha = save_weights(net, Path(cfg.output)) if done else None
+    output = cfg.output if done else None
+    summary = training_summary(cfg, history, seconds, sha, steps_done=steps_done, output=output)
+    return finish_run(Path(cfg.checkpoint), summary)
