@@ -9,7 +9,7 @@ Regenerate a decision fuser's reference after retraining with
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,6 +28,19 @@ if TYPE_CHECKING:
 DATA = Path(__file__).parent / "data"
 
 F = TypeVar("F", bound=TorchFuser)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test: tiny tensors, and several threads on a shared CPU are
+    5-10x slower. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")`` after
+    importing it into the test module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # -- shipped weights ------------------------------------------------------------------------------
