@@ -25,27 +25,32 @@ if TYPE_CHECKING:  # torch stays lazy for importers of this module
 log = logging.getLogger(__name__)
 
 
-class TrainRun(Protocol):
-    """The fields of a training config that the shared run uses."""
+class RunRecord(Protocol):
+    """The fields of a training config that the summary and the saving use."""
 
-    @property
-    def seed(self) -> int: ...
     @property
     def steps(self) -> int: ...
     @property
     def threads(self) -> int: ...
     @property
-    def max_seconds(self) -> float | None: ...
-    @property
     def checkpoint(self) -> str: ...
     @property
     def output(self) -> str: ...
+
+    def model_dump(self) -> dict[str, Any]: ...
+
+
+class TrainRun(RunRecord, Protocol):
+    """The fields of a training config that :func:`train_and_save` uses."""
+
+    @property
+    def seed(self) -> int: ...
+    @property
+    def max_seconds(self) -> float | None: ...
     @property
     def log_every(self) -> int: ...
     @property
     def checkpoint_every(self) -> int: ...
-
-    def model_dump(self) -> dict[str, Any]: ...
 
 
 #: What a workflow's ``build`` returns: the network to save, the step function, the optimiser
@@ -151,7 +156,7 @@ def hardware(threads: int) -> str:
 
 
 def training_summary(
-    cfg: TrainRun,
+    cfg: RunRecord,
     history: list[dict[str, float]],
     seconds: float,
     sha: str | None,
@@ -262,7 +267,7 @@ def train_workflow(
 
 
 def save_and_finish(
-    cfg: TrainRun,
+    cfg: RunRecord,
     net: torch.nn.Module,
     history: list[dict[str, float]],
     seconds: float,
