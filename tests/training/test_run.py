@@ -92,9 +92,9 @@ def test_save_and_finish_saves_only_a_finished_run(
     Path("ck").mkdir()  # the training loop made it
     net = torch.nn.Linear(2, 1)
     cfg = TinyRun()
-    assert save_and_finish(cfg, net, [], 0.1, steps_done=3) == 1
+    assert save_and_finish(cfg, net, [], 0.1, steps_done=3) == (1, None)
     assert not Path(cfg.output).exists()
     assert json.loads(Path("ck/tiny.summary.json").read_text())["output"] is None
-    assert save_and_finish(cfg, net, [], 0.1, steps_done=6) == 0
-    assert Path(cfg.output).exists()
+    status, sha = save_and_finish(cfg, net, [], 0.1, steps_done=6)
+    assert status == 0 and sha and Path(cfg.output).exists()
     assert json.loads(Path("ck/tiny.summary.json").read_text())["output"] == cfg.output

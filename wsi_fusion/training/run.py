@@ -272,11 +272,12 @@ def save_and_finish(
     history: list[dict[str, float]],
     seconds: float,
     steps_done: int,
-) -> int:
-    """For workflows that run their own loop: save the weights once ``cfg.steps`` are done,
-    write the summary (with ``output``) next to the checkpoint; 0 done, 1 rerun to resume.
+) -> tuple[int, str | None]:
+    """For workflows that run their own loop: save the weights once ``cfg.steps`` are done and
+    write the summary (with ``output``) next to the checkpoint.
 
-    Paths in ``cfg`` are relative to the working directory.
+    Paths in ``cfg`` are relative to the working directory. Returns the exit status (0 done,
+    1 rerun to resume) and the weights' sha256 (``None`` while unfinished).
     """
     from wsi_fusion.fusers._weights import save_weights
 
@@ -284,4 +285,4 @@ def save_and_finish(
     sha = save_weights(net, Path(cfg.output)) if done else None
     output = cfg.output if done else None
     summary = training_summary(cfg, history, seconds, sha, steps_done=steps_done, output=output)
-    return finish_run(Path(cfg.checkpoint), summary)
+    return finish_run(Path(cfg.checkpoint), summary), sha
