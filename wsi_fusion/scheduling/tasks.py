@@ -78,7 +78,8 @@ def read_tile_stack(job: FusionJob, box: Box) -> TileStack:
         else thread_registered_stack(job.inputs, job.drift)
     )
     planes = np.stack([stack.read(z, box) for z in range(job.planes)])
-    return planes.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    out = planes.transpose(0, 3, 1, 2).astype(np.float32)
+    return np.divide(out, np.float32(255.0), out=out)  # in place: one float copy per tile
 
 
 def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
