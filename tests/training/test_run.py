@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -98,3 +99,27 @@ def test_save_and_finish_saves_only_a_finished_run(
     status, sha = save_and_finish(cfg, net, [], 0.1, steps_done=6)
     assert status == 0 and sha and Path(cfg.output).exists()
     assert json.loads(Path("ck/tiny.summary.json").read_text())["output"] == cfg.output
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_run_comparison_writes_the_model_card_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, validation: bool
+) -> None:
+    from wsi_fusion.training import heldout
+    from wsi_fusion.training.run import run_comparison
+
+    # Tiny stacks: the plumbing is under test, not the fusers.
+    heldout_stacks, validation_stacks = heldout.heldout_stacks, heldout.validation_stacks
+    monkeypatch.setattr(
+        heldout, "heldout_stacks", lambda **_: heldout_stacks(n=1, size=96, n_planes=3)
+    )
+    monkeypatch.setattr(
+        heldout, "validation_stacks", lambda: validation_stacks(n=1, size=96, n_planes=3)
+    )
+    out = tmp_path / "metrics.json"
+    compared: dict[str, tuple[str, dict[str, Any]]] = {"wavelet, again": ("wavelet", {})}
+    assert run_comparison(compared, out, validation=validation) == 0
+    result = json.loads(out.read_text())
+    assert set(result["fusers"]) == {"wavelet, again", *heldout.CLASSICAL}
+    assert ("validation" in result) == validation
+    assert ("seconds_per_tile_interleaved" in result) != validation
