@@ -195,8 +195,11 @@ def test_unknown_config_key(monkeypatch, capsys, planes, tmp_path: Path) -> None
 def test_fusers_lists_one_per_line(monkeypatch, capsys) -> None:
     code, out, _ = run_cli(monkeypatch, capsys, "fusers")
     assert code == 0
-    names = [line.split()[0] for line in out.splitlines()]
-    assert {"focus_measure", "laplacian_pyramid", "wavelet", "plane"} <= set(names)
+    rows = {line.split("\t")[0]: line.split("\t") for line in out.splitlines()}
+    assert {"focus_measure", "laplacian_pyramid", "wavelet", "plane"} <= set(rows)
+    assert rows["focus_measure"][1:3] == ["no weights", "not needed"]
+    # Learned fusers name their weights file and its pinned hash.
+    assert rows["gacn"][1] == "needs weights" and "gacn.small.safetensors" in rows["gacn"][2]
 
 
 def test_info(monkeypatch, capsys, planes) -> None:
