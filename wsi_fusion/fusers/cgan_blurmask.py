@@ -144,7 +144,7 @@ class CganBlurMaskFuser(TorchFuser):
     weights_record: ClassVar[WeightsRecord] = WeightsRecord(
         model="cgan_blurmask.lite",
         file="cgan_blurmask/cgan_blurmask.lite.safetensors",
-        sha256="ea410f797156a3ebc6e3e9ef3e277c5187e88811548b1c1f15f2167eddece79b",
+        sha256="c5fa8f13c8f565dc2f220ce8f608da98e7a8ca757da08209388e5d9ae12b181a",
     )
 
     def build_model(self) -> torch.nn.Module:
