@@ -65,6 +65,13 @@ REAL_STACKS = {
     "blood_smear": "zstack_wbc_0054/*.jpg",
     "algae": "zstack_algae/layer_*.jpg",
 }
+#: Fusers measured in more than one configuration: name -> {row label: parameters}.
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "cgan_blurmask": {
+        "cgan_blurmask (single plane)": {"mode": "single"},
+        "cgan_blurmask (few planes: 0, ±1)": {"mode": "few"},
+    },
+}
 SYNTH_METRICS = ["psnr", "ssim", "q_abf", "q_cb"]
 REAL_METRICS = ["q_abf", "q_cb"]
 
@@ -144,10 +151,11 @@ def available_fusers() -> tuple[dict[str, Fuser], dict[str, str]]:
         if cls.needs_weights and cls.weights_status() != "present":
             skipped[name] = f"weights {cls.weights_status()}"
             continue
-        try:
-            ready[name] = create_fuser(name)
-        except (WeightsError, ImportError) as err:
-            skipped[name] = f"{type(err).__name__}: {err}"
+        for label, params in VARIANTS.get(name, {name: {}}).items():
+            try:
+                ready[label] = create_fuser(name, **params)
+            except (WeightsError, ImportError) as err:
+                skipped[label] = f"{type(err).__name__}: {err}"
     return ready, skipped
 
 
@@ -197,8 +205,11 @@ def pipeline_slide(workdir: Path, side: int) -> tuple[Path, Path]:
 def run_pipeline(fuser: Fuser, stack: Path, gt: Path, workdir: Path) -> dict[str, Any]:
     """Fuse the slide through the tiled pipeline, then evaluate it on sampled tiles."""
     overlap = max(128, 2 * fuser.margin)
-    config = RunConfig(fuser=fuser.name, tile=512, overlap=overlap, compression="deflate")
-    output = workdir / f"{fuser.name}.ome.zarr"
+    params = fuser.params.model_dump(exclude_defaults=True)
+    config = RunConfig(
+        fuser=fuser.name, fuser_params=params, tile=512, overlap=overlap, compression="deflate"
+    )
+    output = workdir / f"{fuser.name}_{len(list(workdir.glob('*.ome.zarr')))}.ome.zarr"
     report = fuse_slide([stack], output, config, overwrite=True)
     quality = evaluate_slide(
         output, [stack], gt, metrics=["psnr", "ssim", "q_abf"], n_tiles=6, tile=512, seed=0
@@ -397,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fusers, skipped = available_fusers()
     if args.fusers:
-        fusers = {n: f for n, f in fusers.items() if n in args.fusers}
+        fusers = {n: f for n, f in fusers.items() if f.name in args.fusers or n in args.fusers}
     print(f"fusers: {', '.join(fusers)}" + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
     synth = synthetic_stacks()
     real = {} if args.no_real else real_stacks(args.crop)
