@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKED = Path("models/cgan_blurmask/cgan_blurmask.lite.safetensors")
 #: The runs whose generators are shipped (``--pack`` defaults).
 SINGLE_CONFIG = "configs/train_cgan_single_gated.yaml"
-FEW_CONFIG = "configs/train_cgan_few.yaml"
+FEW_CONFIG = "configs/train_cgan_few_gated.yaml"
 
 
 def pack(single_cfg: str, few_cfg: str, out: Path = PACKED) -> int:

@@ -145,7 +145,7 @@ class CganBlurMaskFuser(TorchFuser):
     weights_record: ClassVar[WeightsRecord] = WeightsRecord(
         model="cgan_blurmask.lite",
         file="cgan_blurmask/cgan_blurmask.lite.safetensors",
-        sha256="c5fa8f13c8f565dc2f220ce8f608da98e7a8ca757da08209388e5d9ae12b181a",
+        sha256="3d571aaa039e176ab3c284452d007337342938e4d373d8bcee590e8e08390c6a",
     )
 
     def build_model(self) -> torch.nn.Module:

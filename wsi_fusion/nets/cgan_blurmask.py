@@ -206,7 +206,7 @@ def discriminator_receptive_field() -> tuple[int, int]:
 #: Whether the shipped single-/few-plane generators were trained with the mask gate (the gate
 #: has no parameters, so the weights file cannot say; these must match how they were trained).
 GATED_SINGLE = True
-GATED_FEW = False
+GATED_FEW = True
 
 
 class CganBlurMask(nn.Module):
