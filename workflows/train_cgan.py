@@ -5,10 +5,12 @@
         --config configs/train_cgan_single.yaml
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python workflows/train_cgan.py \
         --config configs/train_cgan_few.yaml
-    # round 2 (shipped single-plane generator): fine-tune the round-1 one, mask-gated, with
-    # stain augmentation (init/blurmask: the round-1 packed file, copied to scratch/train/):
+    # round 2 (the shipped generators): fine-tune the round-1 ones, mask-gated, with stain
+    # augmentation (init/blurmask: the round-1 packed file, copied to scratch/train/):
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python workflows/train_cgan.py \
         --config configs/train_cgan_single_gated.yaml
+    OMP_NUM_THREADS=2 nice -n 5 .venv/bin/python workflows/train_cgan.py \
+        --config configs/train_cgan_few_gated.yaml
     # then one weights file with BM and both generators (prints its sha256):
     .venv/bin/python workflows/train_cgan.py --pack
 

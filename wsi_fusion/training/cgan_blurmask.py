@@ -25,8 +25,8 @@ Deviations (all forced by a CPU budget of minutes instead of a GPU for days):
 - G's learning rate is 5e-4 (paper 0.5e-4), D's 2.5e-4 (still half), Adam betas (0.5, 0.999);
   an "epoch" is ``epoch_steps`` steps (the paper's epoch is 37,211 patches), after which both
   are ×0.8. The shipped run has a few hundred steps, and the loss is L1-dominated (λ = 0.001).
-- Round 2 (the shipped single-plane generator, ``configs/train_cgan_single_gated.yaml``): the
-  round-1 generator fine-tuned for 1000 steps with HED stain augmentation (``stain``) and the
+- Round 2 (the shipped generators, ``configs/train_cgan_{single,few}_gated.yaml``): the round-1
+  generators fine-tuned (1000 / 194 steps) with HED stain augmentation (``stain``) and the
   mask-gated output (``gated``: ``plane + m·(G − plane)``, so only regions BM calls blurred
   change). Optional ``init`` starts BM or G from earlier weights instead of random ones.
 """
