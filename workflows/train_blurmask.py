@@ -10,11 +10,7 @@ written; ``workflows/train_cgan.py`` reads that file as its frozen BM.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,49 +19,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "train_blurmask.yaml"))
-    parser.add_argument("--steps", type=int, default=None, help="override the config's steps")
-    parser.add_argument("--max-seconds", type=float, default=None, help="override the budget")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from wsi_fusion.training.run import save_and_finish, start_logging, train_parser
+
+    args = train_parser(__doc__, ROOT / "configs" / "train_blurmask.yaml").parse_args(argv)
+    start_logging()
     os.chdir(ROOT)  # config paths are relative to the repository
 
-    from wsi_fusion.fusers._weights import save_weights
     from wsi_fusion.training.cgan_blurmask import (
         BlurMaskTrainConfig,
         checkpoint_step,
-        load_config,
         train_blurmask,
     )
+    from wsi_fusion.training.config import load_train_config
 
-    cfg = load_config(
+    cfg = load_train_config(
         args.config, BlurMaskTrainConfig, steps=args.steps, max_seconds=args.max_seconds
     )
     began = time.perf_counter()
     model, history = train_blurmask(cfg, progress=not args.no_progress)
-    steps_done = checkpoint_step(cfg.checkpoint)
-    done = steps_done >= cfg.steps
-    sha = save_weights(model, Path(cfg.output)) if done else None
-    summary = {
-        "config": cfg.model_dump(),
-        "steps_done": steps_done,
-        "train_seconds_total": history[-1]["seconds"] if history else 0.0,
-        "this_invocation_seconds": round(time.perf_counter() - began, 1),
-        "final": history[-1] if history else None,
-        "output": cfg.output if done else None,
-        "sha256": sha,
-        "hardware": f"{platform.processor() or platform.machine()}, {cfg.threads} thread(s), CPU",
-    }
-    out = Path(cfg.checkpoint).with_suffix(".summary.json")
-    out.write_text(json.dumps(summary, indent=1))
-    logging.getLogger("train_blurmask").info("summary: %s", out)
-    if not done:
-        logging.getLogger("train_blurmask").warning("not finished; rerun to resume")
-        return 1
-    return 0
+    seconds = time.perf_counter() - began
+    status, _ = save_and_finish(cfg, model, history, seconds, checkpoint_step(cfg.checkpoint))
+    return status
 
 
 if __name__ == "__main__":
