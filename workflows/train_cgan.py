@@ -23,11 +23,9 @@ writes the generator's fp16 safetensors (``output``) and a JSON summary next to 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -48,10 +46,11 @@ def pack(single_cfg: str, few_cfg: str, out: Path = PACKED) -> int:
     """
     from wsi_fusion.fusers._weights import load_into, load_state_dict, save_weights
     from wsi_fusion.nets.cgan_blurmask import CganBlurMask
-    from wsi_fusion.training.cgan_blurmask import CganTrainConfig, load_blurmask, load_config
+    from wsi_fusion.training.cgan_blurmask import CganTrainConfig, load_blurmask
+    from wsi_fusion.training.config import load_train_config
 
-    single = load_config(single_cfg, CganTrainConfig)
-    few = load_config(few_cfg, CganTrainConfig)
+    single = load_train_config(single_cfg, CganTrainConfig)
+    few = load_train_config(few_cfg, CganTrainConfig)
     model = CganBlurMask("lite", gated_single=single.gated, gated_few=few.gated)
     model.bm.load_state_dict(load_blurmask(single.blurmask).state_dict())
     for gen, cfg in ((model.single, single), (model.few, few)):
@@ -64,11 +63,9 @@ def pack(single_cfg: str, few_cfg: str, out: Path = PACKED) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "train_cgan_single.yaml"))
-    parser.add_argument("--steps", type=int, default=None, help="override the config's steps")
-    parser.add_argument("--max-seconds", type=float, default=None, help="override the budget")
-    parser.add_argument("--no-progress", action="store_true")
+    from wsi_fusion.training.run import save_and_finish, start_logging, train_parser
+
+    parser = train_parser(__doc__, ROOT / "configs" / "train_cgan_single.yaml")
     parser.add_argument("--pack", action="store_true", help="pack BM + both generators")
     parser.add_argument("--single-config", default=SINGLE_CONFIG, help="--pack: single-plane run")
     parser.add_argument("--few-config", default=FEW_CONFIG, help="--pack: few-plane run")
@@ -80,17 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         "--evaluate", action="store_true", help="held-out metrics of the packed model"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    start_logging()
     os.chdir(ROOT)  # config paths are relative to the repository
     if args.pack:
         return pack(args.single_config, args.few_config, Path(args.out))
     if args.evaluate:
-        from wsi_fusion.training.cgan_blurmask import CganTrainConfig, evaluate_cgan, load_config
+        from wsi_fusion.training.cgan_blurmask import CganTrainConfig, evaluate_cgan
+        from wsi_fusion.training.config import load_train_config
 
-        gates = tuple(
-            load_config(c, CganTrainConfig).gated for c in (args.single_config, args.few_config)
-        )
+        configs = (args.single_config, args.few_config)
+        gates = tuple(load_train_config(c, CganTrainConfig).gated for c in configs)
         metrics = evaluate_cgan(args.weights, gated=(gates[0], gates[1]))
         out = PACKED.parent / "metrics.json"
         if Path(args.weights).resolve() != (ROOT / PACKED).resolve():
@@ -99,39 +95,23 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("train_cgan").info("held-out metrics: %s", out)
         return 0
 
-    from wsi_fusion.fusers._weights import save_weights
     from wsi_fusion.training.cgan_blurmask import (
         CganTrainConfig,
         checkpoint_step,
         load_blurmask,
-        load_config,
         train_cgan,
     )
+    from wsi_fusion.training.config import load_train_config
 
-    cfg = load_config(args.config, CganTrainConfig, steps=args.steps, max_seconds=args.max_seconds)
+    cfg = load_train_config(
+        args.config, CganTrainConfig, steps=args.steps, max_seconds=args.max_seconds
+    )
     began = time.perf_counter()
     bm = load_blurmask(cfg.blurmask)
     gen, _, history = train_cgan(cfg, bm, progress=not args.no_progress)
-    steps_done = checkpoint_step(cfg.checkpoint)
-    done = steps_done >= cfg.steps
-    sha = save_weights(gen, Path(cfg.output)) if done else None
-    summary = {
-        "config": cfg.model_dump(),
-        "steps_done": steps_done,
-        "train_seconds_total": history[-1]["seconds"] if history else 0.0,
-        "this_invocation_seconds": round(time.perf_counter() - began, 1),
-        "final": history[-1] if history else None,
-        "output": cfg.output if done else None,
-        "sha256": sha,
-        "hardware": f"{platform.processor() or platform.machine()}, {cfg.threads} thread(s), CPU",
-    }
-    out = Path(cfg.checkpoint).with_suffix(".summary.json")
-    out.write_text(json.dumps(summary, indent=1))
-    logging.getLogger("train_cgan").info("summary: %s", out)
-    if not done:
-        logging.getLogger("train_cgan").warning("not finished; rerun to resume")
-        return 1
-    return 0
+    seconds = time.perf_counter() - began
+    status, _ = save_and_finish(cfg, gen, history, seconds, checkpoint_step(cfg.checkpoint))
+    return status
 
 
 if __name__ == "__main__":
