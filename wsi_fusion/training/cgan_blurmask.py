@@ -36,10 +36,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from wsi_fusion.fusers.cgan_blurmask import few_plane_indices, reference_plane
@@ -60,22 +59,6 @@ if TYPE_CHECKING:
     from wsi_fusion.nets.deeplab import DeepLabV3
 
 log = logging.getLogger(__name__)
-
-C = TypeVar("C", bound=BaseModel)
-
-
-def load_config(path: str | Path, cls: type[C], **overrides: Any) -> C:
-    """A training config from YAML (unknown keys are errors); ``None`` overrides are ignored."""
-    from pydantic import ValidationError
-
-    from wsi_fusion.errors import ConfigError
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return cls(**data)
-    except ValidationError as err:
-        raise ConfigError(f"invalid training config {path}: {err}") from err
 
 
 class BlurMaskTrainConfig(BaseModel):
