@@ -150,6 +150,7 @@ def test_one_and_two_plane_inputs_and_batching(mode: str) -> None:
 
 def test_blur_mask_extra_comes_from_the_same_forward_pass() -> None:
     fuser = CganBlurMaskFuser.untrained(seed=0, device="cpu", mode="few", batch_size=2)
+    assert isinstance(fuser, CganBlurMaskFuser)
     assert CganBlurMaskFuser.extra_outputs == ("blur_mask",)
     stack = reference_stack()
     blank = np.full_like(stack, 0.9)
