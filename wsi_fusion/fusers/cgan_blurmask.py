@@ -5,7 +5,7 @@ conditional GAN" (the cytology cGAN paper, ``../shared/papers/cgan_blurmask_cyto
 code github.com/GengXieBo/fusion). Networks:
 :mod:`wsi_fusion.nets.deeplab` (the blur-mask network BM) and :mod:`wsi_fusion.nets.cgan_blurmask`
 (generator); training: :mod:`wsi_fusion.training.cgan_blurmask`; model card:
-``models/cgan_blurmask/MODEL_CARD.md``.
+``models/cgan_blurmask/README.md``.
 
 Method
 ------
@@ -48,7 +48,7 @@ Deviations from the paper (see also the network and training modules)
 - Measured on held-out synthetic stacks the shipped single-plane model (mask-gated: it changes
   only what BM calls blurred) gains +2.8 dB over its input plane on H&E and -0.3 dB on an
   unseen stain (IHC), +1.25 dB mean (target +3 dB not met); the few-plane model loses to the
-  classical fusers on the same three planes (``models/cgan_blurmask/MODEL_CARD.md``).
+  classical fusers on the same three planes (``models/cgan_blurmask/README.md``).
 - One weights file holds BM and both generators (keys ``bm.``, ``single.``, ``few.``), so a
   single sha256 record pins the whole model.
 

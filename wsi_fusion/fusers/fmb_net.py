@@ -3,7 +3,7 @@
 X. Zhou, L. Hao, Q. Nie, Y. Zhou, L. Wang, Y. Hu and J. Liu, "A novel multi-focus fusion network
 for retinal microsurgery" (``../shared/papers/fmb_fn_retinal_microsurgery.txt``). Network:
 :mod:`wsi_fusion.nets.fmb_net`; training: :mod:`wsi_fusion.training.fmb_net`; model card:
-``models/fmb_net/MODEL_CARD.md``.
+``models/fmb_net/README.md``.
 
 Method
 ------
@@ -23,7 +23,7 @@ exists; deriving one (e.g. the plane that wins most channels of the maximum) wou
 Deviations: reduced width trained on CPU, synthetic ground truth, BM features for the
 perceptual loss, Sobel-at-Canny edge loss, output ``sigmoid(conv + logit(plane mean))`` (see the
 network and training modules). Measured on held-out synthetic stacks the shipped model loses to
-the classical ``focus_measure`` by ~6 dB (``models/fmb_net/MODEL_CARD.md``).
+the classical ``focus_measure`` by ~6 dB (``models/fmb_net/README.md``).
 
 Margin: every layer is a 3×3 convolution at full resolution, so the output depends on inputs
 within ``receptive_halo`` pixels (24 for the shipped model): tiled fusion equals whole-image
