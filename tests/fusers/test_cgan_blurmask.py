@@ -7,15 +7,20 @@ Regenerate the reference after retraining with
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FloatArray, depth_map, focal_stack, sharp_image
+from conftest import sharp_image
+from learned_checks import (  # one_torch_thread: a fixture
+    check_bad_weights,
+    check_sha256,
+    one_torch_thread,  # noqa: F401
+    reference_stack,
+)
+from learned_checks import shipped as shipped_fuser
 from scipy import ndimage as ndi
 
-from wsi_fusion.errors import WeightsError
 from wsi_fusion.fusers.cgan_blurmask import (
     CganBlurMaskFuser,
     few_plane_indices,
@@ -27,26 +32,11 @@ torch = pytest.importorskip("torch")
 REFERENCE = Path(__file__).parent / "data" / "cgan_blurmask_reference.npz"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: tiny tensors, and several threads on a shared CPU are 5-10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def reference_stack() -> FloatArray:
-    """A fixed 3-plane 48 x 64 stack (astronaut crop, depth edges and a ramp)."""
-    sharp = np.ascontiguousarray(sharp_image("astronaut")[:, 100:148, 200:264])
-    depth = depth_map(sharp.shape[1:], n_planes=3)
-    return focal_stack(sharp, depth, n_planes=3, blur_per_plane=2.0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def shipped(**params: str) -> CganBlurMaskFuser:
-    if CganBlurMaskFuser.weights_status() != "present":
-        pytest.skip(f"cgan_blurmask weights {CganBlurMaskFuser.weights_status()}")
-    return CganBlurMaskFuser(device="cpu", **params)
+    return shipped_fuser(CganBlurMaskFuser, **params)
 
 
 # -- which planes the generator sees -------------------------------------------------------------
@@ -187,14 +177,8 @@ def test_an_extra_the_fuser_cannot_produce_is_refused() -> None:
 
 
 def test_weights_load_and_match_sha256() -> None:
-    from wsi_fusion.fusers._weights import file_sha256, models_dir
-
-    fuser = shipped()
-    path = models_dir() / fuser.weights_record.file
-    assert file_sha256(path) == fuser.weights_record.sha256
-    assert path.stat().st_size < 25 * 2**20
-    assert not fuser.model.training
-    assert fuser.describe()["weights"]["sha256"] == fuser.weights_record.sha256
+    shipped()
+    check_sha256(CganBlurMaskFuser)
 
 
 def test_forward_reproduces_stored_reference() -> None:
@@ -216,27 +200,14 @@ def test_shipped_blur_mask_marks_the_blurred_half() -> None:
     assert mask[:, 80:].mean() > mask[:, :48].mean() + 0.3
 
 
-@pytest.mark.parametrize("kind", ["wrong_shape", "truncated", "pickle"])
-def test_bad_weights_raise_weights_error(tmp_path: Path, kind: str) -> None:
-    from safetensors.torch import save_file
-
+def test_bad_weights_raise_weights_error(tmp_path: Path) -> None:
     from wsi_fusion.nets.cgan_blurmask import CganBlurMask, DenseUNetGenerator
 
-    path = tmp_path / f"{kind}.safetensors"
-    state = {k: v.contiguous() for k, v in CganBlurMask().state_dict().items()}
-    if kind == "wrong_shape":
-        # A generator for five planes where the model has one: the input convolution differs.
-        five = DenseUNetGenerator(5).state_dict()
-        state.update({f"single.{k}": v.contiguous() for k, v in five.items()})
-        save_file(state, str(path))
-    elif kind == "truncated":
-        save_file(state, str(path))
-        path.write_bytes(path.read_bytes()[:4096])
-    else:
-        torch.save(state, path)
-    fuser = CganBlurMaskFuser(weights=str(path), device="cpu")
-    with pytest.raises(WeightsError, match=str(path.name)):
-        fuser.fuse(reference_stack())
+    # A generator for five planes where the model has one: the input convolution differs.
+    state = dict(CganBlurMask().state_dict())
+    five = DenseUNetGenerator(5).state_dict()
+    state.update({f"single.{k}": v for k, v in five.items()})
+    check_bad_weights(CganBlurMaskFuser, state, tmp_path)
 
 
 def test_cli_fuses_a_single_plane_slide(

@@ -6,14 +6,19 @@ Regenerate the reference after retraining with ``python tests/fusers/test_fmb_ne
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FloatArray, depth_map, focal_stack, sharp_image
+from conftest import depth_map, focal_stack
+from learned_checks import (  # one_torch_thread: a fixture
+    check_bad_weights,
+    check_sha256,
+    one_torch_thread,  # noqa: F401
+    reference_stack,
+)
+from learned_checks import shipped as shipped_fuser
 
-from wsi_fusion.errors import WeightsError
 from wsi_fusion.fusers.fmb_net import HALO, FmbNetFuser
 
 torch = pytest.importorskip("torch")
@@ -21,26 +26,11 @@ torch = pytest.importorskip("torch")
 REFERENCE = Path(__file__).parent / "data" / "fmb_net_reference.npz"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: tiny tensors, and several threads on a shared CPU are 5-10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def reference_stack() -> FloatArray:
-    """A fixed 3-plane 48 x 64 stack (astronaut crop, depth edges and a ramp)."""
-    sharp = np.ascontiguousarray(sharp_image("astronaut")[:, 100:148, 200:264])
-    depth = depth_map(sharp.shape[1:], n_planes=3)
-    return focal_stack(sharp, depth, n_planes=3, blur_per_plane=2.0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def shipped() -> FmbNetFuser:
-    if FmbNetFuser.weights_status() != "present":
-        pytest.skip(f"fmb_net weights {FmbNetFuser.weights_status()}")
-    return FmbNetFuser(device="cpu")
+    return shipped_fuser(FmbNetFuser)
 
 
 # -- focus-measure block -------------------------------------------------------------------------
@@ -122,14 +112,8 @@ def test_fuse_batch_equals_fuse() -> None:
 
 
 def test_weights_load_and_match_sha256() -> None:
-    from wsi_fusion.fusers._weights import file_sha256, models_dir
-
-    fuser = shipped()
-    path = models_dir() / fuser.weights_record.file
-    assert file_sha256(path) == fuser.weights_record.sha256
-    assert path.stat().st_size < 25 * 2**20
-    assert not fuser.model.training
-    assert fuser.describe()["weights"]["sha256"] == fuser.weights_record.sha256
+    shipped()
+    check_sha256(FmbNetFuser)
 
 
 def test_forward_reproduces_stored_reference() -> None:
@@ -153,23 +137,10 @@ def test_shipped_model_on_held_out_tissue() -> None:
     assert err < 1.1 * min(float(np.abs(p - sharp).mean()) for p in stack)
 
 
-@pytest.mark.parametrize("kind", ["wrong_shape", "truncated", "pickle"])
-def test_bad_weights_raise_weights_error(tmp_path: Path, kind: str) -> None:
-    from safetensors.torch import save_file
-
+def test_bad_weights_raise_weights_error(tmp_path: Path) -> None:
     from wsi_fusion.nets.fmb_net import FmbNet
 
-    path = tmp_path / f"{kind}.safetensors"
-    if kind == "wrong_shape":
-        save_file({k: v.contiguous() for k, v in FmbNet("paper").state_dict().items()}, str(path))
-    elif kind == "truncated":
-        save_file({k: v.contiguous() for k, v in FmbNet("lite").state_dict().items()}, str(path))
-        path.write_bytes(path.read_bytes()[:1000])
-    else:
-        torch.save(FmbNet("lite").state_dict(), path)
-    fuser = FmbNetFuser(weights=str(path), device="cpu")
-    with pytest.raises(WeightsError, match=str(path.name)):
-        fuser.fuse(reference_stack())
+    check_bad_weights(FmbNetFuser, FmbNet("paper"), tmp_path)  # the wider network
 
 
 def regenerate() -> None:
