@@ -9,6 +9,7 @@ import click
 
 from wsi_fusion.cli._logs import tame_console
 from wsi_fusion.cli._progress import BarProgress
+from wsi_fusion.cli._run_options import run_config, run_options
 
 
 @click.command()
@@ -24,15 +25,6 @@ from wsi_fusion.cli._progress import BarProgress
     "--fuser", default=None, help="Fusion method (see `wsi-fusion fusers`); default focus_measure."
 )
 @click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="YAML run config (see configs/); command-line options override it.",
-)
-@click.option("--tile", type=int, default=None, help="Tile size in px (default 512).")
-@click.option("--overlap", type=int, default=None, help="Tile overlap in px (default 128).")
-@click.option(
     "--format",
     "fmt",
     type=click.Choice(["ome-zarr", "ome-tiff", "tiff"]),
@@ -45,7 +37,6 @@ from wsi_fusion.cli._progress import BarProgress
     default=None,
     help="OME-Zarr version: 0.4 (QuPath, OMERO; default) or 0.5 (napari, vizarr).",
 )
-@click.option("--lossless", is_flag=True, help="Lossless (deflate) TIFF tiles instead of JPEG q90.")
 @click.option(
     "--focus-map",
     is_flag=True,
@@ -59,38 +50,7 @@ from wsi_fusion.cli._progress import BarProgress
     help="cgan_blurmask: also write its blur mask, where the image was synthesised "
     "(labels/blur_mask in OME-Zarr, .blur_mask.tif for TIFF).",
 )
-@click.option(
-    "--register",
-    type=click.Choice(["auto", "on", "off"]),
-    default=None,
-    help="Align drifting planes: auto (default; when the measured drift > 0.5 px), on, off.",
-)
-@click.option("--no-tissue", is_flag=True, help="Fuse every tile, not only those with tissue.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Learned fusers: tiles per forward pass (default: from free GPU memory).",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16"]),
-    default=None,
-    help="Learned fusers on a GPU: autocast precision (default fp32).",
-)
-@click.option(
-    "--scheduler",
-    default=None,
-    help="threads (default), processes, sync, local-cluster, or a scheduler address "
-    "(tcp://host:8786, e.g. a SLURM cluster's).",
-)
-@click.option(
-    "--workers",
-    type=int,
-    default=None,
-    help="Worker threads/processes (default: all cores); local-cluster: worker processes "
-    "(default 2, or one per GPU for learned fusers).",
-)
+@run_options
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path),
@@ -110,58 +70,29 @@ def fuse(
     inputs: tuple[Path, ...],
     output: Path,
     fuser: str | None,
-    config_path: Path | None,
-    tile: int | None,
-    overlap: int | None,
     fmt: str | None,
     ngff_version: str | None,
-    lossless: bool,
     focus_map: bool | None,
     blur_mask: bool | None,
-    register: str | None,
-    no_tissue: bool,
-    batch_size: int | None,
-    precision: str | None,
-    scheduler: str | None,
-    workers: int | None,
     cache_dir: Path | None,
     keep_cache: bool,
     overwrite: bool,
     quiet: bool,
+    **run_settings: Any,
 ) -> None:
     """Fuse the focal planes INPUTS (one multi-plane file, or one file per plane) into OUTPUT."""
-    from wsi_fusion.config import load_config
     from wsi_fusion.fusers import fuser_class
     from wsi_fusion.pipeline import fuse_slide
     from wsi_fusion.scheduling.graph import open_runner
 
-    overrides: dict[str, Any] = {
-        "fuser": fuser,
-        "tile": tile,
-        "overlap": overlap,
-        "format": fmt,
-        "ngff_version": ngff_version,
-        "focus_map": focus_map,
-        "blur_mask": blur_mask,
-        "scheduler": scheduler,
-        "workers": workers,
-        "compression": "deflate" if lossless else None,
-    }
-    config = load_config(config_path, **overrides)
-    if batch_size is not None or precision is not None:
-        chosen = {"batch_size": batch_size, "precision": precision}
-        learned_settings = config.learned.model_copy(
-            update={k: v for k, v in chosen.items() if v is not None}
-        )
-        config = config.model_copy(update={"learned": learned_settings})
-    if no_tissue:
-        config = config.model_copy(
-            update={"tissue": config.tissue.model_copy(update={"enabled": False})}
-        )
-    if register is not None:
-        config = config.model_copy(
-            update={"registration": config.registration.model_copy(update={"mode": register})}
-        )
+    config = run_config(
+        **run_settings,
+        fuser=fuser,
+        format=fmt,
+        ngff_version=ngff_version,
+        focus_map=focus_map,
+        blur_mask=blur_mask,
+    )
     tame_console()
     with open_runner(
         config.scheduler, config.workers, use_gpus=fuser_class(config.fuser).needs_weights
