@@ -91,6 +91,19 @@ def test_pickles_are_never_loaded(tmp_path: Path) -> None:
         load_state_dict(archive)
 
 
+def test_safetensors_whose_header_length_starts_with_0x80_loads(tmp_path: Path) -> None:
+    """The header length is little-endian: 0x80 as its first byte must not look like a pickle."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    for n in range(1, 400):  # find a key length that makes the header length end in 0x80
+        save_file({"k" * n: torch.zeros(1)}, str(path))
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert list(load_state_dict(path)) == ["k" * n]
+
+
 def test_wrong_shape_names_the_tensor(saved: tuple[Path, str, torch.nn.Module]) -> None:
     path, sha, _ = saved
     with pytest.raises(WeightsError, match="wrong shape"):

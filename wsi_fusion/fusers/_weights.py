@@ -96,8 +96,10 @@ def load_state_dict(path: Path, sha256: str | None = None) -> dict[str, torch.Te
 
     path = Path(path)
     with path.open("rb") as fh:
-        head = fh.read(4)
-    if head.startswith(_PICKLE_MAGIC):
+        head = fh.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header ("{"). The
+    # length's first byte may be 0x80 too, so only a file without that layout is a pickle.
+    if head[8:9] != b"{" and head.startswith(_PICKLE_MAGIC):
         raise WeightsError(
             f"{path} is a pickle/torch.save archive, refused because loading it can run "
             "arbitrary code; convert it to safetensors (safetensors.torch.save_file)"
