@@ -74,6 +74,12 @@ class BatchBars:
     help="Output format of every slide (default ome-zarr).",
 )
 @click.option("--focus-map", is_flag=True, default=None, help="Also write each focus/depth map.")
+@click.option(
+    "--blur-mask",
+    is_flag=True,
+    default=None,
+    help="cgan_blurmask: also write each slide's blur mask (where the image was synthesised).",
+)
 @run_options
 @click.option("--force", is_flag=True, help="Redo slides whose output is already up to date.")
 @click.option("--keep-cache", is_flag=True, help="Keep each slide's tile cache after success.")
@@ -85,6 +91,7 @@ def batch(
     fuser: str | None,
     fmt: str | None,
     focus_map: bool | None,
+    blur_mask: bool | None,
     force: bool,
     keep_cache: bool,
     quiet: bool,
@@ -103,7 +110,9 @@ def batch(
     from wsi_fusion.batch.runner import uses_learned_fuser
     from wsi_fusion.scheduling.graph import open_runner
 
-    config = run_config(**run_settings, fuser=fuser, format=fmt, focus_map=focus_map)
+    config = run_config(
+        **run_settings, fuser=fuser, format=fmt, focus_map=focus_map, blur_mask=blur_mask
+    )
     slides = collect_slides(source, pattern=pattern or DEFAULT_PATTERN, exclude=(outdir,))
     tame_console()
     learned = uses_learned_fuser(slides, config)
