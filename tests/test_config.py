@@ -9,9 +9,7 @@ from wsi_fusion.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 #: Run configs; training (train_*.yaml) and cluster (slurm*.yaml) configs have their own schemas.
-CONFIGS = sorted(
-    p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith(("train_", "slurm"))
-)
+CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith(("train_", "slurm")))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
