@@ -49,6 +49,7 @@ from wsi_fusion.pipeline import fuse_slide
 from wsi_fusion.synth import demo_source_path, synthesize
 from wsi_fusion.tiling.tissue import tile_fractions, tissue_mask
 from wsi_fusion.training.data import heldout_stacks
+from wsi_fusion.training.heldout import planes_to_tile, to_image
 
 log = logging.getLogger("workflows.evaluate")
 
@@ -79,16 +80,6 @@ Image = npt.NDArray[np.uint8]
 
 
 # -- inputs ----------------------------------------------------------------------------------
-
-
-def to_tile_stack(planes: Image) -> npt.NDArray[np.float32]:
-    """(Z, H, W, 3) uint8 -> (Z, C, H, W) float32 in [0, 1], the fusers' input."""
-    return np.ascontiguousarray(planes.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-
-
-def to_image(fused: npt.NDArray[np.float32]) -> Image:
-    """(C, H, W) float32 in [0, 1] -> (H, W, 3) uint8, as a written slide would hold it."""
-    return np.clip(np.rint(fused.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
 
 
 def synthetic_stacks() -> dict[str, Any]:
@@ -161,7 +152,7 @@ def available_fusers() -> tuple[dict[str, Fuser], dict[str, str]]:
 
 def fuse(fuser: Fuser, planes: Image) -> tuple[Image, float]:
     """Fuse a (Z, H, W, 3) stack in memory; the fused image and the seconds it took."""
-    stack = to_tile_stack(planes)
+    stack = planes_to_tile(planes)
     started = time.perf_counter()
     result = fuser.fuse(stack)
     return to_image(result.fused), time.perf_counter() - started
@@ -169,7 +160,7 @@ def fuse(fuser: Fuser, planes: Image) -> tuple[Image, float]:
 
 def tiles_per_second(fuser: Fuser, stacks: list[Image]) -> float:
     """Throughput on 512 px tiles after one warm-up tile (model loading, caches)."""
-    tiles = [to_tile_stack(p) for p in stacks]
+    tiles = [planes_to_tile(p) for p in stacks]
     fuser.fuse(tiles[0])
     started = time.perf_counter()
     for tile in tiles:

@@ -50,6 +50,7 @@ from wsi_fusion.training.data import (
     random_crop,
     sharp_sources,
 )
+from wsi_fusion.training.heldout import planes_to_tile, to_image
 from wsi_fusion.training.loop import step_rng, train_loop
 
 if TYPE_CHECKING:
@@ -331,16 +332,6 @@ def load_generator(
 CLASSICAL = ("focus_measure", "laplacian_pyramid", "wavelet")
 
 
-def _tile(planes: np.ndarray) -> np.ndarray:
-    """(Z, H, W, 3) uint8 -> (Z, 3, H, W) float32 in [0, 1]."""
-    return np.ascontiguousarray(planes.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-
-
-def _to_uint8(chw: np.ndarray) -> np.ndarray:
-    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8, as a written slide holds it."""
-    return np.clip(np.rint(chw.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
-
-
 def evaluate_blurmask(
     bm: DeepLabV3, n: int = 48, size: int = 256, sigma: tuple[float, float] = (1.0, 16.0)
 ) -> dict[str, float]:
@@ -424,7 +415,7 @@ def evaluate_cgan(
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {"single": 0.0, "few": 0.0}
     for name, synth in heldout_stacks(n=n, size=size, n_planes=n_planes, noise=noise):
-        stack, gt = _tile(synth.planes), synth.ground_truth
+        stack, gt = planes_to_tile(synth.planes), synth.ground_truth
         ref = single.input_planes(stack)[0]
         three = stack[few.input_planes(stack)]
         outputs: dict[str, np.ndarray] = {"input_plane": stack[ref]}
@@ -441,7 +432,7 @@ def evaluate_cgan(
             "blurred_fraction": round(float((single.blur_mask(stack) > 0.5).mean()), 3),
         }
         for key, out in outputs.items():
-            img = _to_uint8(out)
+            img = to_image(out)
             row[key] = {"psnr": round(psnr(img, gt), 3), "ssim": round(ssim(img, gt), 4)}
         rows.append(row)
     keys = [k for k in rows[0] if isinstance(rows[0][k], dict)]
@@ -460,7 +451,9 @@ def evaluate_cgan(
         for k in keys
     }
     # Tiled vs whole: fuse the top half alone and compare beyond MARGIN from its cut edge.
-    stack = _tile(heldout_stacks(n=1, size=size, n_planes=n_planes, noise=noise)[0][1].planes)
+    stack = planes_to_tile(
+        heldout_stacks(n=1, size=size, n_planes=n_planes, noise=noise)[0][1].planes
+    )
     tiled = {}
     for key, fuser in (("single", single), ("few", few)):
         whole = fuser.fuse(stack).fused

@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from wsi_fusion.training.cgan_blurmask import CLASSICAL, _tile, _to_uint8
+from wsi_fusion.training.cgan_blurmask import CLASSICAL
 from wsi_fusion.training.data import Image, augment, focal_stack_sample, random_crop, sharp_sources
+from wsi_fusion.training.heldout import planes_to_tile, to_image
 from wsi_fusion.training.loop import step_rng, train_loop
 
 if TYPE_CHECKING:
@@ -217,18 +218,18 @@ def evaluate_fmb_net(
     seconds = dict.fromkeys(fusers, 0.0)
     stacks = heldout_stacks(n=n, size=size, n_planes=n_planes, noise=noise)
     for name, synth in stacks:
-        stack, gt = _tile(synth.planes), synth.ground_truth
+        stack, gt = planes_to_tile(synth.planes), synth.ground_truth
         row: dict[str, Any] = {"stack": name}
         for key, fuser in fusers.items():
             began = time.perf_counter()
             out = fuser.fuse(stack).fused
             seconds[key] += time.perf_counter() - began
-            img = _to_uint8(out)
+            img = to_image(out)
             row[key] = {"psnr": round(psnr(img, gt), 3), "ssim": round(ssim(img, gt), 4)}
         # Fewer planes: the first three only (the network was trained on 3-6).
-        img = _to_uint8(fusers["fmb_net"].fuse(stack[:3]).fused)
+        img = to_image(fusers["fmb_net"].fuse(stack[:3]).fused)
         row["fmb_net@3"] = {"psnr": round(psnr(img, gt), 3), "ssim": round(ssim(img, gt), 4)}
-        img = _to_uint8(fusers["focus_measure"].fuse(stack[:3]).fused)
+        img = to_image(fusers["focus_measure"].fuse(stack[:3]).fused)
         row["focus_measure@3"] = {"psnr": round(psnr(img, gt), 3), "ssim": round(ssim(img, gt), 4)}
         rows.append(row)
     keys = [k for k in rows[0] if isinstance(rows[0][k], dict)]
@@ -236,7 +237,7 @@ def evaluate_fmb_net(
         k: {m: round(float(np.mean([r[k][m] for r in rows])), 3) for m in ("psnr", "ssim")}
         for k in keys
     }
-    stack = _tile(stacks[0][1].planes)
+    stack = planes_to_tile(stacks[0][1].planes)
     whole = fusers["fmb_net"].fuse(stack).fused
     half = fusers["fmb_net"].fuse(np.ascontiguousarray(stack[:, :, : size // 2])).fused
     cut = size // 2 - HALO

@@ -27,9 +27,14 @@ CLASSICAL: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def planes_to_tile(planes: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """uint8 ``(Z, H, W, C)`` planes as a float32 ``(Z, C, H, W)`` tile in [0, 1]."""
+    return np.ascontiguousarray(planes.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+
+
 def to_tile(stack: SynthStack) -> npt.NDArray[np.float32]:
-    """A synthetic stack's uint8 ``(Z, H, W, C)`` planes as a float ``(Z, C, H, W)`` tile."""
-    return np.ascontiguousarray(stack.planes.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    """A synthetic stack's planes as a fuser's ``(Z, C, H, W)`` input tile."""
+    return planes_to_tile(stack.planes)
 
 
 def to_image(fused: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
