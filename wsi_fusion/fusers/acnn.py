@@ -121,7 +121,7 @@ def refine(binary: npt.NDArray[np.bool_], radius: int) -> npt.NDArray[np.bool_]:
     ),
 )
 class ACNNFuser(TorchFuser):
-    """ACNN focus maps, N planes by decision calibration (default) or serial folding."""
+    """ACNN focus maps, N planes by round robin (default), decision calibration or serial."""
 
     Params = ACNNParams
     params: ACNNParams

@@ -115,7 +115,7 @@ class GACNParams(TorchParams):
     ),
 )
 class GACNFuser(TorchFuser):
-    """GACN decision maps, N planes by decision calibration (default) or serial folding."""
+    """GACN decision maps, N planes by round robin (default), decision calibration or serial."""
 
     Params = GACNParams
     params: GACNParams
