@@ -50,7 +50,7 @@ serial mode.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -60,13 +60,12 @@ from scipy import ndimage as ndi
 from wsi_fusion._types import TileStack
 from wsi_fusion.fusers._filters import luminance
 from wsi_fusion.fusers._registry import register_fuser
-from wsi_fusion.fusers._torch import TorchFuser, TorchParams
 from wsi_fusion.fusers._weights import WeightsRecord
-from wsi_fusion.fusers.base import FusionResult
 from wsi_fusion.fusers.pairwise import (
+    PairwiseDecider,
+    PairwiseParams,
+    PairwiseTorchFuser,
     baseline_plane,
-    check_serial_depth,
-    fuse_pairwise,
     serial_margin,
 )
 
@@ -82,18 +81,13 @@ Float32Array = npt.NDArray[np.float32]
 FOCUS_HALO = 22
 
 
-class ACNNParams(TorchParams):
-    #: N-plane strategy: every pair once or decision calibration (both on graded focus maps),
-    #: or the letter's two-source method folded one plane at a time.
-    strategy: Literal["round_robin", "calibration", "serial"] = "round_robin"
-    #: Calibration baseline plane; -1 is the middle plane, 0 the first.
-    baseline: int = Field(default=-1, ge=-1)
+class ACNNParams(PairwiseParams):
+    # Round robin and calibration run on the graded focus maps; serial folding is the letter's
+    # two-source method (threshold + morphology) applied one plane at a time.
     #: Segmentation threshold of the focus map (Eq. 4); the letter uses 0.9.
     threshold: float = Field(default=0.9, gt=0.0, lt=1.0)
     #: Radius of the disc of the opening + closing refinement (0 disables it).
     morph_radius: int = Field(default=2, ge=0, le=8)
-    #: Serial mode only: the most planes a tile may have (its margin grows with them).
-    max_planes: int = Field(default=5, ge=2)
 
 
 def _disc(radius: int) -> npt.NDArray[np.bool_]:
@@ -120,7 +114,7 @@ def refine(binary: npt.NDArray[np.bool_], radius: int) -> npt.NDArray[np.bool_]:
         "network', Optoelectronics Letters 14(1):71-75, 2018, doi:10.1007/s11801-018-7207-x"
     ),
 )
-class ACNNFuser(TorchFuser):
+class ACNNFuser(PairwiseTorchFuser):
     """ACNN focus maps, N planes by round robin (default), decision calibration or serial."""
 
     Params = ACNNParams
@@ -132,14 +126,14 @@ class ACNNFuser(TorchFuser):
     )
 
     @property
-    def decision_margin(self) -> int:
+    def pair_margin(self) -> int:
         """Reach of one two-source decision map (focus map + refinement)."""
         return FOCUS_HALO + 4 * self.params.morph_radius
 
     @property
     def margin(self) -> int:
         if self.params.strategy == "serial":
-            return serial_margin(self.decision_margin, self.params.max_planes)
+            return serial_margin(self.pair_margin, self.params.max_planes)
         return FOCUS_HALO
 
     def build_model(self) -> torch.nn.Module:
@@ -187,39 +181,15 @@ class ACNNFuser(TorchFuser):
         """Graded focus maps of plane ``i`` against ``j`` per pair; each plane's branch once."""
         return _CachedTerms(self, stack).decide_pairs(stack, pairs)
 
-    def _baseline(self, z: int) -> int:
-        return baseline_plane(self.params.baseline, z)
-
-    def _check_depth(self, z: int) -> None:
-        p = self.params
-        check_serial_depth("acnn", p.strategy, z, p.max_planes, self.decision_margin)
-
-    def fuse(self, stack: TileStack) -> FusionResult:
-        stack = np.asarray(stack, dtype=np.float32)
-        self._check_depth(stack.shape[0])
-        baseline = self._baseline(stack.shape[0])
-        return fuse_pairwise(stack, self, self.params.strategy, baseline=baseline)
-
-    def fuse_batch(self, stacks: list[TileStack]) -> list[FusionResult]:
-        """Several equal-sized tiles with the branch batched over all their planes.
-
-        Equals :meth:`fuse` per tile (the branch and head see one plane at a time). Serial mode
-        (each fold needs the previous result) falls back to :meth:`fuse` per tile.
-        """
-        p = self.params
-        arrays = [np.asarray(s, dtype=np.float32) for s in stacks]
-        if p.strategy == "serial" or len(arrays) < 2 or len({a.shape for a in arrays}) != 1:
-            return super().fuse_batch(stacks)
+    def batch_deciders(self, arrays: list[Float32Array]) -> list[PairwiseDecider]:
+        """Head terms of every plane of every tile in one branch pass, cached per tile."""
         z = arrays[0].shape[0]
-        self._check_depth(z)
         with self.autocast():
             ta, tb = self._terms(np.concatenate(arrays))
-        results = []
-        for i, stack in enumerate(arrays):
-            sl = slice(i * z, (i + 1) * z)
-            cached = _CachedTerms(self, stack, ta[sl], tb[sl])
-            results.append(fuse_pairwise(stack, cached, p.strategy, baseline=self._baseline(z)))
-        return results
+        return [
+            _CachedTerms(self, stack, ta[i * z : (i + 1) * z], tb[i * z : (i + 1) * z])
+            for i, stack in enumerate(arrays)
+        ]
 
 
 class _CachedTerms:
@@ -261,7 +231,7 @@ class _CachedTerms:
 
     def decide_against(self, base: Float32Array, others: TileStack) -> Float32Array:
         """Calibration on the cached stack; the baseline is the fuser's (as the adapter's)."""
-        return self.against(self.fuser._baseline(self.ta.shape[0]))
+        return self.against(baseline_plane(self.fuser.params.baseline, self.ta.shape[0]))
 
     def decide_pairs(self, stack: TileStack, pairs: list[tuple[int, int]]) -> Float32Array:
         return self._maps([a for a, _ in pairs], [b for _, b in pairs])

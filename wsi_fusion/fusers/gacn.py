@@ -60,13 +60,13 @@ from pydantic import Field
 from wsi_fusion._types import TileStack
 from wsi_fusion.fusers._filters import luminance
 from wsi_fusion.fusers._registry import register_fuser
-from wsi_fusion.fusers._torch import TorchFuser, TorchParams
 from wsi_fusion.fusers._weights import WeightsRecord
-from wsi_fusion.fusers.base import FusionResult
 from wsi_fusion.fusers.pairwise import (
+    PairwiseDecider,
+    PairwiseParams,
+    PairwiseTorchFuser,
+    Weighting,
     baseline_plane,
-    check_serial_depth,
-    fuse_pairwise,
     serial_margin,
 )
 
@@ -83,14 +83,9 @@ Float32Array = npt.NDArray[np.float32]
 DM_HALO = 26
 
 
-class GACNParams(TorchParams):
-    #: N-plane strategy: every pair once (default), GACN's decision calibration (Eq. 19) or
-    #: one-by-one serial fusion (see ``fusers.pairwise``).
-    strategy: Literal["round_robin", "calibration", "serial"] = "round_robin"
+class GACNParams(PairwiseParams):
     #: Calibration: per-pixel argmax of the decision volume (paper) or DV normalised to 1.
     weighting: Literal["argmax", "soft"] = "argmax"
-    #: Calibration baseline plane; -1 is the middle plane, 0 the paper's first plane.
-    baseline: int = Field(default=-1, ge=-1)
     #: Sigmoid-projection steepness k (Eq. 4) of the pairwise/serial DM; paper: 1000.
     steepness: float = Field(default=1000.0, gt=0.0)
     #: Steepness of the DMs fed to the decision calibration (graded, see module notes).
@@ -102,8 +97,6 @@ class GACNParams(TorchParams):
     smooth_sigma: float = Field(default=2.0, gt=0.0, le=8.0)
     guided_radius: int = Field(default=4, ge=1, le=16)
     guided_eps: float = Field(default=1e-2, gt=0.0)
-    #: Serial mode only: the most planes a tile may have (its margin grows with them).
-    max_planes: int = Field(default=5, ge=2)
 
 
 @register_fuser(
@@ -114,7 +107,7 @@ class GACNParams(TorchParams):
         "Neurocomputing 470:204-216, 2022, doi:10.1016/j.neucom.2021.10.115"
     ),
 )
-class GACNFuser(TorchFuser):
+class GACNFuser(PairwiseTorchFuser):
     """GACN decision maps, N planes by round robin (default), decision calibration or serial."""
 
     Params = GACNParams
@@ -126,7 +119,7 @@ class GACNFuser(TorchFuser):
     )
 
     @property
-    def dm_margin(self) -> int:
+    def pair_margin(self) -> int:
         """Reach of one final decision map."""
         p = self.params
         smoothing = max(max(int(round(2 * p.smooth_sigma)), 1), 2 * p.guided_radius)
@@ -135,8 +128,8 @@ class GACNFuser(TorchFuser):
     @property
     def margin(self) -> int:
         if self.params.strategy == "serial":
-            return serial_margin(self.dm_margin, self.params.max_planes)
-        return self.dm_margin
+            return serial_margin(self.pair_margin, self.params.max_planes)
+        return self.pair_margin
 
     def build_model(self) -> torch.nn.Module:
         import torch
@@ -219,48 +212,21 @@ class GACNFuser(TorchFuser):
         """Final DMs of plane ``i`` against ``j`` per pair; each plane's features once."""
         return _CachedPlanes(self, stack).decide_pairs(stack, pairs)
 
-    def _baseline(self, z: int) -> int:
-        return baseline_plane(self.params.baseline, z)
+    def weighting(self) -> Weighting:
+        return self.params.weighting
 
-    def _check_depth(self, z: int) -> None:
-        p = self.params
-        check_serial_depth("gacn", p.strategy, z, p.max_planes, self.dm_margin)
+    def batch_deciders(self, arrays: list[Float32Array]) -> list[PairwiseDecider]:
+        """Grey planes and activities of every tile in one feature pass, cached per tile.
 
-    def fuse(self, stack: TileStack) -> FusionResult:
-        stack = np.asarray(stack, dtype=np.float32)
-        self._check_depth(stack.shape[0])
-        p = self.params
-        baseline = self._baseline(stack.shape[0])
-        return fuse_pairwise(stack, self, p.strategy, baseline=baseline, weighting=p.weighting)
-
-    def fuse_batch(self, stacks: list[TileStack]) -> list[FusionResult]:
-        """Several tiles with the feature path batched over all their planes.
-
-        Channel SE pools per image, so tiles do not mix and the result equals :meth:`fuse` per
-        tile. Serial mode (each fold needs the previous result) falls back to :meth:`fuse`.
+        Channel SE pools per image, so tiles do not mix.
         """
-        p = self.params
-        if p.strategy == "serial" or len(stacks) < 2:
-            return super().fuse_batch(stacks)
-        arrays = [np.asarray(s, dtype=np.float32) for s in stacks]
-        for a in arrays:
-            self._check_depth(a.shape[0])
-        same = len({a.shape for a in arrays}) == 1
-        if not same:
-            return super().fuse_batch(stacks)
         z = arrays[0].shape[0]
         grey = self._grey(np.concatenate(arrays))
         acts = self._activities(grey)
-        results = []
-        for i, stack in enumerate(arrays):
-            sl = slice(i * z, (i + 1) * z)
-            cached = _CachedPlanes(self, stack, grey[sl], acts[sl])
-            results.append(
-                fuse_pairwise(
-                    stack, cached, p.strategy, baseline=self._baseline(z), weighting=p.weighting
-                )
-            )
-        return results
+        return [
+            _CachedPlanes(self, stack, grey[i * z : (i + 1) * z], acts[i * z : (i + 1) * z])
+            for i, stack in enumerate(arrays)
+        ]
 
 
 class _CachedPlanes:
@@ -292,7 +258,7 @@ class _CachedPlanes:
 
     def decide_against(self, base: Float32Array, others: TileStack) -> Float32Array:
         """Calibration on the cached stack; the baseline is the fuser's (as the adapter's)."""
-        index = self.fuser._baseline(self.acts.shape[0])
+        index = baseline_plane(self.fuser.params.baseline, self.acts.shape[0])
         rest = [j for j in range(self.acts.shape[0]) if j != index]
         k = self.fuser.params.calibration_steepness
         return self._dms([index] * len(rest), rest, k)

@@ -55,13 +55,16 @@ to ``[eps, 1 − eps]`` so the odds stay finite; ties are broken towards the low
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
 from wsi_fusion._types import PlaneWeights, TileStack
 from wsi_fusion.errors import ConfigError
+from wsi_fusion.fusers._torch import TorchFuser, TorchParams
 from wsi_fusion.fusers.base import FusionResult, one_hot_weights, weighted_sum
 
 Float32Array = npt.NDArray[np.float32]
@@ -255,3 +258,63 @@ def fuse_pairwise(
     raise ValueError(
         f"unknown pairwise strategy {strategy!r}; use 'round_robin', 'calibration' or 'serial'"
     )
+
+
+class PairwiseParams(TorchParams):
+    """Parameters of a learned pairwise fuser's N-plane strategy."""
+
+    #: N-plane strategy: every pair once (default), decision calibration (Eq. 19) or
+    #: one-by-one serial folding (see the module notes).
+    strategy: Strategy = "round_robin"
+    #: Calibration baseline plane; -1 is the middle plane, 0 the first (GACN's choice).
+    baseline: int = Field(default=-1, ge=-1)
+    #: Serial mode only: the most planes a tile may have (its margin grows with them).
+    max_planes: int = Field(default=5, ge=2)
+
+
+class PairwiseTorchFuser(TorchFuser):
+    """A learned pairwise decider that fuses N planes through :func:`fuse_pairwise`.
+
+    Subclasses are the decider (``decide``, ``decide_against``, ``decide_pairs``) and provide
+    :attr:`pair_margin` and :meth:`batch_deciders`; checking the serial depth, choosing the
+    baseline and batching tiles live here once.
+    """
+
+    params: PairwiseParams
+
+    @property
+    @abstractmethod
+    def pair_margin(self) -> int:
+        """Reach of one final two-source decision (what serial folding accumulates)."""
+
+    @abstractmethod
+    def batch_deciders(self, arrays: list[Float32Array]) -> list[PairwiseDecider]:
+        """One decider per equal-sized tile, their per-plane network work done in one pass."""
+
+    def weighting(self) -> Weighting:
+        """How the calibration turns the decision volume into weights."""
+        return "argmax"
+
+    def _fuse_with(self, stack: Float32Array, decider: PairwiseDecider) -> FusionResult:
+        p = self.params
+        z = stack.shape[0]
+        check_serial_depth(self.name, p.strategy, z, p.max_planes, self.pair_margin)
+        baseline = baseline_plane(p.baseline, z)
+        weighting = self.weighting()
+        return fuse_pairwise(stack, decider, p.strategy, baseline=baseline, weighting=weighting)
+
+    def fuse(self, stack: TileStack) -> FusionResult:
+        return self._fuse_with(np.asarray(stack, dtype=np.float32), self)  # type: ignore[arg-type]
+
+    def fuse_batch(self, stacks: list[TileStack]) -> list[FusionResult]:
+        """Several equal-sized tiles with the per-plane network work batched over all planes.
+
+        Equals :meth:`fuse` per tile. Serial mode (each fold needs the previous result) and
+        tiles of different shapes fall back to :meth:`fuse` per tile.
+        """
+        arrays = [np.asarray(s, dtype=np.float32) for s in stacks]
+        serial = self.params.strategy == "serial"
+        if serial or len(arrays) < 2 or len({a.shape for a in arrays}) != 1:
+            return super().fuse_batch(stacks)
+        deciders = self.batch_deciders(arrays)
+        return [self._fuse_with(a, d) for a, d in zip(arrays, deciders, strict=True)]
