@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from wsi_fusion._resources import shipped_configs_dir
 from wsi_fusion.errors import ConfigError
 
 OutputFormat = Literal["ome-zarr", "ome-tiff", "tiff"]
@@ -105,11 +106,29 @@ class RunConfig(BaseModel):
         return self
 
 
+def shipped_config(path: str | Path) -> Path:
+    """``path`` itself if it exists, else the shipped config of that name, else ``path``.
+
+    ``configs/lossless-focus-map.yaml``, ``lossless-focus-map.yaml`` and ``lossless-focus-map``
+    all name the shipped config when no such file is in the working folder, so the configs of
+    ``configs/`` work from an installed wheel as they do in a checkout.
+    """
+    path = Path(path)
+    if path.exists() or path.parent not in (Path("."), Path("configs")):
+        return path
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    shipped = shipped_configs_dir() / name
+    return shipped if shipped.is_file() else path
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
-    """Load a YAML config (if given) and apply non-``None`` ``overrides`` on top."""
+    """Load a YAML config (if given) and apply non-``None`` ``overrides`` on top.
+
+    ``path`` may name a shipped config (see :func:`shipped_config`).
+    """
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
+        path = shipped_config(path)
         try:
             loaded = yaml.safe_load(path.read_text())
         except FileNotFoundError as err:

@@ -5,7 +5,8 @@ you runs whatever code it contains. Every shipped file is pinned by its sha256 i
 :class:`WeightsRecord`, so a corrupt or swapped file is refused before a tensor is read.
 
 Resolution order of a weights file: an explicit path (fuser parameter ``weights``), then
-``$WSI_FUSION_WEIGHTS/<record.file>``, then the repository's ``models/<record.file>``.
+``$WSI_FUSION_WEIGHTS/<record.file>``, then the shipped ``models/<record.file>`` (inside the
+package when installed from a wheel, the repository's ``models/`` in a checkout).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wsi_fusion._resources import shipped_models_dir
 from wsi_fusion.errors import WeightsError
 
 if TYPE_CHECKING:  # torch is imported lazily: listing fusers must not import it.
@@ -47,11 +49,15 @@ class WeightsRecord:
 
 
 def models_dir() -> Path:
-    """The folder holding weights: ``$WSI_FUSION_WEIGHTS`` if set, else the repo's ``models/``."""
+    """The folder holding weights: ``$WSI_FUSION_WEIGHTS`` if set, else the shipped ``models/``.
+
+    The shipped folder is ``wsi_fusion/_models`` in an installed wheel, the repository's
+    ``models/`` in a checkout (:func:`wsi_fusion._resources.shipped_models_dir`).
+    """
     env = os.environ.get(WEIGHTS_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "models"
+    return shipped_models_dir()
 
 
 def resolve_weights(record: WeightsRecord, explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -59,9 +65,9 @@ def resolve_weights(record: WeightsRecord, explicit: str | os.PathLike[str] | No
     path = Path(explicit) if explicit is not None else models_dir() / record.file
     if not path.is_file():
         raise WeightsError(
-            f"weights file for {record.model!r} not found: {path}. Reinstall from a full clone "
-            f"(the file ships in models/{record.file}), set ${WEIGHTS_ENV} to a folder that "
-            "holds it, or pass weights=PATH"
+            f"weights file for {record.model!r} not found: {path}. Reinstall wsi-fusion from its "
+            f"wheel or a full clone (the file ships in models/{record.file}), set "
+            f"${WEIGHTS_ENV} to a folder that holds it, or pass weights=PATH"
         )
     return path
 

@@ -1,0 +1,132 @@
+"""The shipped weights and configs: found in a checkout, inside an installed wheel, and shipped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from wsi_fusion import _resources
+from wsi_fusion.config import load_config, shipped_config
+from wsi_fusion.fusers import fuser_class, list_fusers
+from wsi_fusion.fusers._weights import WEIGHTS_ENV, models_dir
+
+REPO = Path(__file__).resolve().parents[1]
+#: What a wheel is built from (setup.py copies models/ and configs/ into the package).
+BUILD_INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "wsi_fusion")
+
+
+def _learned_fusers() -> list[str]:
+    return [n for n in list_fusers() if getattr(fuser_class(n), "weights_record", None)]
+
+
+def test_checkout_resolves_the_repository_folders(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    assert models_dir() == REPO / "models"
+    assert _resources.shipped_configs_dir() == REPO / "configs"
+
+
+def test_packaged_folders_win_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "site-packages" / "wsi_fusion"
+    (package / "_models").mkdir(parents=True)
+    (package / "_configs").mkdir()
+    monkeypatch.setattr(_resources, "_PACKAGE", package)
+    monkeypatch.setattr(_resources, "_REPO", tmp_path / "site-packages")  # no models/ there
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    assert models_dir() == package / "_models"
+    assert _resources.shipped_configs_dir() == package / "_configs"
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "mine"))
+    assert models_dir() == tmp_path / "mine"
+
+
+@pytest.mark.parametrize(
+    "name", ["lossless-focus-map", "lossless-focus-map.yaml", "configs/lossless-focus-map.yaml"]
+)
+def test_shipped_config_by_name_from_any_folder(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert shipped_config(name) == REPO / "configs" / "lossless-focus-map.yaml"
+    config = load_config(name)
+    assert config.focus_map and config.compression == "deflate"
+
+
+def test_a_local_config_file_wins_over_the_shipped_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default.yaml").write_text("tile: 256\noverlap: 64\n")
+    assert load_config("default.yaml").tile == 256
+    assert shipped_config("elsewhere/default.yaml") == Path("elsewhere/default.yaml")
+
+
+@pytest.mark.slow
+def test_wheel_ships_weights_and_configs_and_finds_them_installed(tmp_path: Path) -> None:
+    """Build the wheel from the working tree, check its contents, run it from outside the repo."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in BUILD_INPUTS + ("models", "configs"):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, src / name)
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation"]
+        + ["-q", "-w", str(dist)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = dist.glob("wsi_fusion-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        for folder, packaged in (("models", "_models"), ("configs", "_configs")):
+            tracked = [
+                p
+                for p in (REPO / folder).rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts
+            ]
+            assert tracked
+            for path in tracked:
+                member = f"wsi_fusion/{packaged}/{path.relative_to(REPO / folder).as_posix()}"
+                assert member in names, f"{member} missing from the wheel"
+                assert zf.read(member) == path.read_bytes()
+        site = tmp_path / "site"
+        zf.extractall(site)
+
+    # The unpacked wheel comes first on sys.path (the editable install's finder runs after
+    # the path finder), and the working folder is outside the repository.
+    env = {k: v for k, v in os.environ.items() if k != WEIGHTS_ENV}
+    env["PYTHONPATH"] = str(site)
+    run = subprocess.run(
+        [sys.executable, "-c", "from wsi_fusion.cli import main; main()", "fusers"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    lines = {line.split("\t")[0]: line for line in run.stdout.splitlines()}
+    learned = _learned_fusers()
+    assert learned
+    for name in learned:
+        assert "\tpresent (" in lines[name], lines[name]
+        assert str(site / "wsi_fusion" / "_models") in lines[name]
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from wsi_fusion.config import shipped_config as s; print(s('default'))",
+        ],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert Path(where.stdout.strip()) == site / "wsi_fusion" / "_configs" / "default.yaml"
