@@ -38,6 +38,18 @@ class ConfigError(WsiFusionError, ValueError):
     """A run configuration is invalid (unknown key, bad value, tile/overlap mismatch)."""
 
 
+class OverlapsInput(WsiFusionError, ValueError):
+    """An output, sidecar or cache path is an input, holds one, or lies inside one."""
+
+
+class ForeignPath(WsiFusionError, FileExistsError):
+    """A folder the run would remove or replace was not made by this tool (no marker)."""
+
+
+class OutputBusy(WsiFusionError, BlockingIOError):
+    """Another live run holds the lock of this output (or batch folder)."""
+
+
 class OutputExists(WsiFusionError, FileExistsError):
     """The output path already exists and ``--overwrite`` was not given."""
 
@@ -48,3 +60,12 @@ class OutputNotWritable(WsiFusionError, PermissionError):
 
 class WeightsError(WsiFusionError, ValueError):
     """Model weights are missing, corrupt, of the wrong shape or not safetensors."""
+
+
+class StorageError(WsiFusionError, OSError):
+    """The operating system refused a read or write of the run's files (disk full, file too
+    large for the file system, permission denied, read-only or special file system)."""
+
+
+class OutOfMemory(WsiFusionError, MemoryError):
+    """A step needed more memory than is available (never reported as a corrupt input)."""

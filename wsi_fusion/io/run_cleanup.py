@@ -1,0 +1,63 @@
+"""A failed run leaves nothing behind that it created; an interrupted one keeps its resume state.
+
+An error (a full disk, a corrupt tile deep in a plane, bad weights found once workers load them)
+ends the run for good: rerunning the same command cannot succeed until the user fixes something,
+so the run's partial output and the tile cache *it created* are removed. What existed before the
+run started (the cache and partial output of an earlier, killed run) is never touched, because
+the tool cannot know it is safe to delete. An interrupt (Ctrl-C, SIGTERM turned into
+``KeyboardInterrupt``) is not an error: the partial output and cache stay, and rerunning resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from wsi_fusion.errors import WsiFusionError
+from wsi_fusion.io.storage_errors import out_of_memory, storage_error
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def remove_on_failure(paths: Iterable[Path], what: str) -> Iterator[None]:
+    """On an error inside the block, delete those of ``paths`` that did not exist on entry.
+
+    Enter it only once the run owns its output (after any lock is taken), so that nothing a
+    concurrent run created in the meantime can be mistaken for this run's. ``OSError`` and
+    ``MemoryError`` from libraries are re-raised as :class:`~wsi_fusion.errors.StorageError` /
+    :class:`~wsi_fusion.errors.OutOfMemory` naming the path (``what`` when the library did not
+    say) and the fix.
+    """
+    new = [p for p in paths if not _exists(p)]
+    try:
+        yield
+    except Exception as err:
+        for path in new:
+            _remove(path)
+        if isinstance(err, WsiFusionError):
+            raise
+        if isinstance(err, OSError):
+            raise storage_error(err, what) from err
+        if isinstance(err, MemoryError):
+            raise out_of_memory(f"fusing into {what}") from err
+        raise
+
+
+def _exists(path: Path) -> bool:
+    return path.is_symlink() or path.exists()
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or folder this run created; a failure here is logged, not raised, so the
+    error that ended the run is the one reported."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif _exists(path):
+            path.unlink()
+    except OSError as err:
+        logger.warning("could not remove %s after the failed run (%s); delete it", path, err)
