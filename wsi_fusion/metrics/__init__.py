@@ -1,5 +1,10 @@
 """Fusion-quality metrics: full-reference, no-reference (N sources) and focus checks.
 
+Besides the registry, two block-wise checks for real stacks without ground truth:
+:func:`focus_attainment` (is each block as sharp as its sharpest plane? healthy 0.95-1.15; well
+above means invented texture) and :func:`block_fidelity` (does each block *look like* its sharpest
+plane, within a drift search window? patchwork, rings and doubled objects score low).
+
 Conventions (see :mod:`._image`): every metric works on the luminance (MATLAB ``rgb2gray`` /
 ITU-R BT.601 weights) on the 0-255 scale; ``uint8`` input is 0-255, float input [0, 1]. Each
 no-reference metric generalises its published two-source formula to N sources so that N = 2
@@ -27,6 +32,7 @@ fmi_dct      no_reference     Haghighat 2011/2014; ``fmi.m`` feature ``'dct'``
 from __future__ import annotations
 
 from wsi_fusion.metrics.feature_mi import fmi
+from wsi_fusion.metrics.fidelity import BlockFidelity, block_fidelity, worst_blocks
 from wsi_fusion.metrics.focus import FocusAttainment, focus_attainment, halo_score, seam_score
 from wsi_fusion.metrics.full_reference import cc, psnr, q_mi, ssim
 from wsi_fusion.metrics.gradient import q_abf, q_avg
@@ -37,9 +43,11 @@ from wsi_fusion.metrics.structural import q_y
 
 __all__ = [
     "METRICS",
+    "BlockFidelity",
     "FocusAttainment",
     "MetricSpec",
     "UnknownMetric",
+    "block_fidelity",
     "cc",
     "evaluate",
     "fmi",
@@ -57,4 +65,5 @@ __all__ = [
     "q_y",
     "seam_score",
     "ssim",
+    "worst_blocks",
 ]

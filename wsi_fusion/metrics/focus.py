@@ -33,7 +33,14 @@ from wsi_fusion.metrics._image import (
 )
 from wsi_fusion.tiling.plan import make_plan
 
-__all__ = ["FocusAttainment", "focus_attainment", "halo_score", "seam_score", "sharpness_map"]
+__all__ = [
+    "FocusAttainment",
+    "block_sharpness",
+    "focus_attainment",
+    "halo_score",
+    "seam_score",
+    "sharpness_map",
+]
 
 
 class FocusAttainment(TypedDict):
@@ -74,6 +81,15 @@ def _block_rms(energy: FloatImage, block: int) -> FloatImage:
         np.diff(np.append(ys, energy.shape[0])), np.diff(np.append(xs, energy.shape[1]))
     )
     return np.sqrt(sums / counts)
+
+
+def block_sharpness(luma: FloatImage, block: int, sigma: float = 1.0) -> FloatImage:
+    """RMS of :func:`sharpness_map` over ``block`` x ``block`` blocks, (By, Bx), grey levels/px.
+
+    The block grid starts at (0, 0); edge blocks may be smaller. Shared by focus attainment and
+    block fidelity (:mod:`.fidelity`), so both pick the same sharpest plane per block.
+    """
+    return _block_rms(sharpness_map(luma, sigma), block)
 
 
 def focus_attainment(
@@ -118,10 +134,10 @@ def focus_attainment(
         raise UnsupportedInput(f"block {block} is too small; use at least 4 px (default 64)")
     f = to_luma(fused, name="fused")
     stack = to_sources(planes, f.shape)
-    plane_s = np.stack([_block_rms(sharpness_map(p, sigma), block) for p in stack])
+    plane_s = np.stack([block_sharpness(p, block, sigma) for p in stack])
     best_plane = plane_s.argmax(axis=0)
     best = plane_s.max(axis=0)
-    fused_s = _block_rms(sharpness_map(f, sigma), block)
+    fused_s = block_sharpness(f, block, sigma)
     threshold = max(min_sharpness, rel_sharpness * float(np.percentile(best, 90)))
     textured = best >= threshold
     ratios = np.full(best.shape, np.nan)
