@@ -42,6 +42,7 @@ from wsi_fusion.metrics import (
     ssim,
 )
 from wsi_fusion.metrics.feature_mi import _matlab_edge
+from wsi_fusion.metrics.focus import HEALTHY_WINDOW, outside_window
 
 U8 = npt.NDArray[np.uint8]
 F64 = npt.NDArray[np.float64]
@@ -488,6 +489,7 @@ def test_focus_attainment_sharpest_plane_is_one() -> None:
     assert res["mean"] == pytest.approx(1.0)
     assert res["frac_below"] == 0.0
     assert res["frac_above"] == 0.0
+    assert res["frac_outside"] == 0.0 and res["p10"] == pytest.approx(1.0)
     assert np.all(res["best_plane"][res["textured"]] == 1)
     assert res["ratios"].shape == (4, 4)
 
@@ -502,6 +504,19 @@ def test_focus_attainment_oversharpened_is_above_one() -> None:
     res = focus_attainment(unsharp(SHARP), PLANES, block=32)
     assert res["mean"] > 1.2
     assert res["frac_above"] > 0.5
+
+
+def test_focus_attainment_is_a_window() -> None:
+    # Defaults: the healthy window 0.95-1.15; above it is invented texture, not "better".
+    assert HEALTHY_WINDOW == (0.95, 1.15)
+    res = focus_attainment(unsharp(SHARP), PLANES, block=32)
+    assert res["frac_outside"] == pytest.approx(res["frac_below"] + res["frac_above"])
+    assert res["frac_outside"] > 0.5 and res["p10"] <= res["median"]
+    ratios = np.array([0.5, 0.95, 1.0, 1.15, 2.3, np.nan])
+    far = outside_window(ratios)
+    assert far[1:4].tolist() == [0.0, 0.0, 0.0] and math.isnan(far[5])
+    # Half as sharp as the window's floor is as far off as twice its ceiling.
+    assert far[0] == pytest.approx(math.log(0.95 / 0.5)) and far[4] == pytest.approx(math.log(2))
 
 
 def test_focus_attainment_blank_has_no_textured_block() -> None:

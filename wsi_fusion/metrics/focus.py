@@ -4,8 +4,13 @@ These are this package's own measures, not published metrics. They compare the f
 the registered focal planes it was made from (or, for seams, with itself):
 
 * :func:`focus_attainment` -- per textured block, the fused image's sharpness relative to the
-  sharpest plane's: 1.0 = as sharp as the best plane, < 1 = focus lost, well above 1 = likely an
-  artefact (over-sharpening, ringing, noise).
+  sharpest plane's. This is a **window, not "higher is better"**: 0.95-1.15 is healthy (as sharp
+  as the best plane, give or take noise and JPEG); below, focus was lost; well above, the fused
+  image has texture that no plane has -- noise picked from defocused planes, edges made by
+  switching planes inside an object, ringing or over-sharpening. A fuser that scores 1.3 is not
+  sharper than one at 1.0, it is inventing detail. Read it with
+  :func:`~wsi_fusion.metrics.fidelity.block_fidelity`, which sees patchwork that keeps the
+  sharpness up.
 * :func:`halo_score` -- how far the fused image leaves the range the planes span near strong
   edges (the bright/dark fringes of over-sharpening and of pyramid/wavelet fusers).
 * :func:`seam_score` -- the jump across tile-boundary lines relative to neighbouring lines.
@@ -34,10 +39,12 @@ from wsi_fusion.metrics._image import (
 from wsi_fusion.tiling.plan import make_plan
 
 __all__ = [
+    "HEALTHY_WINDOW",
     "FocusAttainment",
     "block_sharpness",
     "focus_attainment",
     "halo_score",
+    "outside_window",
     "seam_score",
     "sharpness_map",
 ]
@@ -52,13 +59,37 @@ class FocusAttainment(TypedDict):
     textured: npt.NDArray[np.bool_]
     #: Index of the sharpest plane per block (the local focus map at block resolution).
     best_plane: npt.NDArray[np.intp]
-    #: Summary over textured blocks (NaN when there is none).
+    #: Summary over textured blocks (NaN when there is none). Healthy: inside the window
+    #: ``[low, high]`` (default 0.95-1.15); see :data:`HEALTHY_WINDOW`.
     mean: float
     median: float
-    #: Fraction of textured blocks with ratio < ``low`` (lost focus) and > ``high`` (artefact).
+    p10: float
+    #: Fraction of textured blocks with ratio < ``low`` (lost focus), > ``high`` (invented
+    #: texture: noise, plane-switching edges, ringing) and outside the window (their sum).
     frac_below: float
     frac_above: float
+    frac_outside: float
     n_textured: int
+
+
+#: Healthy range of the focus-attainment ratio (fused / sharpest plane's block sharpness).
+#: Below: focus lost. Above: texture no plane has. Not "higher is better".
+HEALTHY_WINDOW = (0.95, 1.15)
+
+
+def outside_window(
+    ratios: npt.NDArray[np.float64], low: float = HEALTHY_WINDOW[0], high: float = HEALTHY_WINDOW[1]
+) -> npt.NDArray[np.float64]:
+    """How far each ratio lies outside ``[low, high]``, as ``|log|`` of the nearer edge's ratio.
+
+    0 inside the window; symmetric in the multiplicative sense (half the sharpness and twice the
+    sharpness are equally far off). NaN stays NaN.
+    """
+    with np.errstate(divide="ignore"):
+        below = np.log(low / np.maximum(ratios, 1e-12))
+        above = np.log(ratios / high)
+    out = np.maximum(np.maximum(below, above), 0.0)
+    return np.where(np.isnan(ratios), np.nan, out)
 
 
 def sharpness_map(luma: FloatImage, sigma: float = 1.0) -> FloatImage:
@@ -100,8 +131,8 @@ def focus_attainment(
     sigma: float = 1.0,
     min_sharpness: float = 1.0,
     rel_sharpness: float = 0.2,
-    low: float = 0.9,
-    high: float = 1.2,
+    low: float = HEALTHY_WINDOW[0],
+    high: float = HEALTHY_WINDOW[1],
 ) -> FocusAttainment:
     """Per-block sharpness of the fused image relative to the sharpest registered plane.
 
@@ -109,6 +140,10 @@ def focus_attainment(
     in grey levels per pixel. A block is *textured* when its sharpest plane reaches both
     ``min_sharpness`` (absolute; excludes blank glass and background) and ``rel_sharpness`` times
     the 90th percentile over blocks (relative; excludes faint blocks whose ratio is mostly noise).
+
+    Read the ratio as a window (``low``-``high``, default 0.95-1.15), not "higher is better":
+    a ratio well above 1 means texture that no plane has (noise picked from defocused planes,
+    edges made by switching planes inside an object, ringing), not a sharper image.
 
     Parameters
     ----------
@@ -123,7 +158,7 @@ def focus_attainment(
     min_sharpness, rel_sharpness
         Texture thresholds (see above).
     low, high
-        Thresholds of ``frac_below`` and ``frac_above``.
+        The healthy window: thresholds of ``frac_below``, ``frac_above`` and ``frac_outside``.
 
     Returns
     -------
@@ -150,8 +185,10 @@ def focus_attainment(
         best_plane=best_plane,
         mean=float(vals.mean()) if n else math.nan,
         median=float(np.median(vals)) if n else math.nan,
+        p10=float(np.percentile(vals, 10)) if n else math.nan,
         frac_below=float((vals < low).mean()) if n else math.nan,
         frac_above=float((vals > high).mean()) if n else math.nan,
+        frac_outside=float(((vals < low) | (vals > high)).mean()) if n else math.nan,
         n_textured=n,
     )
 
