@@ -29,6 +29,7 @@ from wsi_fusion.config import RunConfig
 from wsi_fusion.errors import UnsupportedInput
 from wsi_fusion.fusers import create_fuser, fuser_class
 from wsi_fusion.io.destination import Destination, publish, resolve_destination, stem
+from wsi_fusion.io.run_cleanup import remove_on_failure
 from wsi_fusion.registration import DriftField, estimate_drift, should_apply
 from wsi_fusion.scheduling.graph import TaskRunner, open_runner, phase1_resources
 from wsi_fusion.scheduling.tasks import FusionJob, blend_blocks, fuse_tiles
@@ -111,13 +112,44 @@ def fuse_slide(
         An open scheduler to run on (batch conversion shares one across slides); default: open
         ``config.scheduler`` for this run.
     """
+    config = config or RunConfig()
+    dest = resolve_destination(output, config.format, overwrite=overwrite, cache_dir=cache_dir)
+    # A run that fails removes the partial output and cache it created (never those of an
+    # earlier, interrupted run), and an OS error becomes one message naming the path and the fix.
+    with remove_on_failure(_run_paths(dest, config), str(dest.output)):
+        return _fuse(
+            inputs,
+            dest,
+            config,
+            keep_cache=keep_cache,
+            progress=progress or _Silent(),
+            runner=runner,
+        )
+
+
+def _run_paths(dest: Destination, config: RunConfig) -> list[Path]:
+    """Every path a run creates besides its final outputs (removed again if it fails)."""
+    finals = [dest.focus_map_tiff] if config.focus_map and dest.format != "ome-zarr" else []
+    if dest.format != "ome-zarr":
+        finals += [extra_tiff_path(dest, name) for name in config.extras]
+    partials = [p.with_name(p.name + ".partial") for p in finals]
+    return [dest.partial, dest.cache_dir, dest.run_json, *partials]
+
+
+def _fuse(
+    inputs: Sequence[str | os.PathLike[str]],
+    dest: Destination,
+    config: RunConfig,
+    *,
+    keep_cache: bool,
+    progress: ProgressReporter,
+    runner: TaskRunner | None,
+) -> RunReport:
+    """:func:`fuse_slide` once the destination is known and checked."""
     from wsi_fusion.io.readers import describe_stack, open_stack
 
-    config = config or RunConfig()
-    progress = progress or _Silent()
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    dest = resolve_destination(output, config.format, overwrite=overwrite, cache_dir=cache_dir)
     input_paths = tuple(str(Path(p)) for p in inputs)
 
     stack = open_stack(list(input_paths))
@@ -475,15 +507,17 @@ def _write_final(
     if dest.format == "ome-zarr":
         return extra
     group = zarr.open_group(dest.image_zarr, mode="r")
-    writer = write_ome_tiff if dest.format == "ome-tiff" else write_generic_tiff
-    writer(
-        group,
-        dest.partial,
-        mpp=mpp,
-        compression=config.compression,
-        jpeg_quality=config.jpeg_quality,
-        description=provenance,
-    )
+    options: dict[str, Any] = {
+        "mpp": mpp,
+        "compression": config.compression,
+        "jpeg_quality": config.jpeg_quality,
+        "description": provenance,
+    }
+    if dest.format == "ome-tiff":
+        # The final name, not the .partial one it is written under, goes into the OME-XML.
+        write_ome_tiff(group, dest.partial, name=dest.output.name, **options)
+    else:
+        write_generic_tiff(group, dest.partial, **options)
     if config.focus_map:
         partial_map = dest.focus_map_tiff.with_name(dest.focus_map_tiff.name + ".partial")
         write_label_tiff(label_levels(group, "focus_map"), partial_map, mpp=mpp)

@@ -21,6 +21,7 @@ from wsi_fusion.cli.fusers import fusers
 from wsi_fusion.cli.info import info
 from wsi_fusion.cli.synth import synth
 from wsi_fusion.errors import WsiFusionError
+from wsi_fusion.io.storage_errors import out_of_memory, storage_error
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,5 +53,11 @@ def main() -> None:
     except WsiFusionError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
+    except OSError as err:  # raised outside the pipeline's own translation (info, batch, ...)
+        click.echo(f"error: {storage_error(err)}", err=True)
+        sys.exit(1)
+    except MemoryError as err:
+        click.echo(f"error: {out_of_memory(' '.join(sys.argv[1:2]) or 'wsi-fusion')}", err=True)
+        raise SystemExit(1) from err
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)

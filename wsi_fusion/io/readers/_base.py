@@ -20,6 +20,7 @@ from PIL import Image
 
 from wsi_fusion._types import Box, RGBRegion
 from wsi_fusion.errors import UnreadableSlide, UnsupportedInput, WsiFusionError
+from wsi_fusion.io.storage_errors import out_of_memory
 
 logger = logging.getLogger(__name__)
 
@@ -306,6 +307,8 @@ class BaseStack(ABC):
             rgb = self._thumbnail(plane, target)
         except WsiFusionError:
             raise
+        except MemoryError as err:
+            raise out_of_memory(f"{self._source_of(plane)}: thumbnail of plane {plane}") from err
         except Exception as err:
             raise UnreadableSlide(
                 f"{self._source_of(plane)}: cannot decode a thumbnail of plane {plane} ({err}); "
@@ -319,6 +322,8 @@ class BaseStack(ABC):
             return self._read_inside(plane, box)
         except WsiFusionError:
             raise
+        except MemoryError as err:  # not a broken file: say so, never "corrupt"
+            raise out_of_memory(f"{self._source_of(plane)}: plane {plane} at {box}") from err
         except Exception as err:  # any decoder failure here means bad data in the file
             raise UnreadableSlide(
                 f"{self._source_of(plane)}: cannot decode plane {plane} at {box} ({err}); "

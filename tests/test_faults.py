@@ -1,0 +1,249 @@
+"""Fault injection: every OS error, memory error or late weights error ends a run with one
+``error:`` line naming the path and the fix, exit code 1, and nothing partial left behind.
+
+Faults are injected where the libraries would raise them (the tile cache, the zarr output, the
+TIFF writer, folder creation), so the tests run without root and without a special file system;
+one test hits a real file-size limit (``RLIMIT_FSIZE``) in a subprocess. A crash (interrupt) at
+every phase boundary must instead keep the resume state, and the rerun must give the same pixels.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from helpers import run_cli
+
+from wsi_fusion import pipeline
+from wsi_fusion.config import RunConfig
+from wsi_fusion.errors import WeightsError
+from wsi_fusion.scheduling.tile_cache import TileCache
+
+SMALL = ("--tile", "128", "--overlap", "64", "--no-tissue", "--register", "off", "-q")
+
+
+def write_plane(path: Path, seed: int, shape: tuple[int, int] = (300, 400)) -> Path:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    tifffile.imwrite(path, pixels, photometric="rgb", tile=(128, 128))
+    return path
+
+
+@pytest.fixture
+def planes(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    return [str(write_plane(folder / f"p_z{k}.tif", seed=k)) for k in range(3)]
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def left_behind(folder: Path) -> list[str]:
+    """Names in ``folder`` a failed run must not leave: partials, caches, outputs, run.json."""
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if any(s in p.name for s in (".partial", ".cache", "out.", ".run.json"))
+    )
+
+
+def raise_os_error(code: int, path: str = ""):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code), path or None)
+
+    return fail
+
+
+def assert_clean_failure(code: int, err: str, folder: Path, *words: str) -> None:
+    lines = error_lines(err)
+    assert code == 1, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert left_behind(folder) == []
+
+
+@pytest.mark.parametrize(
+    ("where", "fmt", "code", "words"),
+    [
+        ("tile cache", "ome.zarr", errno.ENOSPC, ("No space left", "disk is full", "--cache-dir")),
+        ("tile cache", "ome.tif", errno.EDQUOT, ("quota",)),
+        ("output block", "ome.zarr", errno.ENOSPC, ("No space left", "--cache-dir")),
+        ("tiff writer", "ome.tif", errno.EFBIG, ("File too large", "ulimit -f")),
+        ("tiff writer", "tif", errno.ENOSPC, ("No space left",)),
+        ("tiff writer", "ome.tif", errno.EIO, ("Input/output error",)),
+    ],
+)
+def test_os_error_while_writing(
+    monkeypatch, capsys, planes, tmp_path: Path, where: str, fmt: str, code: int, words
+) -> None:
+    out = tmp_path / f"out.{fmt}"
+    if where == "tile cache":
+        monkeypatch.setattr(TileCache, "write_tile", raise_os_error(code, str(out) + ".cache/x"))
+    elif where == "output block":
+        monkeypatch.setattr(TileCache, "mark_block", raise_os_error(code))
+    else:
+        from wsi_fusion.io.writers import ome_tiff
+
+        name = "write_ome_tiff" if fmt == "ome.tif" else "write_generic_tiff"
+        monkeypatch.setattr(ome_tiff, name, raise_os_error(code, str(out) + ".partial"))
+    status, _, err = run_cli(monkeypatch, capsys, "fuse", *planes, "-o", str(out), *SMALL)
+    assert_clean_failure(status, err, tmp_path, str(out), *words)
+
+
+def deny_writes_under(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make ``folder`` read-only: chmod, and (root ignores modes) refuse mkdir below it."""
+    folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return
+    real_mkdir = os.mkdir
+
+    def mkdir(path, mode=0o777, *args, **kwargs):
+        if Path(os.fspath(path)).absolute().is_relative_to(folder):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_mkdir(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+def test_read_only_cache_dir(monkeypatch, capsys, planes, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    deny_writes_under(monkeypatch, locked)
+    try:
+        out = tmp_path / "out.ome.zarr"
+        args = ("fuse", *planes, "-o", str(out), "--cache-dir", str(locked / "cache"), *SMALL)
+        status, _, err = run_cli(monkeypatch, capsys, *args)
+    finally:
+        locked.chmod(0o755)
+    assert_clean_failure(status, err, tmp_path, str(locked / "cache"), "Permission denied")
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("name", ["x.ome.zarr", "x.ome.tif"])
+def test_output_on_a_special_file_system(monkeypatch, capsys, planes, name: str) -> None:
+    status, _, err = run_cli(monkeypatch, capsys, "fuse", *planes, "-o", f"/proc/{name}", *SMALL)
+    assert status == 1 and len(error_lines(err)) == 1, err
+    assert f"/proc/{name}" in error_lines(err)[0] and "Traceback" not in err
+
+
+def test_weights_error_after_the_output_was_started(
+    monkeypatch, capsys, planes, tmp_path: Path
+) -> None:
+    """Learned fusers load their weights in the workers, after the output and cache exist."""
+
+    def bad_weights(*args, **kwargs):
+        raise WeightsError("model.safetensors is truncated; restore it from the repository")
+
+    monkeypatch.setattr("wsi_fusion.scheduling.tasks.fuse_tiles", bad_weights, raising=False)
+    monkeypatch.setattr(pipeline, "fuse_tiles", bad_weights)
+    out = tmp_path / "out.ome.zarr"
+    status, _, err = run_cli(monkeypatch, capsys, "fuse", *planes, "-o", str(out), *SMALL)
+    assert_clean_failure(status, err, tmp_path, "truncated")
+
+
+def test_memory_error_is_not_reported_as_a_corrupt_file(
+    monkeypatch, capsys, planes, tmp_path: Path
+) -> None:
+    from wsi_fusion.io.readers import layers
+
+    def no_memory(self, plane, target_hw):
+        raise MemoryError
+
+    monkeypatch.setattr(layers.LayerStack, "_thumbnail", no_memory)
+    out = tmp_path / "out.ome.zarr"
+    status, _, err = run_cli(monkeypatch, capsys, "fuse", *planes, "-o", str(out), *SMALL[:-4])
+    assert_clean_failure(status, err, tmp_path, "not enough memory")
+    assert "corrupt" not in err
+
+
+def test_real_file_size_limit(planes, tmp_path: Path) -> None:
+    """RLIMIT_FSIZE makes the kernel refuse the TIFF's writes with EFBIG (Python ignores
+    SIGXFSZ), a real fault without root or a special file system."""
+    limit = 96 * 1024  # the cache's chunks are ~50 kB; the 300x400 TIFF is larger
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "out.ome.tif"
+    cli = "from wsi_fusion.cli import main; main()"
+    cmd = [sys.executable, "-c", cli, "fuse", *planes, "-o", str(out), *SMALL]
+    cmd += ["--lossless"]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=120
+    )
+    assert_clean_failure(done.returncode, done.stderr, tmp_path, "File too large")
+
+
+# ---- interruptions: the resume state stays, the rerun gives the same pixels ------------------
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Stands in for Ctrl-C (or a kill) at a phase boundary."""
+
+
+class _StopAt:
+    """Progress sink that interrupts the run when the named phase starts."""
+
+    def __init__(self, phase: str) -> None:
+        self.stop = phase
+
+    def phase(self, name: str, total: int):
+        if name == self.stop:
+            raise _Interrupted(name)
+        return pipeline._Silent().phase(name, total)
+
+
+def _interrupt(*args, **kwargs):
+    raise _Interrupted
+
+
+def _pixels(path: Path) -> np.ndarray:
+    if path.name.endswith(".tif"):
+        return tifffile.imread(path)
+    return np.asarray(zarr.open_group(path, mode="r")["0"][:])
+
+
+@pytest.mark.parametrize(
+    ("boundary", "suffix"),
+    [
+        ("fuse tiles", "ome.zarr"),  # after planning, before phase 1
+        ("blend blocks", "ome.zarr"),  # between phase 1 and phase 2
+        ("_finish_pyramid", "ome.zarr"),  # after phase 2, before the pyramid
+        ("_write_final", "ome.tif"),  # pyramid built, TIFF not yet written
+    ],
+)
+def test_interrupt_at_every_phase_boundary_resumes_identically(
+    monkeypatch, planes, tmp_path: Path, boundary: str, suffix: str
+) -> None:
+    config = RunConfig(
+        tile=128, overlap=64, focus_map=True, scheduler="sync", registration={"mode": "off"}
+    )
+    reference = pipeline.fuse_slide(planes, tmp_path / f"ref.{suffix}", config)
+    out = tmp_path / f"out.{suffix}"
+    progress = None
+    with monkeypatch.context() as patch:
+        if boundary.startswith("_"):
+            patch.setattr(pipeline, boundary, _interrupt)
+        else:
+            progress = _StopAt(boundary)
+        with pytest.raises(_Interrupted):
+            pipeline.fuse_slide(planes, out, config, progress=progress)
+    assert not out.exists()
+    assert (tmp_path / f"out.{suffix}.cache").is_dir()  # kept for resuming
+    report = pipeline.fuse_slide(planes, out, config)
+    assert np.array_equal(_pixels(out), _pixels(reference.output))
+    assert report.tiles_resumed == (0 if boundary == "fuse tiles" else report.tiles)
+    assert report.digest == reference.digest
