@@ -85,6 +85,9 @@ class RunConfig(BaseModel):
     scheduler: str = "threads"
     #: Threads/processes of the local schedulers, worker processes of ``local-cluster``.
     workers: int | None = Field(None, ge=1)
+    #: Record absolute input, weights and output paths in the outputs' provenance instead of
+    #: file names (names by default: folder names often hold accession numbers).
+    record_paths: bool = False
 
     @property
     def extras(self) -> tuple[str, ...]:

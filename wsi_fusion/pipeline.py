@@ -29,6 +29,12 @@ from wsi_fusion.config import RunConfig
 from wsi_fusion.errors import UnsupportedInput
 from wsi_fusion.fusers import create_fuser, fuser_class
 from wsi_fusion.io.destination import Destination, publish, resolve_destination, stem
+from wsi_fusion.io.privacy import (
+    redact_config,
+    redact_fuser,
+    redact_stack_info,
+    shown_path,
+)
 from wsi_fusion.io.run_cleanup import remove_on_failure
 from wsi_fusion.registration import DriftField, estimate_drift, should_apply
 from wsi_fusion.scheduling.graph import TaskRunner, open_runner, phase1_resources
@@ -194,7 +200,7 @@ def _fuse(
             **EXTRA_OUTPUTS.get(name, {}),
             "path": f"labels/{name}"
             if dest.format == "ome-zarr"
-            else str(extra_tiff_path(dest, name)),
+            else shown_path(extra_tiff_path(dest, name), config.record_paths),
         }
         for name in config.extras
     }
@@ -291,7 +297,8 @@ def _fuse(
         timings_s={k: round(v, 3) for k, v in timings.items()},
         extra_outputs=extra,
     )
-    dest.run_json.write_text(json.dumps({**provenance, "report": _jsonable(report)}, indent=2))
+    record = {**provenance, "report": _jsonable(report, config.record_paths)}
+    dest.run_json.write_text(json.dumps(record, indent=2))
     publish(dest.partial, dest.output)
     if not keep_cache:
         cache.remove()
@@ -352,7 +359,7 @@ def _groups(items: list[int], size: int) -> list[list[int]]:
 _EXECUTION_ONLY = {"scheduler", "workers"}
 #: Output switches added after digests were first recorded: left out of the digest while off, so
 #: runs that do not use them keep the digest they had (batch conversion skips on it).
-_LATER_SWITCHES = ("blur_mask",)
+_LATER_SWITCHES = ("blur_mask", "record_paths")
 
 #: What each fuser extra output holds, for ``run.json`` and the label metadata.
 EXTRA_OUTPUTS: dict[str, dict[str, str]] = {
@@ -435,7 +442,15 @@ def _fingerprint(inputs: tuple[str, ...], config: RunConfig) -> dict[str, Any]:
     """What the cached tiles depend on: the inputs' identity and every output-affecting setting."""
     files = _input_identity(inputs)
     settings = config.model_dump(
-        exclude={"scheduler", "workers", "format", "compression", "jpeg_quality", "ngff_version"}
+        exclude={
+            "scheduler",
+            "workers",
+            "format",
+            "compression",
+            "jpeg_quality",
+            "ngff_version",
+            "record_paths",
+        }
     )
     return {"version": __version__, "inputs": files, "config": settings}
 
@@ -551,14 +566,16 @@ def _provenance(
     import tifffile
     import zarr
 
+    # File names only unless --record-paths: outputs travel, and paths may identify patients.
+    shown = config.record_paths
     return {
         "tool": "wsi_fusion",
         "version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "inputs": [str(Path(p).absolute()) for p in inputs],
-        "stack": stack_info,
-        "fuser": fuser,
-        "config": config.model_dump(),
+        "inputs": [shown_path(p, shown) for p in inputs],
+        "stack": redact_stack_info(stack_info, shown),
+        "fuser": redact_fuser(fuser, shown),
+        "config": redact_config(config.model_dump(), shown),
         "versions": {
             "python": platform.python_version(),
             "numpy": np.__version__,
@@ -569,13 +586,13 @@ def _provenance(
     }
 
 
-def _jsonable(report: RunReport) -> dict[str, Any]:
+def _jsonable(report: RunReport, record_paths: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in report.__dict__.items():
         if isinstance(value, Path):
-            value = str(value)
+            value = shown_path(value, record_paths)
         elif isinstance(value, list):
-            value = [str(v) for v in value]
+            value = [shown_path(v, record_paths) if isinstance(v, Path) else str(v) for v in value]
         elif isinstance(value, tuple):
             value = list(value)
         out[key] = value

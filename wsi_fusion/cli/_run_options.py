@@ -63,6 +63,13 @@ _OPTIONS = [
         help="Worker threads/processes (default: all cores); local-cluster: worker processes "
         "(default 2, or one per GPU for learned fusers).",
     ),
+    click.option(
+        "--record-paths",
+        is_flag=True,
+        default=None,
+        help="Record absolute input/weights/output paths in the outputs' metadata and run.json "
+        "(default: file names only, as folder names may identify patients).",
+    ),
 ]
 
 
@@ -70,8 +77,8 @@ def run_options(command: F) -> F:
     """Add the shared run options (``--config`` ... ``--workers``) to a click command.
 
     The command receives them as ``config_path, tile, overlap, lossless, register, no_tissue,
-    batch_size, precision, scheduler, workers`` (collect them with ``**run_settings``) and
-    passes them on to :func:`run_config`.
+    batch_size, precision, scheduler, workers, record_paths`` (collect them with
+    ``**run_settings``) and passes them on to :func:`run_config`.
     """
     for option in reversed(_OPTIONS):  # click applies decorators bottom-up
         command = option(command)
