@@ -28,13 +28,17 @@ from wsi_fusion._types import PlaneStack
 from wsi_fusion.config import RunConfig
 from wsi_fusion.errors import UnsupportedInput
 from wsi_fusion.fusers import create_fuser, fuser_class
-from wsi_fusion.io.destination import Destination, publish, resolve_destination, stem
+from wsi_fusion.io import ownership
+from wsi_fusion.io.destination import Destination, resolve_destination
+from wsi_fusion.io.input_guard import refuse_overlap
+from wsi_fusion.io.output_lock import output_lock
 from wsi_fusion.io.privacy import (
     redact_config,
     redact_fuser,
     redact_stack_info,
     shown_path,
 )
+from wsi_fusion.io.publication import publish_run
 from wsi_fusion.io.run_cleanup import remove_on_failure
 from wsi_fusion.registration import DriftField, estimate_drift, should_apply
 from wsi_fusion.scheduling.graph import TaskRunner, open_runner, phase1_resources
@@ -120,9 +124,14 @@ def fuse_slide(
     """
     config = config or RunConfig()
     dest = resolve_destination(output, config.format, overwrite=overwrite, cache_dir=cache_dir)
+    refuse_overlap(inputs, _guarded_paths(dest, config))
+    # --overwrite replaces an output file, but never a folder this tool did not write.
+    ownership.check_replaceable(dest.output, "output", "choose another -o or move it away yourself")
     # A run that fails removes the partial output and cache it created (never those of an
     # earlier, interrupted run), and an OS error becomes one message naming the path and the fix.
-    with remove_on_failure(_run_paths(dest, config), str(dest.output)):
+    with _locked(dest), remove_on_failure(_run_paths(dest, config), str(dest.output)):
+        # Checked again under the lock: a run that finished meanwhile may have created it.
+        resolve_destination(output, config.format, overwrite=overwrite, cache_dir=cache_dir)
         return _fuse(
             inputs,
             dest,
@@ -133,13 +142,44 @@ def fuse_slide(
         )
 
 
+@contextlib.contextmanager
+def _locked(dest: Destination) -> Iterator[None]:
+    """One writer per output, and per tile cache when ``--cache-dir`` puts it elsewhere."""
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(output_lock(dest.lock, dest.output))
+        if dest.cache_dir != dest.default_cache_dir:
+            locks.enter_context(output_lock(dest.cache_lock, dest.cache_dir))
+        yield
+
+
+def _guarded_paths(dest: Destination, config: RunConfig) -> list[tuple[Path, str, str]]:
+    """Every path a run writes or removes, with what it is and the fix (for the input check)."""
+    fix_output = "write the output elsewhere (-o)"
+    fix_cache = "pass --cache-dir a new or empty folder away from the inputs"
+    paths = [
+        (dest.output, "output", fix_output),
+        *((p, "output file", fix_output) for p in _run_paths(dest, config) if p != dest.cache_dir),
+        (dest.old, "output file", fix_output),
+        (dest.lock, "lock file", fix_output),
+        (dest.cache_dir, "tile cache folder", fix_cache),
+        (dest.cache_lock, "lock file", fix_cache),
+    ]
+    if dest.format != "ome-zarr":
+        paths += [(dest.sidecar(k), "sidecar output", fix_output) for k in _sidecar_kinds(config)]
+    return paths
+
+
+def _sidecar_kinds(config: RunConfig) -> list[str]:
+    return (["focus"] if config.focus_map else []) + list(config.extras)
+
+
 def _run_paths(dest: Destination, config: RunConfig) -> list[Path]:
     """Every path a run creates besides its final outputs (removed again if it fails)."""
     finals = [dest.focus_map_tiff] if config.focus_map and dest.format != "ome-zarr" else []
     if dest.format != "ome-zarr":
         finals += [extra_tiff_path(dest, name) for name in config.extras]
     partials = [p.with_name(p.name + ".partial") for p in finals]
-    return [dest.partial, dest.cache_dir, dest.run_json, *partials]
+    return [dest.partial, dest.cache_dir, dest.run_json, dest.run_json_partial, *partials]
 
 
 def _fuse(
@@ -276,7 +316,8 @@ def _fuse(
     timings["pyramid"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    extra = _write_final(dest, config, mpp, provenance)
+    sidecars = _write_final(dest, config, mpp, provenance)
+    extra = [final for _, final in sidecars]
     timings["write"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
 
@@ -297,9 +338,7 @@ def _fuse(
         timings_s={k: round(v, 3) for k, v in timings.items()},
         extra_outputs=extra,
     )
-    record = {**provenance, "report": _jsonable(report, config.record_paths)}
-    dest.run_json.write_text(json.dumps(record, indent=2))
-    publish(dest.partial, dest.output)
+    publish_run(dest, {**provenance, "report": _jsonable(report, config.record_paths)}, sidecars)
     if not keep_cache:
         cache.remove()
     return report
@@ -466,11 +505,12 @@ def _prepare_image(
     """Create the OME-Zarr to blend into, unless a resumable one exists."""
     from wsi_fusion.io.writers.ome_zarr import add_label, create_image
 
-    if dest.image_zarr.exists() and cache.done_blocks():
+    if ownership.is_ours(dest.image_zarr) and cache.done_blocks():
         return
     cache.forget_blocks()
-    if dest.image_zarr.exists():
-        shutil.rmtree(dest.image_zarr)
+    ownership.remove_ours(
+        dest.image_zarr, "partial output", "move it away yourself or choose another -o"
+    )
     group = create_image(
         dest.image_zarr,
         (job.channels, *job.plan.shape),
@@ -480,6 +520,8 @@ def _prepare_image(
         name=dest.output.name,
         metadata=provenance,
     )
+    # Claimed as this tool's, so a rerun may resume into it or remove it (and nothing else).
+    ownership.mark(dest.image_zarr, "output")
     if config.focus_map:
         add_label(group, "focus_map", job.plan.shape, chunk=config.chunk)
     for name in job.extras:
@@ -511,16 +553,17 @@ def _finish_pyramid(dest: Destination, config: RunConfig) -> None:
 
 def _write_final(
     dest: Destination, config: RunConfig, mpp: float | None, provenance: dict[str, Any]
-) -> list[Path]:
-    """Write TIFF outputs next to their final names (as partials); return extra outputs."""
+) -> list[tuple[Path, Path]]:
+    """Write TIFF outputs next to their final names as partials; return the sidecars' (partial,
+    final) paths (published with the image by :func:`~wsi_fusion.io.publication.publish_run`)."""
     import zarr
 
     from wsi_fusion.io.writers.ome_tiff import write_generic_tiff, write_label_tiff, write_ome_tiff
     from wsi_fusion.io.writers.ome_zarr import label_levels
 
-    extra: list[Path] = []
+    sidecars: list[tuple[Path, Path]] = []
     if dest.format == "ome-zarr":
-        return extra
+        return sidecars
     group = zarr.open_group(dest.image_zarr, mode="r")
     options: dict[str, Any] = {
         "mpp": mpp,
@@ -536,8 +579,7 @@ def _write_final(
     if config.focus_map:
         partial_map = dest.focus_map_tiff.with_name(dest.focus_map_tiff.name + ".partial")
         write_label_tiff(label_levels(group, "focus_map"), partial_map, mpp=mpp)
-        publish(partial_map, dest.focus_map_tiff)
-        extra.append(dest.focus_map_tiff)
+        sidecars.append((partial_map, dest.focus_map_tiff))
     for name in config.extras:
         final = extra_tiff_path(dest, name)
         partial = final.with_name(final.name + ".partial")
@@ -545,14 +587,13 @@ def _write_final(
         write_label_tiff(
             label_levels(group, name), partial, mpp=mpp, description=f"wsi_fusion {name}: {meaning}"
         )
-        publish(partial, final)
-        extra.append(final)
-    return extra
+        sidecars.append((partial, final))
+    return sidecars
 
 
 def extra_tiff_path(dest: Destination, name: str) -> Path:
-    """``NAME.<extra>.tif`` beside a TIFF output (like the focus map's ``NAME.focus.tif``)."""
-    return dest.output.with_name(f"{stem(dest.output)}.{name}.tif")
+    """``x.ome.<extra>.tif`` beside a TIFF output ``x.ome.tif`` (like its focus map)."""
+    return dest.sidecar(name)
 
 
 #: Display colours of a continuous 0..255 label: transparent at 0, opaque orange at 255.

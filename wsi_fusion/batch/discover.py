@@ -38,7 +38,7 @@ SLIDE_SUFFIXES = (
     ".jpeg",
 )
 #: Names a batch (or a fuse run) writes next to its outputs; never inputs.
-_OUTPUT_MARKERS = (".partial", ".cache", ".run.json", ".old", ".log")
+_OUTPUT_MARKERS = (".partial", ".cache", ".run.json", ".old", ".log", ".lock")
 
 _PLACEHOLDERS = {
     "slide": r"(?P<slide>.+?)",

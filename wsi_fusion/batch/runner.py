@@ -26,12 +26,16 @@ from wsi_fusion.batch.discover import SlideSpec
 from wsi_fusion.config import OutputFormat, RunConfig
 from wsi_fusion.errors import ConfigError
 from wsi_fusion.io.destination import format_from_suffix
+from wsi_fusion.io.output_lock import output_lock
+from wsi_fusion.io.publication import trusted_record
 from wsi_fusion.pipeline import ProgressReporter, fuse_slide, run_digest
 from wsi_fusion.scheduling.graph import TaskRunner, open_runner
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_NAME = "batch_summary.json"
+#: Held by the batch writing into OUTDIR (one batch per output folder).
+LOCK_NAME = "batch.lock"
 LOG_FOLDER = "logs"
 _SUFFIX: dict[OutputFormat, str] = {"ome-zarr": ".ome.zarr", "ome-tiff": ".ome.tif", "tiff": ".tif"}
 
@@ -164,6 +168,20 @@ def run_batch(
     progress = progress or _SilentBatch()
     out = Path(outdir).absolute()
     out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out / LOCK_NAME, out):
+        return _run_locked(slides, out, config, force, keep_cache, progress, runner)
+
+
+def _run_locked(
+    slides: Sequence[SlideSpec],
+    out: Path,
+    config: RunConfig,
+    force: bool,
+    keep_cache: bool,
+    progress: BatchProgress,
+    runner: TaskRunner | None,
+) -> BatchSummary:
+    """:func:`run_batch` once it holds OUTDIR's lock."""
     (out / LOG_FOLDER).mkdir(exist_ok=True)
     plans = [(spec, _slide_config(spec, config)) for spec in slides]
     summary = BatchSummary(out)
@@ -262,15 +280,14 @@ def _convert(
 
 
 def recorded_digest(output: Path) -> str:
-    """The digest recorded for a finished ``output`` (``""`` when there is none to trust)."""
-    run_json = _run_json(output)
-    if not output.exists() or not run_json.is_file():
-        return ""
-    try:
-        record = json.loads(run_json.read_text())
-    except (OSError, ValueError):
-        return ""
-    digest = record.get("report", {}).get("digest", "") if isinstance(record, dict) else ""
+    """The digest recorded for a finished ``output`` (``""`` when there is none to trust).
+
+    Only a complete publication counts (:func:`wsi_fusion.io.publication.trusted_record`): an
+    image whose run.json is missing, or describes other files, is redone, never skipped.
+    """
+    record = trusted_record(output)
+    report = record.get("report", {}) if record is not None else {}
+    digest = report.get("digest", "") if isinstance(report, dict) else ""
     return digest if isinstance(digest, str) else ""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from wsi_fusion.config import OutputFormat
 from wsi_fusion.errors import ConfigError, OutputExists, OutputNotWritable
+from wsi_fusion.io import ownership
 
 _SUFFIXES: tuple[tuple[str, OutputFormat], ...] = (
     (".ome.zarr", "ome-zarr"),
@@ -59,13 +60,53 @@ class Destination:
         return self.output.with_name(self.output.name + ".run.json")
 
     @property
+    def run_json_partial(self) -> Path:
+        return self.run_json.with_name(self.run_json.name + ".partial")
+
+    @property
+    def default_cache_dir(self) -> Path:
+        return self.output.with_name(self.output.name + ".cache")
+
+    @property
+    def cache_lock(self) -> Path:
+        """Lock of a ``--cache-dir`` of its own, so two outputs never share one tile cache."""
+        return self.cache_dir.with_name(self.cache_dir.name + ".lock")
+
+    @property
+    def lock(self) -> Path:
+        """The advisory lock that keeps a second run off this output (:mod:`.output_lock`)."""
+        return self.output.with_name(self.output.name + ".lock")
+
+    @property
+    def old(self) -> Path:
+        """Where a replaced OME-Zarr output waits while the new one is renamed into place."""
+        return self.output.with_name(self.output.name + ".old")
+
+    @property
     def focus_map_tiff(self) -> Path:
-        return self.output.with_name(stem(self.output) + ".focus.tif")
+        return self.sidecar("focus")
+
+    def sidecar(self, kind: str) -> Path:
+        """A TIFF beside a TIFF output, named from the output's full name (:func:`sidecar_path`)."""
+        return sidecar_path(self.output, kind)
 
     @property
     def image_zarr(self) -> Path:
         """The OME-Zarr the pipeline blends into: the output itself, or a cache copy for TIFF."""
         return self.partial if self.format == "ome-zarr" else self.cache_dir / "image.ome.zarr"
+
+
+def sidecar_path(output: Path, kind: str) -> Path:
+    """``x.ome.tif`` -> ``x.ome.<kind>.tif``, ``x.tif`` -> ``x.<kind>.tif``.
+
+    Only the last suffix is replaced, so an OME-TIFF and a generic TIFF of the same slide (or a
+    ``.tif`` and a ``.tiff``) never share a sidecar; any other name gets ``.<kind>.tif`` appended.
+    """
+    name = output.name
+    for ext in (".tiff", ".tif"):
+        if name.lower().endswith(ext):
+            return output.with_name(f"{name[: -len(ext)]}.{kind}{name[-len(ext) :]}")
+    return output.with_name(f"{name}.{kind}.tif")
 
 
 def resolve_destination(
@@ -97,20 +138,21 @@ def resolve_destination(
 
 
 def publish(src: Path, dst: Path) -> None:
-    """Move a finished ``src`` to ``dst`` atomically, replacing what was there."""
-    if dst.exists():
-        old = dst.with_name(dst.name + ".old")
-        if old.exists():
-            _remove(old)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        _remove(old)
-    else:
-        os.replace(src, dst)
+    """Move a finished ``src`` to ``dst`` atomically, replacing what was there.
 
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+    A file replaces a file in one ``rename``. A folder cannot replace a non-empty folder that
+    way, so the old one is first renamed to ``dst.old`` and removed after the swap; both old
+    folders must carry this tool's marker (:mod:`.ownership`), never a folder of someone else's.
+    """
+    old = dst.with_name(dst.name + ".old")
+    if not dst.is_dir() or dst.is_symlink():
+        os.replace(src, dst)
+        if ownership.is_ours(old):
+            shutil.rmtree(old)  # left by a swap that was killed between its two renames
+        return
+    fix = "move it away yourself, then rerun"
+    ownership.remove_ours(old, "swap folder", fix)
+    ownership.check_replaceable(dst, "output", fix)
+    os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old)

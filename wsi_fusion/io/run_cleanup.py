@@ -1,11 +1,13 @@
-"""A failed run leaves nothing behind that it created; an interrupted one keeps its resume state.
+"""A run that fails for good leaves nothing behind that it created; a crash keeps its resume state.
 
-An error (a full disk, a corrupt tile deep in a plane, bad weights found once workers load them)
-ends the run for good: rerunning the same command cannot succeed until the user fixes something,
-so the run's partial output and the tile cache *it created* are removed. What existed before the
-run started (the cache and partial output of an earlier, killed run) is never touched, because
-the tool cannot know it is safe to delete. An interrupt (Ctrl-C, SIGTERM turned into
-``KeyboardInterrupt``) is not an error: the partial output and cache stay, and rerunning resumes.
+A reported error (any :class:`~wsi_fusion.errors.WsiFusionError`: a corrupt tile deep in a plane,
+bad weights found once workers load them), an OS error (full disk, file-size limit, permission)
+or running out of memory cannot succeed on a plain rerun: the user must fix something first. So
+the run's partial output and the tile cache *it created* are removed, and the disk it filled is
+freed. What existed before the run started (the cache and partial output of an earlier, killed
+run) is never touched, because the tool cannot know it is safe to delete. Anything else (Ctrl-C,
+a lost worker, a crash inside a library) keeps the partial output and the cache, so that
+rerunning the same command resumes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def remove_on_failure(paths: Iterable[Path], what: str) -> Iterator[None]:
-    """On an error inside the block, delete those of ``paths`` that did not exist on entry.
+    """On a final error inside the block, delete those of ``paths`` that did not exist on entry.
 
     Enter it only once the run owns its output (after any lock is taken), so that nothing a
     concurrent run created in the meantime can be mistaken for this run's. ``OSError`` and
@@ -35,16 +37,14 @@ def remove_on_failure(paths: Iterable[Path], what: str) -> Iterator[None]:
     new = [p for p in paths if not _exists(p)]
     try:
         yield
-    except Exception as err:
+    except (WsiFusionError, OSError, MemoryError) as err:
         for path in new:
             _remove(path)
         if isinstance(err, WsiFusionError):
             raise
         if isinstance(err, OSError):
             raise storage_error(err, what) from err
-        if isinstance(err, MemoryError):
-            raise out_of_memory(f"fusing into {what}") from err
-        raise
+        raise out_of_memory(f"fusing into {what}") from err
 
 
 def _exists(path: Path) -> bool:

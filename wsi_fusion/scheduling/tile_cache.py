@@ -4,6 +4,10 @@ Phase 1 tasks write each fused tile into its own zarr chunk and then drop an emp
 no locks are needed because no two tasks share a chunk. A rerun lists the markers and skips the
 finished tiles, so a killed run resumes where it stopped. The cache is tied to a fingerprint of
 the inputs and the configuration: a cache made for anything else is discarded, never reused.
+
+The cache folder carries this tool's marker (:mod:`wsi_fusion.io.ownership`): a folder without
+it is never emptied or removed, so ``--cache-dir`` pointed at a folder holding slides is refused
+instead of wiping it. A folder that was empty when the cache took it is emptied, not removed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import zarr
+
+from wsi_fusion.errors import ForeignPath
+from wsi_fusion.io import ownership
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +56,27 @@ class TileCache:
         root = Path(root)
         stamp = root / _FINGERPRINT
         wanted = json.dumps(fingerprint, sort_keys=True, default=str)
-        if root.exists():
+        record = ownership.marker(root) if root.is_dir() else None
+        if record is not None:
             if stamp.exists() and stamp.read_text() == wanted:
                 logger.info("resuming from tile cache %s", root)
                 return cls(root)
             logger.warning(
                 "tile cache %s was made for other inputs or settings; starting over", root
             )
-            shutil.rmtree(root)
-        root.mkdir(parents=True)
+            _empty(root)
+            ownership.mark(root, "tile cache", created_folder=record.get("created_folder", True))
+        elif ownership.is_empty_folder(root):
+            ownership.mark(root, "tile cache", created_folder=False)
+        elif os.path.lexists(root):
+            raise ForeignPath(
+                f"tile cache folder {root} exists, is not empty and was not made by wsi_fusion "
+                f"(no {ownership.MARKER_NAME} marker), so it is left alone; pass --cache-dir "
+                "with a new or empty folder"
+            )
+        else:
+            root.mkdir(parents=True)
+            ownership.mark(root, "tile cache")
         group = zarr.open_group(root / "tiles.zarr", mode="w")
         chunks = (1, channels, tile, tile)
         group.create_array(
@@ -134,7 +153,23 @@ class TileCache:
             (self.root / "blocks_done" / name).unlink()
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Delete the cache: the folder if this tool made it, else only what it put inside."""
+        record = ownership.marker(self.root)
+        if record is None:
+            return  # not (or no longer) ours: leave it
+        if record.get("created_folder", True):
+            shutil.rmtree(self.root, ignore_errors=True)
+        else:
+            _empty(self.root)
+
+
+def _empty(root: Path) -> None:
+    """Remove everything inside ``root``, the marker too (callers check it is ours first)."""
+    for child in root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _extra_array(name: str) -> str:
