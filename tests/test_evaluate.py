@@ -18,6 +18,7 @@ from skimage import data as skdata
 
 from wsi_fusion.errors import PlaneMismatch, UnsupportedInput
 from wsi_fusion.evaluation import (
+    EXTRA_METRICS,
     SEAM,
     SEAM_PLANES,
     default_metrics,
@@ -27,6 +28,7 @@ from wsi_fusion.evaluation import (
     summarise,
 )
 from wsi_fusion.metrics import UnknownMetric
+from wsi_fusion.metrics.contact_sheet import sheet_size
 from wsi_fusion.synth import make_stack
 
 SIZE = (256, 384)
@@ -73,11 +75,18 @@ def test_fused_equal_to_ground_truth(slide: dict[str, Path]) -> None:
     s = report.summary
     assert s["psnr"].mean == math.inf and s["psnr"].std == 0.0
     assert s["ssim"].mean == pytest.approx(1.0) and s["cc"].mean == pytest.approx(1.0)
-    assert list(s) == [*default_metrics(True), "focus_attainment", "halo", SEAM, SEAM_PLANES]
+    assert list(s) == [*default_metrics(True), *EXTRA_METRICS, SEAM, SEAM_PLANES]
     assert s["psnr"].n == len(report.boxes) == FAST["n_tiles"]
     # An all-in-focus image is as sharp as the sharpest plane and stays inside their envelope.
     assert 0.9 < s["focus_attainment"].median < 1.2 and s["halo"].mean < 0.01
     assert all(b.w == b.h == FAST["tile"] and b.x + b.w <= BLANK_FROM for b in report.boxes)
+    # Block checks pooled over the tiles' textured blocks.
+    blocks = report.blocks
+    assert blocks["fidelity_n"] > 0 and blocks["attainment_n"] > 0
+    assert -1.0 <= blocks["fidelity_p10"] <= blocks["fidelity_median"] <= 1.0
+    assert blocks["attainment_p10"] <= blocks["attainment_median"]
+    assert 0.0 <= blocks["attainment_outside"] <= 1.0
+    assert "fidelity p10 / median" in report.table()
 
 
 def test_blurred_fusion_scores_lower(slide: dict[str, Path]) -> None:
@@ -107,7 +116,10 @@ def test_json_and_csv(slide: dict[str, Path], tmp_path: Path) -> None:
     assert loaded["summary"]["psnr"]["mean"] == "inf"
     assert set(loaded["summary"]["ssim"]) == {"mean", "std", "median", "min", "max", "n", "better"}
     assert len(loaded["tiles"]) == FAST["n_tiles"]
-    assert {"y", "x", "h", "w", "psnr", "q_abf", "focus_attainment"} <= set(loaded["tiles"][0])
+    assert {"y", "x", "h", "w", "psnr", "q_abf", "focus_attainment", "fidelity_p10"} <= set(
+        loaded["tiles"][0]
+    )
+    assert loaded["blocks"]["fidelity_median"] is not None and loaded["contact_sheet"] is None
     with report.write_csv(tmp_path / "q.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["metric", "mean", "std", "median", "min", "max", "n", "better"]
@@ -276,3 +288,54 @@ def test_planes_are_registered_like_the_fusion(tmp_path: Path) -> None:
     forced = evaluate_slide(fused, [planes], register="on", **fast)
     assert forced.registration["applied"] and forced.registration["source"] == "run.json"
     assert forced.summary["q_abf"].mean == pytest.approx(auto.summary["q_abf"].mean, abs=0.01)
+
+
+def test_contact_sheet_shows_the_patch(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A fusion that is the sharp plane except one 64 px block taken from a defocused plane."""
+    import imageio.v3 as iio
+
+    sharp = skdata.immunohistochemistry()[:256, :256].copy()
+    far = ndimage.gaussian_filter(sharp.astype(np.float64), (3.0, 3.0, 0)) * 0.85 + 20
+    near = ndimage.gaussian_filter(sharp, (1.5, 1.5, 0))
+    planes = np.stack([far.astype(np.uint8), sharp, near])
+    fused = sharp.copy()
+    fused[64:128, 128:192] = planes[0, 64:128, 128:192]
+    stack = write_ome_tiff(tmp_path / "planes.ome.tif", planes)
+    fused_path = write_ome_tiff(tmp_path / "fused.ome.tif", fused)
+    sheet = tmp_path / "worst.png"
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        str(fused_path),
+        "--planes",
+        str(stack),
+        "--metrics",
+        "q_avg",
+        "--tiles",
+        "4",
+        "--tile",
+        "128",
+        "--register",
+        "off",
+        "--contact-sheet",
+        str(sheet),
+        "--worst",
+        "2",
+        "-q",
+    )
+    assert code == 0, err
+    assert "fidelity p10 / median" in out and f"wrote {sheet}" in out
+    listed = json.loads((tmp_path / "worst.png.json").read_text())
+    rows = listed["rows"]
+    kinds = [r["kind"] for r in rows]
+    assert kinds[:2] == ["fidelity", "fidelity"] and kinds[2] == "attainment" and len(rows) <= 4
+    for first in (rows[0], rows[2]):  # the worst block of each kind is the patch
+        assert first["box"] == {"y": 64, "x": 128, "h": 64, "w": 64} and first["plane"] == 1
+    assert rows[0]["score"] < 0.8 < rows[1]["score"]
+    image = iio.imread(sheet)
+    assert image.shape == (*sheet_size(len(rows)), 3)

@@ -3,16 +3,22 @@
 A fused slide is too large for the metrics of :mod:`wsi_fusion.metrics`, which hold whole images
 in memory and cost about a second per 512 x 512 tile; :func:`evaluate_slide` therefore samples
 ``n_tiles`` non-overlapping tissue tiles (seeded, from a tissue mask on a thumbnail of the fused
-slide), runs on each tile the registry metrics that the inputs allow plus the focus checks
-(:func:`~wsi_fusion.metrics.focus_attainment`'s median ratio,
+slide), runs on each tile the registry metrics that the inputs allow plus the block checks
+(:func:`~wsi_fusion.metrics.focus_attainment`, :func:`~wsi_fusion.metrics.block_fidelity`,
 :func:`~wsi_fusion.metrics.halo_score`), and summarises each metric over the tiles (mean, std,
-median, min, max). Tile seams are measured once, by :func:`~wsi_fusion.metrics.seam_score` on a
-region that crosses the fusion plan's tile boundaries.
+median, min, max). The block checks are also pooled over the textured 64 px blocks of all
+sampled tiles (:attr:`EvaluationReport.blocks`): fidelity p10 / median, focus attainment median /
+p10 and the fraction outside its healthy window 0.95-1.15. Tile seams are measured once, by
+:func:`~wsi_fusion.metrics.seam_score` on a region that crosses the fusion plan's tile
+boundaries. With ``contact_sheet=``, the worst blocks are written as a contact sheet
+(:mod:`wsi_fusion.metrics.contact_sheet`).
 
 The no-reference metrics compare the fused slide with the source planes *as the fusion saw them*:
 ``wsi-fusion fuse`` registers drifting planes onto its reference plane, so the planes are read
 through the same drift field (taken from ``FUSED.run.json``, or measured when there is none).
 Against unregistered planes every edge of a correctly registered fusion would count as misplaced.
+Block fidelity is the exception: it compares with the **raw** planes, read with a ``search`` px
+margin, because its search window absorbs drift without trusting any registration.
 
 ``wsi-fusion evaluate`` is the command-line front end; :func:`tile_metrics` is the per-region
 step, also used by ``workflows/evaluate.py`` on in-memory stacks.
@@ -37,8 +43,20 @@ import numpy.typing as npt
 
 from wsi_fusion._types import Box, PlaneStack, RGBRegion
 from wsi_fusion.errors import ConfigError, PlaneMismatch, UnsupportedInput
-from wsi_fusion.metrics import METRICS, evaluate, focus_attainment, halo_score, seam_score
+from wsi_fusion.metrics import (
+    METRICS,
+    BlockFidelity,
+    FocusAttainment,
+    block_fidelity,
+    evaluate,
+    focus_attainment,
+    halo_score,
+    seam_score,
+)
 from wsi_fusion.metrics._image import ImageLike
+from wsi_fusion.metrics.contact_sheet import SheetRow, sheet_rows, write_contact_sheet
+from wsi_fusion.metrics.fidelity import block_sharpness_of_planes, texture_threshold
+from wsi_fusion.metrics.focus import HEALTHY_WINDOW
 from wsi_fusion.metrics.registry import UnknownMetric
 from wsi_fusion.tiling.plan import make_plan
 from wsi_fusion.tiling.tissue import tile_fractions, tissue_mask
@@ -48,13 +66,17 @@ if TYPE_CHECKING:
     from wsi_fusion.registration import DriftField
 
 __all__ = [
+    "BLOCK_METRICS",
     "EXTRA_METRICS",
     "SEAM",
     "SEAM_PLANES",
     "FAST_FULL_REFERENCE",
     "FAST_NO_REFERENCE",
+    "BlockChecks",
     "EvaluationReport",
     "MetricSummary",
+    "block_checks",
+    "pool_blocks",
     "default_metrics",
     "evaluate_slide",
     "sample_tiles",
@@ -71,8 +93,20 @@ FAST_FULL_REFERENCE: tuple[str, ...] = ("psnr", "ssim", "cc", "q_mi")
 #: No-reference metrics run by default (about 1.5 s per 512 x 512 tile of 5 planes in all).
 #: ``fmi_dct`` (about 5 s per tile) and ``mi_norm`` run only when asked for.
 FAST_NO_REFERENCE: tuple[str, ...] = ("q_abf", "q_avg", "mi", "q_y", "q_cb", "q_ncie", "fmi_edge")
-#: Focus checks added to every tile's metrics (not registry metrics: see metrics.focus).
-EXTRA_METRICS: tuple[str, ...] = ("focus_attainment", "halo")
+#: Block checks per tile (not registry metrics: see metrics.focus and metrics.fidelity):
+#: focus attainment median and p10 and the fraction of blocks outside its healthy window
+#: 0.95-1.15; block fidelity median and p10.
+BLOCK_METRICS: tuple[str, ...] = (
+    "focus_attainment",
+    "focus_attainment_p10",
+    "focus_attainment_outside",
+    "fidelity",
+    "fidelity_p10",
+)
+#: Checks added to every tile's metrics.
+EXTRA_METRICS: tuple[str, ...] = (*BLOCK_METRICS, "halo")
+#: Fidelity search radius in px (see :func:`~wsi_fusion.metrics.block_fidelity`).
+SEARCH = 24
 #: Names of the slide-level seam scores in reports: the fused slide's, and the same score on the
 #: middle source plane over the same region. The planes have no tiling seams, but compression
 #: block edges (JPEG's 8 px grid, on which every tile edge of a 512 / 128 plan lies) raise the
@@ -87,6 +121,10 @@ RegisterMode = Literal["auto", "on", "off"]
 #: Which direction is better for the non-registry scores ("one": closest to 1.0).
 _EXTRA_BETTER: dict[str, Better] = {
     "focus_attainment": "one",
+    "focus_attainment_p10": "one",
+    "focus_attainment_outside": "lower",
+    "fidelity": "higher",
+    "fidelity_p10": "higher",
     "halo": "lower",
     SEAM: "one",
     SEAM_PLANES: "one",
@@ -122,6 +160,48 @@ def _check_names(names: Sequence[str], have_ground_truth: bool) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class BlockChecks:
+    """Focus attainment and block fidelity of one region (64 px blocks, same grid)."""
+
+    attainment: FocusAttainment
+    fidelity: BlockFidelity
+
+    def values(self) -> dict[str, float]:
+        """The region's :data:`BLOCK_METRICS`."""
+        a, f = self.attainment, self.fidelity
+        return {
+            "focus_attainment": a["median"],
+            "focus_attainment_p10": a["p10"],
+            "focus_attainment_outside": a["frac_outside"],
+            "fidelity": f["median"],
+            "fidelity_p10": f["p10"],
+        }
+
+
+def block_checks(
+    fused: ImageLike,
+    planes: Sequence[ImageLike],
+    raw_planes: Sequence[ImageLike] | None = None,
+    *,
+    raw_offset: tuple[int, int] = (0, 0),
+    search: int = SEARCH,
+    threshold: float | None = None,
+) -> BlockChecks:
+    """Focus attainment against ``planes``, block fidelity against ``raw_planes``.
+
+    ``raw_planes`` are the unregistered planes, possibly read with a margin around the region
+    (``raw_offset`` = the region's origin in them); default: ``planes``. ``threshold``:
+    the fidelity's textured-block threshold, when one threshold applies to several regions (see
+    :func:`~wsi_fusion.metrics.fidelity.texture_threshold`); default: this region's top 60 %.
+    """
+    raw = planes if raw_planes is None else raw_planes
+    return BlockChecks(
+        attainment=focus_attainment(fused, planes),
+        fidelity=block_fidelity(fused, raw, search=search, offset=raw_offset, threshold=threshold),
+    )
+
+
 def tile_metrics(
     fused: ImageLike,
     planes: Sequence[ImageLike],
@@ -129,8 +209,11 @@ def tile_metrics(
     metrics: Iterable[str] | None = None,
     *,
     focus: bool = True,
+    raw_planes: Sequence[ImageLike] | None = None,
+    raw_offset: tuple[int, int] = (0, 0),
+    checks: BlockChecks | None = None,
 ) -> dict[str, float]:
-    """Registry metrics plus the focus checks for one region.
+    """Registry metrics plus the block checks and halo for one region.
 
     Parameters
     ----------
@@ -141,11 +224,18 @@ def tile_metrics(
     ground_truth
         The all-in-focus reference of the region, if known.
     metrics
-        Registry names to run; default :func:`default_metrics`. ``"focus_attainment"`` and
-        ``"halo"`` may be listed too; they are added anyway when ``focus`` is true.
+        Registry names to run; default :func:`default_metrics`. The names of
+        :data:`EXTRA_METRICS` may be listed too; they are added anyway when ``focus`` is true.
     focus
-        Add ``focus_attainment`` (median over textured 64 px blocks of the fused / sharpest-plane
-        sharpness ratio) and ``halo`` (:func:`~wsi_fusion.metrics.halo_score`).
+        Add :data:`BLOCK_METRICS` (:class:`BlockChecks`: ``focus_attainment`` = median over
+        textured 64 px blocks of the fused / sharpest-plane sharpness ratio, healthy in
+        0.95-1.15, and its p10 and fraction outside that window; ``fidelity`` = median
+        block fidelity, and its p10) and ``halo`` (:func:`~wsi_fusion.metrics.halo_score`).
+    raw_planes, raw_offset
+        The unregistered planes for block fidelity (see :func:`block_checks`); default
+        ``planes``.
+    checks
+        The region's block checks if already computed (they are not computed again).
 
     Returns
     -------
@@ -159,8 +249,10 @@ def tile_metrics(
     extras = [n for n in EXTRA_METRICS if n in wanted or focus]
     source_list = list(planes)
     results = evaluate(fused, source_list, ground_truth, metrics=registry) if registry else {}
-    if "focus_attainment" in extras:
-        results["focus_attainment"] = focus_attainment(fused, source_list)["median"]
+    if any(n in BLOCK_METRICS for n in extras):
+        if checks is None:
+            checks = block_checks(fused, source_list, raw_planes, raw_offset=raw_offset)
+        results.update({n: v for n, v in checks.values().items() if n in extras})
     if "halo" in extras:
         results["halo"] = halo_score(fused, source_list)
     return results
@@ -205,6 +297,53 @@ def summarise(name: str, values: Iterable[float]) -> MetricSummary:
     )
 
 
+def pool_blocks(checks: Iterable[BlockChecks]) -> dict[str, float]:
+    """Block checks pooled over the textured blocks of several regions.
+
+    Returns ``fidelity_p10``, ``fidelity_median``, ``fidelity_n``, ``attainment_median``,
+    ``attainment_p10``, ``attainment_below`` / ``_above`` / ``_outside`` (fractions of blocks
+    below, above and outside the healthy window 0.95-1.15) and ``attainment_n``; NaN (and n = 0)
+    when no block is textured.
+    """
+    checks = list(checks)
+    fid = np.concatenate(
+        [c.fidelity["scores"][c.fidelity["textured"]] for c in checks] or [np.empty(0)]
+    )
+    att = np.concatenate(
+        [c.attainment["ratios"][c.attainment["textured"]] for c in checks] or [np.empty(0)]
+    )
+    low, high = HEALTHY_WINDOW
+    nan = math.nan
+    return {
+        "fidelity_p10": float(np.percentile(fid, 10)) if fid.size else nan,
+        "fidelity_median": float(np.median(fid)) if fid.size else nan,
+        "fidelity_n": float(fid.size),
+        "attainment_median": float(np.median(att)) if att.size else nan,
+        "attainment_p10": float(np.percentile(att, 10)) if att.size else nan,
+        "attainment_below": float((att < low).mean()) if att.size else nan,
+        "attainment_above": float((att > high).mean()) if att.size else nan,
+        "attainment_outside": float(((att < low) | (att > high)).mean()) if att.size else nan,
+        "attainment_n": float(att.size),
+    }
+
+
+def blocks_table(blocks: dict[str, float]) -> str:
+    """Two lines: pooled fidelity p10 / median and attainment median / p10 / outside."""
+    low, high = HEALTHY_WINDOW
+    outside = blocks.get("attainment_outside", math.nan)
+    pct = "nan" if math.isnan(outside) else f"{100 * outside:.0f} %"
+    return "\n".join(
+        [
+            "textured 64 px blocks, pooled:",
+            f"  fidelity p10 / median          {_fmt(blocks['fidelity_p10'])} / "
+            f"{_fmt(blocks['fidelity_median'])}  (n = {int(blocks['fidelity_n'])})",
+            f"  focus attainment median / p10  {_fmt(blocks['attainment_median'])} / "
+            f"{_fmt(blocks['attainment_p10'])}, outside {low}-{high}: {pct}  "
+            f"(n = {int(blocks['attainment_n'])})",
+        ]
+    )
+
+
 def _json_number(value: float) -> float | str | None:
     """Strict JSON has no NaN/Infinity: NaN -> null, +-inf -> "inf" / "-inf"."""
     if math.isnan(value):
@@ -238,6 +377,10 @@ class EvaluationReport:
     timings_s: dict[str, float] = field(default_factory=dict)
     #: How the source planes were aligned for the metrics (see :func:`evaluate_slide`).
     registration: dict[str, Any] = field(default_factory=dict)
+    #: Block checks pooled over the textured blocks of all sampled tiles (:func:`pool_blocks`).
+    blocks: dict[str, float] = field(default_factory=dict)
+    #: The contact sheet written, if any.
+    contact_sheet: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN -> null, infinity -> "inf")."""
@@ -252,6 +395,8 @@ class EvaluationReport:
             "plan": {"tile": self.plan_tile, "overlap": self.plan_overlap},
             "seam_box": _box_dict(self.seam_box),
             "registration": self.registration,
+            "blocks": {k: _json_number(v) for k, v in self.blocks.items()},
+            "contact_sheet": self.contact_sheet,
             "summary": {
                 name: {
                     "mean": _json_number(s.mean),
@@ -311,6 +456,8 @@ class EvaluationReport:
             for row in rows
         ]
         lines.insert(1, "  ".join("-" * w for w in widths))
+        if self.blocks:
+            lines += ["", blocks_table(self.blocks)]
         return "\n".join(lines)
 
 
@@ -424,6 +571,13 @@ def _read_planes(stack: PlaneStack, box: Box) -> list[RGBRegion]:
     return [stack.read(z, box) for z in range(stack.n_planes)]
 
 
+def _grow(box: Box, margin: int, shape: tuple[int, int]) -> Box:
+    """``box`` grown by ``margin`` px on every side, clipped to a ``shape`` slide."""
+    y, x = max(0, box.y - margin), max(0, box.x - margin)
+    y1, x1 = min(shape[0], box.y1 + margin), min(shape[1], box.x1 + margin)
+    return Box(y, x, y1 - y, x1 - x)
+
+
 def _check_same_size(fused: PlaneStack, other: PlaneStack, what: str) -> None:
     """Refuse a ``what`` stack whose size differs from the fused slide's."""
     if tuple(other.shape) != tuple(fused.shape):
@@ -532,6 +686,8 @@ def evaluate_slide(
     min_tissue: float = 0.25,
     register: RegisterMode = "auto",
     progress: ProgressReporter | None = None,
+    contact_sheet: str | os.PathLike[str] | None = None,
+    n_worst: int = 8,
 ) -> EvaluationReport:
     """Measure the quality of a fused slide on a random sample of its tissue tiles.
 
@@ -548,8 +704,8 @@ def evaluate_slide(
         full-reference metrics.
     metrics
         Registry metric names; default :func:`default_metrics` (the fast ones). ``fmi_dct`` is
-        slow (about 5 s per 512 px tile). ``focus_attainment``, ``halo`` and ``seam`` are always
-        reported.
+        slow (about 5 s per 512 px tile). The block checks (:data:`BLOCK_METRICS`), ``halo``
+        and ``seam`` are always reported.
     n_tiles, tile
         How many tiles of ``tile`` pixels to sample.
     seed
@@ -567,6 +723,12 @@ def evaluate_slide(
         when it exceeds 0.5 px), ``"on"`` or ``"off"``. See :func:`source_registration`.
     progress
         Progress sink (the CLI's bars); silent when ``None``.
+    contact_sheet
+        Write a contact sheet of the ``n_worst`` worst blocks by fidelity and by focus
+        attainment over the sampled tiles to this PNG (plus ``PATH.json``), see
+        :func:`~wsi_fusion.metrics.contact_sheet.write_contact_sheet`.
+    n_worst
+        Rows of each kind on the contact sheet.
 
     Returns
     -------
@@ -587,6 +749,8 @@ def evaluate_slide(
     from wsi_fusion.io.readers import open_stack
 
     started = time.perf_counter()
+    if n_worst < 1:
+        raise UnsupportedInput(f"--worst {n_worst}: show at least 1 block of each kind")
     names = list(metrics) if metrics is not None else default_metrics(ground_truth is not None)
     names = _check_names(names, ground_truth is not None)
     recorded = _plan_from_run_json(os.fspath(fused))
@@ -626,14 +790,45 @@ def evaluate_slide(
         boxes = sample_tiles(mask, shape, n_tiles, tile, seed=seed, min_tissue=min_tissue)
         log.info("evaluating %s on %d tiles of %d px", fused, len(boxes), tile)
         values: dict[str, list[float]] = {}
+        all_checks: list[BlockChecks] = []
+        rows: list[SheetRow] = []
+        # Textured blocks are the top 60 % of the blocks of all sampled tiles, not of each tile
+        # (a tile that is half glass would otherwise have glass blocks scored): a first pass
+        # ranks the blocks by their sharpest raw plane.
+        sharpness = [block_sharpness_of_planes(_read_planes(source_stack, b)) for b in boxes]
+        threshold = texture_threshold(sharpness)
         with progress.phase("evaluate", len(boxes)) as advance:
             for box in boxes:
+                fused_tile = fused_stack.read(0, box)
+                # Fidelity reads the raw planes with a margin: its search absorbs the drift.
+                raw_box = _grow(box, SEARCH, shape)
+                raw = _read_planes(source_stack, raw_box)
+                offset = (box.y - raw_box.y, box.x - raw_box.x)
+                if drift is None:
+                    planes_here = [np.ascontiguousarray(p[box.slices(raw_box)]) for p in raw]
+                else:
+                    planes_here = _read_planes(sources, box)
+                checks = block_checks(
+                    fused_tile, planes_here, raw, raw_offset=offset, threshold=threshold
+                )
+                all_checks.append(checks)
                 result = tile_metrics(
-                    fused_stack.read(0, box),
-                    _read_planes(sources, box),
+                    fused_tile,
+                    planes_here,
                     gt_stack.read(0, box) if gt_stack is not None else None,
                     names,
+                    checks=checks,
                 )
+                if contact_sheet is not None:
+                    rows += sheet_rows(
+                        fused_tile,
+                        raw,
+                        checks.fidelity,
+                        checks.attainment,
+                        n=n_worst,
+                        offset=offset,
+                        origin=(box.y, box.x),
+                    )
                 for name, value in result.items():
                     values.setdefault(name, []).append(value)
                 log.debug("tile %s: %s", box, result)
@@ -649,6 +844,12 @@ def evaluate_slide(
     summary = {name: summarise(name, vals) for name, vals in values.items()}
     summary[SEAM] = summarise(SEAM, [seam])
     summary[SEAM_PLANES] = summarise(SEAM_PLANES, [seam_planes])
+    sheet = None
+    if contact_sheet is not None:
+        sheet = os.fspath(
+            write_contact_sheet(rows, contact_sheet, n_worst, title=f"{os.fspath(fused)}")
+        )
+        log.info("wrote the contact sheet %s", sheet)
     return EvaluationReport(
         fused=os.fspath(fused),
         planes=tuple(os.fspath(p) for p in planes),
@@ -664,4 +865,6 @@ def evaluate_slide(
         plan_overlap=plan_overlap,
         timings_s={"total": time.perf_counter() - started},
         registration=registration,
+        blocks=pool_blocks(all_checks),
+        contact_sheet=sheet,
     )

@@ -7,7 +7,9 @@ focus looks after the microscope's auto-exposure.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -15,8 +17,10 @@ import pytest
 from scipy import ndimage
 from skimage import data
 
+from wsi_fusion._types import Box
 from wsi_fusion.errors import PlaneMismatch, UnsupportedInput
 from wsi_fusion.metrics import block_fidelity, focus_attainment, worst_blocks
+from wsi_fusion.metrics.contact_sheet import CROP, sheet_rows, sheet_size, write_contact_sheet
 from wsi_fusion.metrics.fidelity import block_box
 
 U8 = npt.NDArray[np.uint8]
@@ -124,3 +128,27 @@ def test_blank_and_bad_input() -> None:
         block_fidelity(SHARP, [SHARP, SHARP[:200]])
     with pytest.raises(PlaneMismatch, match="offset"):
         block_fidelity(SHARP, PLANES, offset=(5, 0))
+
+
+def test_contact_sheet_rows_and_size(tmp_path: Path) -> None:
+    import imageio.v3 as iio
+
+    fused = np.where(blobs(0)[..., None], SHARP, DEFOCUSED)
+    planes = [DEFOCUSED, SHARP, defocus(SHARP, 1.5)]
+    fid = block_fidelity(fused, planes)
+    att = focus_attainment(fused, planes, block=64)
+    rows = sheet_rows(fused, planes, fid, att, n=3, where="patchwork", origin=(1000, 2000))
+    assert [r.kind for r in rows] == ["fidelity"] * 3 + ["attainment"] * 3
+    worst = block_box(worst_blocks(fid, 1)[0], 64, fused.shape[:2])
+    assert rows[0].box == Box(worst.y + 1000, worst.x + 2000, 64, 64)
+    assert rows[0].plane == 1 and rows[0].score == pytest.approx(np.nanmin(fid["scores"]))
+    assert all(c.shape == (CROP, CROP, 3) for r in rows for c in r.crops)
+    # The sharpest-plane crop at shift 0 shows the sharp plane around the block (clear of the
+    # block's outline), the fused crop the fusion.
+    y, x = (int(np.clip(v - 32, 0, SIDE - CROP)) for v in (worst.y, worst.x))
+    assert np.array_equal(rows[0].crops[1][:30, :30], SHARP[y : y + 30, x : x + 30])
+    assert np.array_equal(rows[0].crops[0][:30, :30], fused[y : y + 30, x : x + 30])
+    path = write_contact_sheet(rows, tmp_path / "sheet.png", n=2)
+    assert iio.imread(path).shape == (*sheet_size(4), 3)
+    listed = json.loads((tmp_path / "sheet.png.json").read_text())
+    assert [r["kind"] for r in listed["rows"]] == ["fidelity"] * 2 + ["attainment"] * 2

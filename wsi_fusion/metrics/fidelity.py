@@ -52,8 +52,10 @@ __all__ = [
     "BlockFidelity",
     "block_box",
     "block_fidelity",
+    "block_sharpness_of_planes",
     "high_pass",
     "match_block",
+    "texture_threshold",
     "worst_blocks",
 ]
 
@@ -68,8 +70,12 @@ class BlockFidelity(TypedDict):
     scores: npt.NDArray[np.float64]
     #: Which blocks are scored (top ``textured_fraction`` by the sharpest plane's sharpness).
     textured: npt.NDArray[np.bool_]
-    #: Index of the sharpest plane per block.
+    #: Index of the sharpest plane per block, and its block sharpness (RMS gradient, grey
+    #: levels/px; NaN for edge blocks too small to score).
     best_plane: npt.NDArray[np.intp]
+    sharpness: npt.NDArray[np.float64]
+    #: The sharpness a block needed to count as textured.
+    threshold: float
     #: (By, Bx, 2): the (dy, dx) shift of the sharpest plane's block that matches best, in px
     #: (the plane's content at ``(y + dy, x + dx)`` matches the fused at ``(y, x)``); 0 where
     #: not textured.
@@ -119,6 +125,15 @@ def match_block(
     return float(response[iy, ix]), int(top + iy - y0), int(left + ix - x0)
 
 
+def _big_enough(
+    shape_b: tuple[int, ...], block: int, shape: tuple[int, ...]
+) -> npt.NDArray[np.bool_]:
+    """Blocks whose sides are both at least ``block // 2`` px (edge blocks may be smaller)."""
+    rows = np.minimum(block, shape[0] - np.arange(shape_b[0]) * block)
+    cols = np.minimum(block, shape[1] - np.arange(shape_b[1]) * block)
+    return np.outer(rows >= block // 2, cols >= block // 2)
+
+
 def _lumas(planes: Iterable[ImageLike]) -> list[FloatImage]:
     """Luminance of every plane; all of one size (which may exceed the fused image's)."""
     if isinstance(planes, np.ndarray) and planes.ndim < 3:
@@ -140,6 +155,7 @@ def block_fidelity(
     sigma: float = HIGH_PASS_SIGMA,
     sharpness_sigma: float = 1.0,
     min_sharpness: float = 1.0,
+    threshold: float | None = None,
     offset: tuple[int, int] = (0, 0),
 ) -> BlockFidelity:
     """Per textured block, the best high-pass normalised correlation with the sharpest plane.
@@ -164,6 +180,10 @@ def block_fidelity(
         Derivative-of-Gaussian scale of the block sharpness (as in focus attainment).
     min_sharpness
         Absolute floor of the sharpest plane's RMS gradient (grey levels/px) for a textured block.
+    threshold
+        Sharpness a block needs to count as textured, instead of the ``textured_fraction``
+        quantile of this image's blocks: to apply one threshold to several regions of a slide
+        (see :func:`texture_threshold`).
     offset
         ``(y, x)`` of the fused image's origin within the planes, when the planes cover the fused
         region plus a margin (e.g. a tile read with ``search`` px of context): matches may then
@@ -204,14 +224,11 @@ def block_fidelity(
     best_plane = plane_s.argmax(axis=0)
     best = plane_s.max(axis=0)
     shape_b = best.shape
-    rows = np.minimum(block, h - np.arange(shape_b[0]) * block)
-    cols = np.minimum(block, w - np.arange(shape_b[1]) * block)
-    big_enough = np.outer(rows >= block // 2, cols >= block // 2)
-    candidates = best[big_enough]
-    textured = np.zeros(shape_b, dtype=bool)
-    if candidates.size:
-        threshold = max(min_sharpness, float(np.quantile(candidates, 1.0 - textured_fraction)))
-        textured = big_enough & (best >= threshold)
+    big_enough = _big_enough(shape_b, block, (h, w))
+    sharpness = np.where(big_enough, best, np.nan)
+    if threshold is None:
+        threshold = texture_threshold([sharpness], textured_fraction, min_sharpness)
+    textured = big_enough & (best >= max(threshold, min_sharpness))
 
     scores = np.full(shape_b, np.nan)
     shifts = np.zeros((*shape_b, 2), dtype=np.intp)
@@ -232,12 +249,43 @@ def block_fidelity(
         scores=scores,
         textured=textured,
         best_plane=best_plane,
+        sharpness=sharpness,
+        threshold=float(threshold),
         shifts=shifts,
         p10=float(np.percentile(vals, 10)) if n else math.nan,
         median=float(np.median(vals)) if n else math.nan,
         n_textured=n,
         block=block,
     )
+
+
+def block_sharpness_of_planes(
+    planes: Iterable[ImageLike], block: int = 64, sigma: float = 1.0
+) -> npt.NDArray[np.float64]:
+    """The sharpest plane's block sharpness, (By, Bx), NaN for too-small edge blocks.
+
+    What :func:`block_fidelity` ranks blocks by; for :func:`texture_threshold` over regions.
+    """
+    stack = _lumas(planes)
+    best = np.max([block_sharpness(p, block, sigma) for p in stack], axis=0)
+    return np.where(_big_enough(best.shape, block, stack[0].shape), best, np.nan)
+
+
+def texture_threshold(
+    sharpness: Iterable[npt.NDArray[np.float64]],
+    textured_fraction: float = 0.6,
+    min_sharpness: float = 1.0,
+) -> float:
+    """Sharpness above which the top ``textured_fraction`` of blocks lie, over all arrays given.
+
+    NaN entries (too-small edge blocks) are ignored; at least ``min_sharpness``; infinite when
+    there is no block.
+    """
+    values = np.concatenate([np.ravel(s) for s in sharpness] or [np.empty(0)])
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return math.inf
+    return max(min_sharpness, float(np.quantile(values, 1.0 - textured_fraction)))
 
 
 def worst_blocks(result: BlockFidelity, n: int | None = None) -> list[tuple[int, int]]:
