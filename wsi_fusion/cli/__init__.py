@@ -24,17 +24,56 @@ from wsi_fusion.errors import WsiFusionError
 from wsi_fusion.io.storage_errors import out_of_memory, storage_error
 
 
+def _set_verbosity(verbose: int) -> None:
+    """Root log level for ``verbose`` ``-v`` flags: WARNING, INFO (-v), DEBUG (-vv)."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wsi-fusion")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
-    """Fuse multi-focal-plane (z-stack) whole-slide images into one all-in-focus slide."""
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summaries.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Fuse multi-focal-plane (z-stack) whole-slide images into one all-in-focus slide.
+
+    -v and -q may also follow the subcommand.
+    """
+    ctx.meta["wsi_fusion.verbose"] = verbose
+    _set_verbosity(verbose)
+    if quiet:  # the subcommands' own -q defaults to on (click reads defaults from default_map)
+        ctx.default_map = {name: {"quiet": True} for name in ctx.command.commands}  # type: ignore[attr-defined]
+
+
+def _more_verbose(ctx: click.Context, param: click.Parameter, count: int) -> None:
+    """``-v`` after the subcommand: add to the count given before it."""
+    if count:
+        before = ctx.find_root().meta.get("wsi_fusion.verbose", 0)
+        ctx.find_root().meta["wsi_fusion.verbose"] = before + count
+        _set_verbosity(before + count)
+
+
+def _accept_global_options(command: click.Command) -> click.Command:
+    """Let ``-v`` (and ``-q``, where the command has none) follow the subcommand too."""
+    names = {opt for p in command.params for opt in getattr(p, "opts", ())}
+    if "-v" not in names:
+        command.params.append(
+            click.Option(
+                ["-v", "--verbose"], count=True, expose_value=False, callback=_more_verbose,
+                help="More log output (-vv for debug); same as before the subcommand.",
+            )
+        )  # fmt: skip
+    if "-q" not in names:  # nothing to silence here, but `wsi-fusion info ... -q` is no error
+        command.params.append(
+            click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, hidden=True)
+        )
+    return command
 
 
 for command in (fuse, batch, info, synth, fusers, demo, evaluate):
-    cli.add_command(command)
+    cli.add_command(_accept_global_options(command))
 
 
 def main() -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from tqdm import tqdm
 
 from wsi_fusion.cli._logs import tame_console
+from wsi_fusion.cli._progress import progress_bar
 from wsi_fusion.cli._run_options import run_config, run_options
 
 if TYPE_CHECKING:
@@ -27,11 +27,14 @@ class _SlideBars:
 
     @contextlib.contextmanager
     def phase(self, name: str, total: int) -> Iterator[Callable[[int], None]]:
-        with tqdm(
-            total=total, desc=f"  {name}", unit="", position=1, leave=False,
+        bar = progress_bar(
+            total, f"  {name}", unit="", position=1, leave=False,
             disable=self.quiet or total == 0,
-        ) as bar:  # fmt: skip
+        )  # fmt: skip
+        try:
             yield bar.update
+        finally:
+            bar.close()
 
 
 class BatchBars:
@@ -39,7 +42,7 @@ class BatchBars:
 
     def __init__(self, total: int, quiet: bool) -> None:
         self.quiet = quiet
-        self.overall = tqdm(total=total, desc="slides", unit="slide", position=0, disable=quiet)
+        self.overall = progress_bar(total, "slides", unit="slide", position=0, disable=quiet)
 
     @contextlib.contextmanager
     def slide(self, result: SlideResult, index: int, total: int) -> Iterator[ProgressReporter]:
