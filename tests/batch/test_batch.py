@@ -39,8 +39,8 @@ def slide_folder(tmp_path: Path) -> Path:
     folder.mkdir()
     write_planes(folder, "A", seed=1)
     write_planes(folder, "B", seed=2)
-    (folder / "C_z0.tif").write_bytes(b"not a tiff")
-    (folder / "C_z1.tif").write_bytes(b"not a tiff")
+    (folder / "C_z0.tif").write_bytes(b"not a tiff (plane 0)")
+    (folder / "C_z1.tif").write_bytes(b"not a tiff (plane 1)")
     return folder
 
 

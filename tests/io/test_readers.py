@@ -266,7 +266,8 @@ def test_jpeg_planes(tmp_path: Path) -> None:
         rng.integers(0, 256, (30, 20, 3), dtype=np.uint8), np.ones((10, 10, 1), np.uint8)
     )
     for z in range(2):
-        Image.fromarray(base, "RGB").save(tmp_path / f"{z}.jpg", quality=95)
+        # Different content per plane: the same image twice is refused as a duplicate plane.
+        Image.fromarray(np.roll(base, z, axis=0), "RGB").save(tmp_path / f"{z}.jpg", quality=95)
     with open_stack([tmp_path / "0.jpg", tmp_path / "1.jpg"]) as stack:
         assert stack.shape == (300, 200)
         got = stack.read(1, Box(-10, -10, 320, 220))

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from wsi_fusion._types import PlaneStack
 from wsi_fusion.errors import SlideNotFound, UnreadableSlide, UnsupportedInput
 from wsi_fusion.io.readers._base import BaseStack, check_pixel_type
+from wsi_fusion.io.readers._duplicates import refuse_duplicate_planes
 from wsi_fusion.io.readers.dicom import dicom_files_in, dicom_header, open_dicom
 from wsi_fusion.io.readers.layers import open_layers
 from wsi_fusion.io.readers.ndpi import open_ndpi_stack
@@ -130,7 +131,8 @@ def open_stack(inputs: Sequence[str | os.PathLike[str]]) -> BaseStack:
     UnreadableSlide
         A file is corrupt, truncated or in no format any reader knows.
     PlaneMismatch
-        Per-plane files differ in size or pixel size.
+        Per-plane files differ in size or pixel size, only some record a pixel size, or two of
+        them are the same file (same path, link or content).
     UnsupportedInput
         No inputs, non-8-bit pixels, a time axis, a multi-plane file among per-plane files, ...
     """
@@ -142,6 +144,8 @@ def open_stack(inputs: Sequence[str | os.PathLike[str]]) -> BaseStack:
     for path in paths:
         if not os.path.exists(path):
             raise SlideNotFound(f"{path}: no such file or folder; check the path and spelling.")
+    if len(paths) > 1:
+        refuse_duplicate_planes(paths)
     kinds = [_kind(p) for p in paths]
     if len(paths) == 1:
         stack = _open_single(paths[0], kinds[0])

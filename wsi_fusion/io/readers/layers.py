@@ -329,6 +329,15 @@ def _check_same_geometry(planes: Sequence[_Plane]) -> None:
                 f"px (w x h) but {other.path} is {other.shape[1]}x{other.shape[0]} px. Every "
                 "plane must be the same field of view at the same size; crop or re-export them."
             )
+        if (first.mpp is None) != (other.mpp is None):
+            # Refused rather than warned about: the output's pixel size comes from plane 0, and
+            # planes that disagree on whether they know it are rarely exports of one scan.
+            known, unknown = (first, other) if first.mpp is not None else (other, first)
+            raise PlaneMismatch(
+                f"focal planes disagree on their pixel size: {known.path} records "
+                f"{known.mpp:g} um/px but {unknown.path} records none. Give planes exported "
+                "the same way from one scan (re-export the plane with its pixel size)."
+            )
         if (
             first.mpp is not None
             and other.mpp is not None
