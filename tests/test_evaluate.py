@@ -339,3 +339,56 @@ def test_contact_sheet_shows_the_patch(
     assert rows[0]["score"] < 0.8 < rows[1]["score"]
     image = iio.imread(sheet)
     assert image.shape == (*sheet_size(len(rows)), 3)
+
+
+def _workflow() -> Any:
+    """``workflows/evaluate.py`` as a module (workflows/ is not a package)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "workflows" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("workflows_evaluate", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_workflow_options(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    wf = _workflow()
+    args = wf.parse_args(
+        ["--stacks", "wbc,algae", "--fusers", "focus_measure,plane", "--crop", "1024"]
+    )
+    assert (args.stacks, args.fusers, args.crop) == (
+        ["wbc", "algae"],
+        ["focus_measure", "plane"],
+        1024,
+    )
+    assert args.contact_sheet is None and args.worst == 8
+    default = wf.parse_args([])
+    assert default.stacks is None and default.fusers is None
+    assert wf.parse_args(["--fusers", "gacn", "acnn,plane"]).fusers == ["gacn", "acnn", "plane"]
+    sheet = wf.parse_args(["--contact-sheet", "out/w.png", "--worst", "4"])
+    assert (sheet.contact_sheet, sheet.worst) == (Path("out/w.png"), 4)
+    assert set(wf.STACK_NAMES) == {
+        "synthetic",
+        "wbc",
+        "algae",
+        "smear",
+        "unstained",
+        "pseudoscorpion",
+        "skeleton",
+    }
+    with pytest.raises(SystemExit):
+        wf.parse_args(["--stacks", "wbc,nope"])
+    assert "unknown stack nope; choose from synthetic, wbc" in capsys.readouterr().err
+    for bad in (["--stacks", ","], ["--crop", "8"], ["--worst", "0"]):
+        with pytest.raises(SystemExit):
+            wf.parse_args(bad)
+    name = wf.sheet_path(Path("out/w.png"), "wbc", "cgan_blurmask (few planes: 0, ±1)").name
+    assert name.startswith("w.wbc.cgan_blurmask") and name.endswith(".png") and " " not in name
+    # Without ../shared/data every real stack is skipped, not an error.
+    wf.SHARED = tmp_path
+    assert wf.real_stacks(256, ["wbc", "unstained"]) == {}
+    assert "skipping real stack wbc" in capsys.readouterr().out
