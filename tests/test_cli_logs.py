@@ -164,3 +164,18 @@ def test_without_global_quiet_progress_is_shown(monkeypatch, capsys, planes, tmp
     args = ["fuse", *map(str, planes), "-o", str(tmp_path / "a.ome.zarr"), "--tile", "128"]
     code, out, err = run_cli(monkeypatch, capsys, *args, "--overlap", "64")
     assert code == 0 and "fuse tiles:" in err and "wrote" in out
+
+
+def test_learned_fuser_without_torch_is_one_error_line(planes: list[Path], tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['safetensors'] = None; "
+        "from wsi_fusion.cli import main; main()"
+    )
+    args = ["fuse", *map(str, planes), "-o", str(tmp_path / "a.ome.zarr"), "--fuser", "gacn"]
+    run = subprocess.run(
+        [sys.executable, "-c", code, *args, "--tile", "128", "--overlap", "96", "-q"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "error: torch is not installed" in run.stderr and "wsi-fusion[learned]" in run.stderr

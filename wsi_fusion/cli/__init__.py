@@ -76,6 +76,10 @@ for command in (fuse, batch, info, synth, fusers, demo, evaluate):
     cli.add_command(_accept_global_options(command))
 
 
+#: Modules only the learned fusers need (``pip install 'wsi-fusion[learned]'``).
+_LEARNED_EXTRA = ("torch", "safetensors")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
@@ -98,5 +102,15 @@ def main() -> None:
     except MemoryError as err:
         click.echo(f"error: {out_of_memory(' '.join(sys.argv[1:2]) or 'wsi-fusion')}", err=True)
         raise SystemExit(1) from err
+    except ModuleNotFoundError as err:
+        if err.name not in _LEARNED_EXTRA:
+            raise
+        click.echo(
+            f"error: {err.name} is not installed; learned fusers need the 'learned' extra: "
+            f"pip install torch==2.13.0 'wsi-fusion[learned]' (the pinned torch is the CPU "
+            "build; install a CUDA build of torch instead for GPUs)",
+            err=True,
+        )
+        sys.exit(1)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
