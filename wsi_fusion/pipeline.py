@@ -232,7 +232,12 @@ def _fuse(
         config.fuser,
     )
 
-    provenance = _provenance(input_paths, stack_info, config, fuser.describe())
+    described = fuser.describe()
+    provenance = _provenance(input_paths, stack_info, config, described)
+    weights_sha256 = (described.get("weights") or {}).get("sha256")
+    if weights_sha256:
+        # Every worker then loads exactly the weights whose hash run.json records.
+        fuser_params = {**fuser_params, "weights_sha256": weights_sha256}
     provenance["registration"] = registration_info
     # Where each extra output is: a label of the OME-Zarr, or a TIFF beside a TIFF output.
     provenance["extra_outputs"] = {

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from wsi_fusion.errors import WeightsError
 from wsi_fusion.fusers._weights import (
     WeightsRecord,
     file_sha256,
@@ -37,6 +38,10 @@ class TorchParams(FuserParams):
 
     #: Explicit weights file (safetensors); default: the shipped file of the fuser's record.
     weights: str | None = None
+    #: sha256 the weights file must have (loading refuses any other content); default: the
+    #: pinned hash of the shipped file, none for an explicit file. The pipeline sets it to the
+    #: hash it records, so that every worker loads exactly the file named in run.json.
+    weights_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
     #: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
     device: str = "auto"
     #: Tiles per forward pass in :meth:`Fuser.fuse_batch`.
@@ -99,8 +104,7 @@ class TorchFuser(Fuser):
             else:
                 model = self.build_model()
                 path = resolve_weights(self.weights_record, self.tparams.weights)
-                expected = None if self.tparams.weights else self.weights_record.sha256
-                load_into(model, load_state_dict(path, expected), source=str(path))
+                load_into(model, load_state_dict(path, self._expected_sha256()), source=str(path))
             self._model = model.eval().to(self.device)
             log.debug("%s: model on %s", self.name, self.device)
         return self._model
@@ -123,16 +127,46 @@ class TorchFuser(Fuser):
         """State of the shipped weights: ``present``, ``missing`` or ``sha256 mismatch``."""
         return weights_state(cls.weights_record)
 
+    def _expected_sha256(self) -> str | None:
+        """The hash the weights file must have: the one asked for, else the pinned one of the
+        shipped file; ``None`` (unchecked) only for an explicit file with no hash given."""
+        if self.tparams.weights_sha256 is not None:
+            return self.tparams.weights_sha256
+        return None if self.tparams.weights else self.weights_record.sha256
+
     def describe(self) -> dict[str, Any]:
-        """Name, parameters, and the weights file with its sha256."""
+        """Name, parameters, and the weights file with its sha256 (and whether it is pinned).
+
+        Weights that are not the pinned, shipped file are logged once as a warning: the output
+        then depends on weights nobody reviewed here.
+        """
         info = super().describe()
         if self._random_init:
             info["weights"] = {"file": None, "sha256": None, "note": "random (untrained)"}
             return info
         path = resolve_weights(self.weights_record, self.tparams.weights)
+        digest = file_sha256(path)
+        expected = self._expected_sha256()
+        if expected is not None and digest != expected:
+            raise WeightsError(
+                f"{path} has sha256 {digest[:16]}…, expected {expected[:16]}…: the file is "
+                "corrupt or not the one asked for; restore it or give the matching weights_sha256"
+            )
+        pinned = digest == self.weights_record.sha256
+        if not pinned:
+            log.warning(
+                "%s: weights %s (sha256 %s…) are not the pinned %s weights (sha256 %s…); the "
+                "output depends on them, and run.json records their hash",
+                self.name,
+                path.name,
+                digest[:16],
+                self.weights_record.model,
+                self.weights_record.sha256[:16],
+            )
         info["weights"] = {
             "model": self.weights_record.model,
             "file": str(path),
-            "sha256": file_sha256(path),
+            "sha256": digest,
+            "pinned": pinned,
         }
         return info
