@@ -16,7 +16,7 @@ import tifffile
 from helpers import run_cli
 
 from wsi_fusion.config import RunConfig
-from wsi_fusion.errors import ForeignPath, OverlapsInput
+from wsi_fusion.errors import ConfigError, ForeignPath, OverlapsInput
 from wsi_fusion.io import ownership
 from wsi_fusion.io.destination import publish, sidecar_path
 from wsi_fusion.io.input_guard import refuse_overlap
@@ -198,7 +198,13 @@ def test_a_sidecar_over_an_input_is_refused(tmp_path: Path) -> None:
 
 def test_cache_dir_holding_an_input_is_refused(planes: list[Path], tmp_path: Path) -> None:
     with pytest.raises(OverlapsInput, match="tile cache folder .* holds the input"):
-        fuse_slide(planes, tmp_path / "o.ome.zarr", RunConfig(**FAST), cache_dir=tmp_path)
+        fuse_slide(planes, tmp_path / "o.ome.zarr", RunConfig(**FAST), cache_dir=planes[0].parent)
+
+
+@pytest.mark.parametrize("cache", ["o.ome.zarr", "o.ome.zarr/cache", "."])
+def test_cache_dir_on_the_output_is_refused(planes: list[Path], tmp_path: Path, cache: str) -> None:
+    with pytest.raises(ConfigError, match="overlaps the output"):
+        fuse_slide(planes, tmp_path / "o.ome.zarr", RunConfig(**FAST), cache_dir=tmp_path / cache)
 
 
 # -- partial outputs and swap folders ------------------------------------------------------------

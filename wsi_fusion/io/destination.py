@@ -134,7 +134,21 @@ def resolve_destination(
             f"output folder {folder} is not writable; choose another -o or fix its permissions"
         )
     cache = Path(cache_dir) if cache_dir is not None else path.with_name(path.name + ".cache")
-    return Destination(output=path, format=chosen, cache_dir=cache.absolute())
+    dest = Destination(output=path, format=chosen, cache_dir=cache.absolute())
+    _refuse_cache_on_output(dest)
+    return dest
+
+
+def _refuse_cache_on_output(dest: Destination) -> None:
+    """The tile cache is removed after success: it must not be, hold or sit in the output."""
+    cache = Path(os.path.realpath(dest.cache_dir))
+    for path in (dest.output, dest.partial):
+        real = Path(os.path.realpath(path))
+        if cache.is_relative_to(real) or real.is_relative_to(cache):
+            raise ConfigError(
+                f"--cache-dir {dest.cache_dir} overlaps the output {path}; give the tile cache "
+                "a folder of its own beside or away from the output"
+            )
 
 
 def publish(src: Path, dst: Path) -> None:
