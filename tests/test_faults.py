@@ -27,7 +27,9 @@ from wsi_fusion.config import RunConfig
 from wsi_fusion.errors import WeightsError
 from wsi_fusion.scheduling.tile_cache import TileCache
 
-SMALL = ("--tile", "128", "--overlap", "64", "--no-tissue", "--register", "off", "-q")
+# laplacian_pyramid: a real fuser whose 32 px margin fits 64 px overlaps of small tiles.
+FUSER = ("--fuser", "laplacian_pyramid")
+SMALL = (*FUSER, "--tile", "128", "--overlap", "64", "--no-tissue", "--register", "off", "-q")
 
 
 def write_plane(path: Path, seed: int, shape: tuple[int, int] = (300, 400)) -> Path:
@@ -229,7 +231,12 @@ def test_interrupt_at_every_phase_boundary_resumes_identically(
     monkeypatch, planes, tmp_path: Path, boundary: str, suffix: str
 ) -> None:
     config = RunConfig(
-        tile=128, overlap=64, focus_map=True, scheduler="sync", registration={"mode": "off"}
+        fuser="laplacian_pyramid",
+        tile=128,
+        overlap=64,
+        focus_map=True,
+        scheduler="sync",
+        registration={"mode": "off"},
     )
     reference = pipeline.fuse_slide(planes, tmp_path / f"ref.{suffix}", config)
     out = tmp_path / f"out.{suffix}"

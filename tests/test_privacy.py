@@ -14,7 +14,8 @@ from helpers import run_cli
 
 from wsi_fusion.io.privacy import redact_config, redact_fuser
 
-SMALL = ("--tile", "128", "--overlap", "64", "--register", "off", "--focus-map", "-q")
+SMALL = ("--fuser", "laplacian_pyramid", "--tile", "128", "--overlap", "64", "--register", "off")
+SMALL += ("--focus-map", "-q")
 #: A folder name like the accession numbers real slide folders carry.
 ACCESSION = "S24-012345"
 

@@ -239,6 +239,9 @@ def _fuse(
         # Every worker then loads exactly the weights whose hash run.json records.
         fuser_params = {**fuser_params, "weights_sha256": weights_sha256}
     provenance["registration"] = registration_info
+    provenance["referenced_files"] = [
+        shown_path(p, config.record_paths) for p in _referenced(input_paths)
+    ]
     # Where each extra output is: a label of the OME-Zarr, or a TIFF beside a TIFF output.
     provenance["extra_outputs"] = {
         name: {
@@ -472,9 +475,17 @@ def _report_cache(dest: Destination, bound: int) -> None:
         )
 
 
+def _referenced(inputs: Sequence[str]) -> list[str]:
+    """Files beside the inputs that their metadata names (multi-file OME-TIFF): read too, so
+    they are identified and recorded like inputs."""
+    from wsi_fusion.io.readers.ome_files import referenced_files
+
+    return [ref for path in inputs for ref in referenced_files(path)]
+
+
 def _input_identity(inputs: tuple[str, ...]) -> list[dict[str, Any]]:
     files = []
-    for path in inputs:
+    for path in (*inputs, *_referenced(inputs)):
         st = Path(path).stat()
         files.append(
             {"path": str(Path(path).absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}

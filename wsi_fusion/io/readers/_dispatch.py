@@ -19,6 +19,7 @@ from wsi_fusion.io.readers._duplicates import refuse_duplicate_planes
 from wsi_fusion.io.readers.dicom import dicom_files_in, dicom_header, open_dicom
 from wsi_fusion.io.readers.layers import open_layers
 from wsi_fusion.io.readers.ndpi import open_ndpi_stack
+from wsi_fusion.io.readers.ome_files import referenced_files
 from wsi_fusion.io.readers.ome_tiff import TiffLayout, inspect_tiff, open_tiff_stack
 from wsi_fusion.io.readers.ome_zarr import is_zarr_dir, open_ome_zarr
 
@@ -134,7 +135,8 @@ def open_stack(inputs: Sequence[str | os.PathLike[str]]) -> BaseStack:
         Per-plane files differ in size or pixel size, only some record a pixel size, or two of
         them are the same file (same path, link or content).
     UnsupportedInput
-        No inputs, non-8-bit pixels, a time axis, a multi-plane file among per-plane files, ...
+        No inputs, non-8-bit pixels, a time axis, a multi-plane file among per-plane files, an
+        OME-TIFF naming files outside its folder, ...
     """
     paths = [os.fspath(p) for p in inputs]
     if not paths:
@@ -147,6 +149,10 @@ def open_stack(inputs: Sequence[str | os.PathLike[str]]) -> BaseStack:
     if len(paths) > 1:
         refuse_duplicate_planes(paths)
     kinds = [_kind(p) for p in paths]
+    for path, kind in zip(paths, kinds, strict=True):
+        if kind == "tiff":
+            # Before any reader opens it: tifffile follows the files its OME-XML names.
+            referenced_files(path)
     if len(paths) == 1:
         stack = _open_single(paths[0], kinds[0])
     elif _same_dicom_series(paths, kinds):
