@@ -24,6 +24,7 @@ from wsi_fusion.pipeline import fuse_slide
 from wsi_fusion.scheduling.tile_cache import TileCache
 
 FAST = {
+    "fuser": "plane",  # these tests are about files, not fusion: the cheapest fuser
     "tile": 128,
     "overlap": 64,
     "chunk": 128,
@@ -31,7 +32,18 @@ FAST = {
     "registration": {"mode": "off"},
     "scheduler": "sync",
 }
-CLI_FAST = ["--tile", "128", "--overlap", "64", "--no-tissue", "--register", "off", "-q"]
+CLI_FAST = [
+    "--fuser",
+    "plane",
+    "--tile",
+    "128",
+    "--overlap",
+    "64",
+    "--no-tissue",
+    "--register",
+    "off",
+    "-q",
+]
 
 
 def write_planes(folder: Path, n: int = 3) -> list[Path]:

@@ -521,6 +521,8 @@ def _prepare_image(
     """Create the OME-Zarr to blend into, unless a resumable one exists."""
     from wsi_fusion.io.writers.ome_zarr import add_label, create_image
 
+    # The store's ``wsi_fusion`` attribute (create_image's metadata) marks it as this tool's:
+    # only then is it resumed into or removed.
     if ownership.is_ours(dest.image_zarr) and cache.done_blocks():
         return
     cache.forget_blocks()
@@ -536,8 +538,6 @@ def _prepare_image(
         name=dest.output.name,
         metadata=provenance,
     )
-    # Claimed as this tool's, so a rerun may resume into it or remove it (and nothing else).
-    ownership.mark(dest.image_zarr, "output")
     if config.focus_map:
         add_label(group, "focus_map", job.plan.shape, chunk=config.chunk)
     for name in job.extras:

@@ -24,6 +24,7 @@ from wsi_fusion.io.output_lock import STALE_AFTER_S, output_lock
 from wsi_fusion.pipeline import fuse_slide
 
 FAST = {
+    "fuser": "plane",  # these tests are about files, not fusion: the cheapest fuser
     "tile": 128,
     "overlap": 64,
     "chunk": 128,
@@ -125,7 +126,15 @@ def test_fuse_refuses_an_output_another_run_is_writing(
         with pytest.raises(OutputBusy):
             fuse_slide(planes_of(stack), out, RunConfig(**FAST))
         code, _, err = run_cli(
-            monkeypatch, capsys, "fuse", *map(str, planes_of(stack)), "-o", str(out), "-q"
+            monkeypatch,
+            capsys,
+            "fuse",
+            *map(str, planes_of(stack)),
+            "-o",
+            str(out),
+            "--fuser",
+            "plane",
+            "-q",
         )
     assert code == 1 and err.startswith(f"error: {out} is being written by pid {os.getpid()}")
     assert len(err.strip().splitlines()) == 1
@@ -166,7 +175,17 @@ def test_two_concurrent_fuse_runs_never_both_write(
     stack: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     out = tmp_path / "o.ome.zarr"
-    args = [*map(str, planes_of(stack)), "-o", str(out), "--tile", "128", "--overlap", "64"]
+    args = [
+        *map(str, planes_of(stack)),
+        "-o",
+        str(out),
+        "--fuser",
+        "plane",
+        "--tile",
+        "128",
+        "--overlap",
+        "64",
+    ]
     args += ["--no-tissue", "--register", "off", "--scheduler", "sync"]
     go = tmp_path / "go"
     first = subprocess.Popen(

@@ -10,20 +10,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 import wsi_fusion.io.destination as destination
 import wsi_fusion.io.publication as publication
 from wsi_fusion.batch import collect_slides, run_batch
 from wsi_fusion.config import RunConfig
-from wsi_fusion.io.publication import RECORD_NAME, trusted_record
+from wsi_fusion.io.publication import trusted_record
 from wsi_fusion.pipeline import fuse_slide
 
 FAST = {
+    "fuser": "plane",  # these tests are about files, not fusion: the cheapest fuser
     "tile": 128,
     "overlap": 64,
     "chunk": 128,
@@ -48,12 +51,17 @@ def planes(folder: Path) -> list[Path]:
     return sorted(folder.glob("A_z*.tif"))
 
 
-def test_ome_zarr_carries_its_record_inside(slides: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_ome_zarr_carries_its_record_inside(slides: Path, tmp_path: Path, ngff: str) -> None:
     out = tmp_path / "A.ome.zarr"
-    report = fuse_slide(planes(slides), out, RunConfig(**FAST))
-    inside = json.loads((out / RECORD_NAME).read_text())
+    report = fuse_slide(planes(slides), out, RunConfig(**FAST, ngff_version=ngff))
+    group = zarr.open_group(out, mode="r")
+    inside = group.attrs["wsi_fusion"]
     assert inside == json.loads(report.run_json.read_text())
     assert trusted_record(out) == inside and inside["report"]["digest"] == report.digest
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no stray file in the store for zarr to trip over
+        assert {name for name, _ in group.members()} == {"0", "1"} or group.members()
 
 
 def test_tiff_record_names_every_file_it_belongs_to(slides: Path, tmp_path: Path) -> None:

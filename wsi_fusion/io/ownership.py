@@ -3,9 +3,12 @@
 A lab may point ``--cache-dir`` or ``-o`` at a folder that holds its only copy of a scan. The
 tool therefore removes or replaces a folder only when the folder carries the marker
 ``.wsi_fusion`` (JSON: tool, version, kind, pid, host, time) that the tool wrote when it made the
-folder; anything else is refused with an error that names the folder. OME-Zarr outputs written
-before the marker existed are recognised by the ``wsi_fusion`` attribute this tool puts in their
-group metadata.
+folder; anything else is refused with an error that names the folder.
+
+OME-Zarr outputs carry no marker file: zarr readers probe every entry of a group's folder as a
+possible child node, and a stray file there makes them warn. Their mark is the ``wsi_fusion``
+attribute this tool writes into the group metadata when it creates the store (outputs of older
+versions have it too).
 """
 
 from __future__ import annotations
@@ -51,10 +54,10 @@ def marker(folder: Path) -> dict[str, Any] | None:
 
 
 def is_ours(path: Path) -> bool:
-    """Whether ``path`` is a folder this tool made (marker, or a legacy wsi_fusion OME-Zarr)."""
+    """Whether ``path`` is a folder this tool made (marker file, or an OME-Zarr it wrote)."""
     if not path.is_dir() or path.is_symlink():
         return False
-    return marker(path) is not None or _legacy_ome_zarr(path)
+    return marker(path) is not None or ome_zarr_attributes(path) is not None
 
 
 def is_empty_folder(path: Path) -> bool:
@@ -86,14 +89,16 @@ def check_replaceable(path: Path, what: str, fix: str) -> None:
         )
 
 
-def _legacy_ome_zarr(path: Path) -> bool:
-    """An OME-Zarr this tool wrote before markers existed (its metadata names the tool)."""
+def ome_zarr_attributes(path: Path) -> dict[str, Any] | None:
+    """The ``wsi_fusion`` attribute of the OME-Zarr group at ``path`` (``None``: none, or not
+    an OME-Zarr this tool wrote). Read from the metadata file: no zarr import needed."""
     for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
         try:
             record = json.loads((path / name).read_text())
         except (OSError, ValueError):
             continue
         attrs = record.get(key, {}) if key and isinstance(record, dict) else record
-        if isinstance(attrs, dict) and isinstance(attrs.get(TOOL), dict):
-            return True
-    return False
+        ours = attrs.get(TOOL) if isinstance(attrs, dict) else None
+        if isinstance(ours, dict):
+            return ours
+    return None

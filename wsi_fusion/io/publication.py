@@ -3,10 +3,11 @@
 A ``run.json`` that sits beside an image it does not describe is worse than none: a batch rerun
 skips the slide as up to date. So the record is the *commit* of a publication:
 
-- **OME-Zarr**: the record goes inside the store (``wsi_fusion.run.json``) before the one atomic
-  rename of ``OUTPUT.partial`` to ``OUTPUT``, so the image, its labels and its record appear
-  together. The copy beside it (``OUTPUT.run.json``, for people and older tools) is removed
-  before the swap and rewritten after it, so it is either missing or right.
+- **OME-Zarr**: the record goes inside the store (the ``wsi_fusion`` group attribute, which
+  then holds the run's ``report`` too) before the one atomic rename of ``OUTPUT.partial`` to
+  ``OUTPUT``, so the image, its labels and its record appear together. The copy beside it
+  (``OUTPUT.run.json``, for people and older tools) is removed before the swap and rewritten
+  after it, so it is either missing or right.
 - **TIFF**: several files cannot be renamed at once. The old ``OUTPUT.run.json`` is removed
   first, the sidecars and then the image are renamed into place, and the new record, written
   beforehand as ``OUTPUT.run.json.partial``, is renamed last. It lists every file of the
@@ -27,9 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_fusion.io.destination import Destination, publish
-
-#: The record inside an OME-Zarr output (beside ``.zattrs`` / ``zarr.json``).
-RECORD_NAME = "wsi_fusion.run.json"
+from wsi_fusion.io.ownership import TOOL, ome_zarr_attributes
 
 
 def publish_run(
@@ -37,7 +36,7 @@ def publish_run(
 ) -> None:
     """Publish ``dest.partial`` (and ``(partial, final)`` sidecars) with ``record`` as run.json."""
     if dest.format == "ome-zarr":
-        _write_json(dest.partial / RECORD_NAME, record)
+        _record_in_attributes(dest.partial, record)
         _unlink(dest.run_json)
         publish(dest.partial, dest.output)
         _write_atomically(dest.run_json, record)
@@ -54,7 +53,8 @@ def publish_run(
 def trusted_record(output: Path) -> dict[str, Any] | None:
     """The run record of a complete publication at ``output``; ``None`` if there is none."""
     if output.is_dir():
-        return _read_json(output / RECORD_NAME)
+        inside = ome_zarr_attributes(output)
+        return inside if inside is not None and "report" in inside else None
     record = _read_json(output.with_name(output.name + ".run.json"))
     if record is None:
         return None
@@ -70,6 +70,15 @@ def trusted_record(output: Path) -> dict[str, Any] | None:
         if (st.st_size, st.st_mtime_ns) != (entry.get("size"), entry.get("mtime_ns")):
             return None
     return record
+
+
+def _record_in_attributes(store: Path, record: dict[str, Any]) -> None:
+    """Put the whole record (with its ``report``) into the group's ``wsi_fusion`` attribute."""
+    import zarr
+
+    group = zarr.open_group(store, mode="r+")
+    # A JSON round trip turns Paths and numpy scalars into plain values, as create_image does.
+    group.attrs[TOOL] = json.loads(json.dumps(record, default=str))
 
 
 def _describe(path: Path, name: str) -> dict[str, Any]:
