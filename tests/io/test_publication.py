@@ -61,7 +61,7 @@ def test_ome_zarr_carries_its_record_inside(slides: Path, tmp_path: Path, ngff: 
     assert trusted_record(out) == inside and inside["report"]["digest"] == report.digest
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no stray file in the store for zarr to trip over
-        assert {name for name, _ in group.members()} == {"0", "1"} or group.members()
+        assert "0" in {name for name, _ in group.members()}
 
 
 def test_tiff_record_names_every_file_it_belongs_to(slides: Path, tmp_path: Path) -> None:
