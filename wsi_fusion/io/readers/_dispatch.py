@@ -22,6 +22,7 @@ from wsi_fusion.io.readers.ndpi import open_ndpi_stack
 from wsi_fusion.io.readers.ome_files import referenced_files
 from wsi_fusion.io.readers.ome_tiff import TiffLayout, inspect_tiff, open_tiff_stack
 from wsi_fusion.io.readers.ome_zarr import is_zarr_dir, open_ome_zarr
+from wsi_fusion.io.source_metadata import source_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -189,10 +190,13 @@ def describe_stack(stack: PlaneStack) -> dict[str, Any]:
         ``multipage-tiff``, ``ndpi``, ``ome-zarr``, ``dicom``),
         ``reader`` (decoding library), ``planes``, ``z_positions_um`` (``None`` where unknown),
         ``shape`` ``[h, w]``, ``mpp`` (``None`` where unknown), ``sources`` and ``details``
-        (form-specific: axes, pyramid levels, per-plane readers, ...).
+        (form-specific: axes, pyramid levels, per-plane readers, ...), ``source`` (objective
+        power, vendor and scanner properties carried to the output:
+        :func:`wsi_fusion.io.source_metadata.source_metadata`).
     """
+    form = getattr(stack, "form", type(stack).__name__)
     return {
-        "form": getattr(stack, "form", type(stack).__name__),
+        "form": form,
         "reader": getattr(stack, "reader", None),
         "planes": stack.n_planes,
         "z_positions_um": list(stack.z_positions_um),
@@ -200,4 +204,5 @@ def describe_stack(stack: PlaneStack) -> dict[str, Any]:
         "mpp": stack.mpp,
         "sources": list(stack.sources),
         "details": dict(getattr(stack, "details", {})),
+        "source": source_metadata(form, tuple(stack.sources), stack.mpp),
     }

@@ -35,6 +35,7 @@ import zarr
 
 from wsi_fusion import __version__
 from wsi_fusion.errors import OutputNotWritable
+from wsi_fusion.io.source_metadata import NAMESPACE, as_map_annotation
 from wsi_fusion.io.writers.ome_zarr import image_levels
 from wsi_fusion.pyramid.downsample import level_shapes
 
@@ -71,6 +72,7 @@ def write_ome_tiff(
     description: Mapping[str, Any] | None = None,
     name: str | None = None,
     maxworkers: int | None = None,
+    source: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write an OME-Zarr image pyramid as a pyramidal OME-TIFF.
 
@@ -99,6 +101,11 @@ def write_ome_tiff(
         Provenance (JSON-serialisable), stored as an OME ``CommentAnnotation`` in JSON.
     name
         OME ``Image`` name (default: the file name).
+    source
+        What the inputs said about the slide (:func:`wsi_fusion.io.source_metadata.
+        source_metadata`; default: ``description["stack"]["source"]``): its objective power
+        becomes the OME ``Objective``'s ``NominalMagnification``, and it is stored whole as a
+        ``MapAnnotation`` (namespace ``wsi_fusion.source_properties``).
     maxworkers
         Threads tifffile compresses with (default: its own choice).
 
@@ -120,6 +127,12 @@ def write_ome_tiff(
     )
     metadata: dict[str, Any] = {"axes": "YXS" if levels[0].shape[0] > 1 else "YX"}
     metadata["Name"] = name if name is not None else path.name
+    # Interleaved RGB is one OME Channel of 3 samples; name it as what it is.
+    metadata["Channel"] = {"Name": ["RGB" if levels[0].shape[0] == 3 else "grey"]}
+    if source is None and description is not None:
+        source = (description.get("stack") or {}).get("source")
+    if source:
+        metadata["MapAnnotation"] = {"Namespace": NAMESPACE, "Value": as_map_annotation(source)}
     if mpp is not None:
         metadata.update(
             PhysicalSizeX=float(mpp),
@@ -135,6 +148,9 @@ def write_ome_tiff(
         }
     with _open_writer(path, ome=True) as tif:
         _write_levels(tif, levels, tile, mpp, options, subifds=True, metadata=metadata)
+    magnification = (source or {}).get("objective_power")
+    if magnification:
+        _add_objective(path, float(magnification))
     logger.info("wrote OME-TIFF %s (%d levels, %s)", path, len(levels), compression)
     return path
 
@@ -451,6 +467,24 @@ def _resolution(mpp: float | None, level: int) -> dict[str, Any]:
         return {}
     px_per_cm = 1e4 / (mpp * 2**level)
     return {"resolution": (px_per_cm, px_per_cm), "resolutionunit": "CENTIMETER"}
+
+
+def _add_objective(path: Path, magnification: float) -> None:
+    """Add an OME ``Instrument`` with the objective's nominal magnification to ``path``'s OME-XML
+    (tifffile writes no Instrument), rewriting the first page's ImageDescription in place."""
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.pages.first.description
+    instrument = (
+        '<Instrument ID="Instrument:0"><Objective ID="Objective:0" '
+        f'NominalMagnification="{magnification:g}"/></Instrument>'
+    )
+    # Schema order: Instrument before the first Image; in Image, InstrumentRef and
+    # ObjectiveSettings after Description and before Pixels.
+    refs = '<InstrumentRef ID="Instrument:0"/><ObjectiveSettings ID="Objective:0"/>'
+    head, image, rest = xml.partition("<Image ")
+    pixels_at = rest.index("<Pixels ")
+    xml = head + instrument + image + rest[:pixels_at] + refs + rest[pixels_at:]
+    tifffile.tiffcomment(path, xml.encode("utf-8"), pageindex=0)
 
 
 class _open_writer:

@@ -1,0 +1,116 @@
+"""Slide metadata carried from the inputs: objective power, mpp, vendor properties (without
+identifying keys), channel names and the final Image name, read back with tifffile, tiffslide
+and zarr."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from wsi_fusion.config import RunConfig
+from wsi_fusion.io.readers import describe_stack, open_stack
+from wsi_fusion.io.source_metadata import NAMESPACE, as_map_annotation, scan_properties
+from wsi_fusion.pipeline import fuse_slide
+
+APERIO = (
+    "Aperio Image Library v12.0.0\n320x256 [0,0 320x256] (128x128) JPEG Q=90|AppMag = 20|"
+    "MPP = 0.5|Filename = patient-123|User = someone|Barcode = S-26-0042|Date = 01/02/26|"
+    "ScanScope ID = SS1234"
+)
+
+
+@pytest.fixture
+def svs_planes(tmp_path: Path) -> list[Path]:
+    """Three small Aperio-style SVS planes (OpenSlide's aperio driver opens them)."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"slide_z{k}.svs")
+        tifffile.imwrite(
+            paths[-1], rng.integers(0, 256, (256, 320, 3), np.uint8), tile=(128, 128),
+            photometric="rgb", compression="jpeg", description=APERIO, metadata=None,
+        )  # fmt: skip
+    return paths
+
+
+def test_scan_properties_keep_vendor_keys_without_identifying_ones() -> None:
+    props = {
+        "aperio.AppMag": "20",
+        "aperio.Filename": "patient-123",
+        "aperio.User": "u",
+        "hamamatsu.Reference": "r",
+        "aperio.Barcode": "b",
+        "mirax.GENERAL.SLIDE_NAME": "n",
+        "openslide.level[0].width": "320",
+        "tiff.ImageDescription": "Aperio …",
+        "aperio.ScanScope ID": "SS1234",
+    }
+    assert scan_properties(props) == {"aperio.AppMag": "20", "aperio.ScanScope ID": "SS1234"}
+
+
+def test_describe_stack_reports_the_source(svs_planes: list[Path]) -> None:
+    with open_stack(svs_planes) as stack:
+        source = describe_stack(stack)["source"]
+    assert source["objective_power"] == 20.0 and source["mpp"] == 0.5
+    assert source["vendor"] == "aperio"
+    assert source["properties"]["aperio.AppMag"] == "20"
+    text = json.dumps(source)
+    assert "patient-123" not in text and "someone" not in text and "S-26-0042" not in text
+    assert as_map_annotation(source)["objective_power"] == "20"
+
+
+def test_ome_tiff_carries_objective_mpp_properties_and_names(
+    svs_planes: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "fused.ome.tif"
+    fuse_slide(svs_planes, out, RunConfig(fuser="plane", tile=128, overlap=64))
+    with tifffile.TiffFile(out) as tif:
+        xml = tif.pages.first.description
+        assert len(tif.series[0].levels) >= 1
+    assert '<Image ID="Image:0" Name="fused.ome.tif">' in xml  # not the .partial name
+    assert 'NominalMagnification="20"' in xml
+    assert '<ObjectiveSettings ID="Objective:0"/>' in xml
+    assert re.search(r'<Channel [^>]*SamplesPerPixel="3" Name="RGB"', xml)
+    assert 'PhysicalSizeX="0.5"' in xml
+    block = re.search(rf'<MapAnnotation [^>]*Namespace="{NAMESPACE}">(.*?)</MapAnnotation>', xml)
+    assert block is not None
+    entries = dict(re.findall(r'<M K="([^"]*)">([^<]*)</M>', block.group(1)))
+    assert entries["objective_power"] == "20" and entries["vendor"] == "aperio"
+    assert entries["aperio.ScanScope ID"] == "SS1234" and "aperio.Filename" not in entries
+    # tifffile parses the XML it is given back (the Instrument inserted after writing included)
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_ome and tif.ome_metadata == xml
+    tiffslide = pytest.importorskip("tiffslide")
+    with tiffslide.TiffSlide(out) as slide:
+        assert slide.properties["tiffslide.mpp-x"] == pytest.approx(0.5)
+
+
+def test_ome_zarr_and_run_json_carry_the_source(svs_planes: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "fused.ome.zarr"
+    report = fuse_slide(svs_planes, out, RunConfig(fuser="plane", tile=128, overlap=64))
+    source = zarr.open_group(out, mode="r").attrs["wsi_fusion"]["stack"]["source"]
+    assert source["objective_power"] == 20.0 and source["vendor"] == "aperio"
+    assert source["properties"]["aperio.AppMag"] == "20"
+    run = json.loads(report.run_json.read_text())
+    assert run["stack"]["source"] == source
+
+
+def test_a_stack_without_slide_properties_writes_no_annotation(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    paths = []
+    for k in range(2):
+        paths.append(tmp_path / f"p{k}.png")
+        from PIL import Image
+
+        Image.fromarray(rng.integers(0, 256, (100, 120, 3), np.uint8)).save(paths[-1])
+    out = tmp_path / "fused.ome.tif"
+    fuse_slide(paths, out, RunConfig(fuser="plane", tile=64, overlap=32))
+    xml = tifffile.TiffFile(out).pages.first.description
+    assert "NominalMagnification" not in xml and "Instrument" not in xml
+    assert 'Name="RGB"' in xml
