@@ -26,7 +26,7 @@ import numpy as np
 from wsi_fusion import __version__
 from wsi_fusion._types import PlaneStack
 from wsi_fusion.config import RunConfig
-from wsi_fusion.errors import UnsupportedInput
+from wsi_fusion.errors import OutputExists, UnsupportedInput
 from wsi_fusion.fusers import create_fuser, fuser_class
 from wsi_fusion.io import ownership
 from wsi_fusion.io.destination import Destination, resolve_destination
@@ -38,7 +38,7 @@ from wsi_fusion.io.privacy import (
     redact_stack_info,
     shown_path,
 )
-from wsi_fusion.io.publication import publish_run
+from wsi_fusion.io.publication import publish_run, trusted_record
 from wsi_fusion.io.run_cleanup import remove_on_failure
 from wsi_fusion.registration import DriftField, estimate_drift, should_apply
 from wsi_fusion.scheduling.graph import TaskRunner, open_runner, phase1_resources
@@ -123,7 +123,7 @@ def fuse_slide(
         ``config.scheduler`` for this run.
     """
     config = config or RunConfig()
-    dest = resolve_destination(output, config.format, overwrite=overwrite, cache_dir=cache_dir)
+    dest = _destination(output, config, overwrite, cache_dir)
     refuse_overlap(inputs, _guarded_paths(dest, config))
     # --overwrite replaces an output file, but never a folder this tool did not write.
     ownership.check_replaceable(dest.output, "output", "choose another -o or move it away yourself")
@@ -131,7 +131,7 @@ def fuse_slide(
     # earlier, interrupted run), and an OS error becomes one message naming the path and the fix.
     with _locked(dest), remove_on_failure(_run_paths(dest, config), str(dest.output)):
         # Checked again under the lock: a run that finished meanwhile may have created it.
-        resolve_destination(output, config.format, overwrite=overwrite, cache_dir=cache_dir)
+        _destination(output, config, overwrite, cache_dir)
         return _fuse(
             inputs,
             dest,
@@ -140,6 +140,25 @@ def fuse_slide(
             progress=progress or _Silent(),
             runner=runner,
         )
+
+
+def _destination(
+    output: str | os.PathLike[str],
+    config: RunConfig,
+    overwrite: bool,
+    cache_dir: str | os.PathLike[str] | None,
+) -> Destination:
+    """:func:`resolve_destination`, saying when an existing output is an unfinished one."""
+    try:
+        return resolve_destination(output, config.format, overwrite=overwrite, cache_dir=cache_dir)
+    except OutputExists as err:
+        path = Path(output).absolute()
+        if trusted_record(path) is not None:
+            raise
+        raise OutputExists(
+            f"output {path} exists but has no matching run.json (a run that was interrupted "
+            "while publishing it, or not an output of this tool); pass --overwrite to redo it"
+        ) from err
 
 
 @contextlib.contextmanager

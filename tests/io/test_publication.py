@@ -22,6 +22,7 @@ import wsi_fusion.io.destination as destination
 import wsi_fusion.io.publication as publication
 from wsi_fusion.batch import collect_slides, run_batch
 from wsi_fusion.config import RunConfig
+from wsi_fusion.errors import OutputExists
 from wsi_fusion.io.publication import trusted_record
 from wsi_fusion.pipeline import fuse_slide
 
@@ -100,6 +101,13 @@ def test_a_kill_before_the_record_is_renamed_leaves_nothing_trusted(
             fuse_slide(planes(slides), out, RunConfig(**FAST, compression="deflate"))
     assert out.is_file() and not out.with_name("A.tif.run.json").exists()
     assert trusted_record(out) is None
+    with pytest.raises(OutputExists, match="no matching run.json .* pass --overwrite to redo"):
+        fuse_slide(planes(slides), out, RunConfig(**FAST, compression="deflate"))
+    report = fuse_slide(
+        planes(slides), out, RunConfig(**FAST, compression="deflate"), overwrite=True
+    )
+    assert report.tiles_resumed == report.tiles, "the cache stays until the record is in place"
+    assert trusted_record(out) is not None
 
 
 @pytest.mark.parametrize("fmt", ["ome-zarr", "tiff"])
