@@ -79,25 +79,27 @@ def test_greyscale_keeps_one_channel() -> None:
     np.testing.assert_array_equal(out, planes[2])
 
 
-def _half_sharp_stack() -> np.ndarray:
+def _half_sharp_stack(h: int = 150, w: int = 170) -> np.ndarray:
     """Three planes of a photo: left half sharp in plane 0, right half in plane 1, all blurred."""
     from skimage import data, filters
 
-    sharp = data.astronaut()[:150, :170]
+    sharp = data.astronaut()[:h, :w]
     blur = (filters.gaussian(sharp, 3, channel_axis=-1) * 255).round().astype(np.uint8)
     left, right = sharp.copy(), blur.copy()
-    left[:, 85:], right[:, 85:] = blur[:, 85:], sharp[:, 85:]
+    left[:, w // 2 :], right[:, w // 2 :] = blur[:, w // 2 :], sharp[:, w // 2 :]
     return np.stack([left, right, blur])
 
 
 def test_tiled_equals_whole_for_a_margin_bounded_fuser() -> None:
-    planes = _half_sharp_stack()
+    margin = wsi_fusion.create_fuser("focus_measure").margin
+    tile, overlap = 2 * margin + 48, 2 * margin
+    planes = _half_sharp_stack(2 * tile + 30, 3 * tile - 20)
     whole = wsi_fusion.fuse_array(planes)
-    tiled = wsi_fusion.fuse_array(planes, tile=64, overlap=24)  # focus_measure margin 9
+    tiled = wsi_fusion.fuse_array(planes, tile=tile, overlap=overlap)
     np.testing.assert_array_equal(tiled, whole)
-    crop = planes[:, :40, :60]  # no larger than one tile: one call
+    crop = planes[:, : tile - 10, :tile]  # no larger than one tile: one call
     np.testing.assert_array_equal(
-        wsi_fusion.fuse_array(crop, tile=64, overlap=24), wsi_fusion.fuse_array(crop)
+        wsi_fusion.fuse_array(crop, tile=tile, overlap=overlap), wsi_fusion.fuse_array(crop)
     )
 
 
@@ -139,7 +141,7 @@ def test_fuse_writes_a_slide_with_options_and_a_shipped_config(tmp_path: Path) -
         paths.append(tmp_path / f"p_z{k}.tif")
         tifffile.imwrite(paths[-1], plane, photometric="rgb", tile=(128, 128))
     report = wsi_fusion.fuse(
-        paths, tmp_path / "out.ome.tif", config="lossless-focus-map", tile=128, overlap=64
+        paths, tmp_path / "out.ome.tif", config="lossless-focus-map", scheduler="sync"
     )
     assert isinstance(report, wsi_fusion.RunReport)
     assert report.output == tmp_path / "out.ome.tif" and report.output.is_file()

@@ -95,7 +95,8 @@ def test_fuse_and_batch_logs_have_no_carriage_return(planes: list[Path], tmp_pat
     """Run the real console script with stderr to a file, as SLURM does."""
     exe = str(Path(sys.executable).with_name("wsi-fusion"))
     log = tmp_path / "job.log"
-    opts = ["--tile", "128", "--overlap", "64", "--no-tissue"]
+    # The plane fuser (margin 0): progress does not depend on the method.
+    opts = ["--tile", "128", "--overlap", "64", "--no-tissue", "--fuser", "plane"]
     with log.open("w") as fh:
         subprocess.run(
             [exe, "fuse", *map(str, planes), "-o", str(tmp_path / "fused.ome.zarr"), *opts],
@@ -117,7 +118,7 @@ def test_verbose_on_either_side_of_the_subcommand(
     where: str, planes: list[Path], tmp_path: Path
 ) -> None:
     args = ["fuse", *map(str, planes), "-o", str(tmp_path / "a.ome.zarr"), "--tile", "128"]
-    args += ["--overlap", "64", "-q"]
+    args += ["--overlap", "64", "--fuser", "plane", "-q"]
     args = ["-v", *args] if where == "before" else [*args, "-v"]
     run = subprocess.run(
         [sys.executable, "-c", "from wsi_fusion.cli import main; main()", *args],
@@ -140,7 +141,7 @@ def test_quiet_on_either_side_of_the_subcommand(
     where: str, monkeypatch, capsys, planes: list[Path], tmp_path: Path
 ) -> None:
     args = ["fuse", *map(str, planes), "-o", str(tmp_path / "a.ome.zarr"), "--tile", "128"]
-    args += ["--overlap", "64"]
+    args += ["--overlap", "64", "--fuser", "plane"]
     args = ["-q", *args] if where == "before" else [*args, "-q"]
     code, out, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0, err
@@ -162,7 +163,7 @@ def test_quiet_is_accepted_by_every_subcommand(
 
 def test_without_global_quiet_progress_is_shown(monkeypatch, capsys, planes, tmp_path) -> None:
     args = ["fuse", *map(str, planes), "-o", str(tmp_path / "a.ome.zarr"), "--tile", "128"]
-    code, out, err = run_cli(monkeypatch, capsys, *args, "--overlap", "64")
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--overlap", "64", "--fuser", "plane")
     assert code == 0 and "fuse tiles:" in err and "wrote" in out
 
 
