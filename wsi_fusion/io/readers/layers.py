@@ -33,11 +33,13 @@ from wsi_fusion.io.readers._base import (
     BaseStack,
     check_pixel_type,
     mean_mpp,
+    pick_level,
     pil_to_rgb,
     positive_or_none,
     resize_rgb,
     to_rgb,
 )
+from wsi_fusion.io.readers._thumbnail import direct_read_is_bounded, tiled_thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +113,21 @@ class _SlidePlane:
         self.mpp = _mpp_from(self._slide.properties, mpp_x_key, mpp_y_key, path)
 
     def thumbnail(self, target_hw: tuple[int, int]) -> RGBRegion:
-        return pil_to_rgb(self._slide.get_thumbnail((target_hw[1], target_hw[0])))
+        """From the smallest level at least ``target_hw`` in size: decoded at once when it is
+        small, else read tile by tile (a slide without a pyramid would otherwise decode its
+        full resolution in one piece)."""
+        shapes = [(int(h), int(w)) for w, h in self._slide.level_dimensions]
+        level = pick_level(shapes, target_hw)
+        if direct_read_is_bounded(shapes[level], target_hw):
+            return pil_to_rgb(self._slide.get_thumbnail((target_hw[1], target_hw[0])))
+        scale = float(self._slide.level_downsamples[level])
+
+        def read(box: Box) -> RGBRegion:
+            # OpenSlide's API: location in level-0 pixels, size in the level's pixels.
+            origin = (round(box.x * scale), round(box.y * scale))
+            return pil_to_rgb(self._slide.read_region(origin, level, (box.w, box.h)))
+
+        return tiled_thumbnail(read, shapes[level], target_hw)
 
     def close(self) -> None:
         self._slide.close()
