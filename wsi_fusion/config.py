@@ -88,6 +88,9 @@ class RunConfig(BaseModel):
     #: Record absolute input, weights and output paths in the outputs' provenance instead of
     #: file names (names by default: folder names often hold accession numbers).
     record_paths: bool = False
+    #: Leave the slide's label image out of the outputs (it can show patient data); the macro
+    #: and thumbnail images are still carried (OME-TIFF output from slide files).
+    no_label: bool = False
 
     @property
     def extras(self) -> tuple[str, ...]:

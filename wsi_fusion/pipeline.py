@@ -343,7 +343,7 @@ def _fuse(
     timings["pyramid"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    sidecars = _write_final(dest, config, mpp, provenance)
+    sidecars = _write_final(dest, config, mpp, provenance, inputs=input_paths)
     extra = [final for _, final in sidecars]
     timings["write"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
@@ -425,7 +425,7 @@ def _groups(items: list[int], size: int) -> list[list[int]]:
 _EXECUTION_ONLY = {"scheduler", "workers"}
 #: Output switches added after digests were first recorded: left out of the digest while off, so
 #: runs that do not use them keep the digest they had (batch conversion skips on it).
-_LATER_SWITCHES = ("blur_mask", "record_paths")
+_LATER_SWITCHES = ("blur_mask", "record_paths", "no_label")
 
 #: What each fuser extra output holds, for ``run.json`` and the label metadata.
 EXTRA_OUTPUTS: dict[str, dict[str, str]] = {
@@ -587,7 +587,11 @@ def _finish_pyramid(dest: Destination, config: RunConfig) -> None:
 
 
 def _write_final(
-    dest: Destination, config: RunConfig, mpp: float | None, provenance: dict[str, Any]
+    dest: Destination,
+    config: RunConfig,
+    mpp: float | None,
+    provenance: dict[str, Any],
+    inputs: tuple[str, ...] = (),
 ) -> list[tuple[Path, Path]]:
     """Write TIFF outputs next to their final names as partials; return the sidecars' (partial,
     final) paths (published with the image by :func:`~wsi_fusion.io.publication.publish_run`)."""
@@ -607,8 +611,13 @@ def _write_final(
         "description": provenance,
     }
     if dest.format == "ome-tiff":
+        from wsi_fusion.io.source_metadata import associated_images
+
+        # The slide's label/macro/thumbnail images, as further OME images (no label: --no-label).
+        form = provenance.get("stack", {}).get("form", "")
+        associated = associated_images(form, inputs, label=not config.no_label)
         # The final name, not the .partial one it is written under, goes into the OME-XML.
-        write_ome_tiff(group, dest.partial, name=dest.output.name, **options)
+        write_ome_tiff(group, dest.partial, name=dest.output.name, associated=associated, **options)
     else:
         write_generic_tiff(group, dest.partial, **options)
     if config.focus_map:

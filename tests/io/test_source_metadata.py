@@ -25,18 +25,40 @@ APERIO = (
 )
 
 
+LABEL = np.full((60, 80, 3), 200, np.uint8)
+MACRO = np.full((80, 200, 3), 100, np.uint8)
+
+
+def write_svs(path: Path, image: np.ndarray) -> Path:
+    """An Aperio-style SVS (OpenSlide's aperio driver opens it): level 0, a stripped thumbnail,
+    a label and a macro image, laid out as Aperio scanners write them."""
+    aperio = "Aperio Image Library v12.0.0\n"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(
+            image, tile=(128, 128), photometric="rgb", compression="jpeg", description=APERIO,
+            metadata=None,
+        )  # fmt: skip
+        tif.write(
+            image[::2, ::2], photometric="rgb", compression="jpeg", metadata=None,
+            description=aperio + "320x256 -> 160x128 - |AppMag = 20",
+        )  # fmt: skip
+        tif.write(
+            LABEL, photometric="rgb", compression="lzw", subfiletype=1, metadata=None,
+            description=aperio + "label 80x60",
+        )  # fmt: skip
+        tif.write(
+            MACRO, photometric="rgb", compression="lzw", subfiletype=9, metadata=None,
+            description=aperio + "macro 200x80",
+        )  # fmt: skip
+    return path
+
+
 @pytest.fixture
 def svs_planes(tmp_path: Path) -> list[Path]:
-    """Three small Aperio-style SVS planes (OpenSlide's aperio driver opens them)."""
+    """Three small Aperio-style SVS planes."""
     rng = np.random.default_rng(0)
-    paths = []
-    for k in range(3):
-        paths.append(tmp_path / f"slide_z{k}.svs")
-        tifffile.imwrite(
-            paths[-1], rng.integers(0, 256, (256, 320, 3), np.uint8), tile=(128, 128),
-            photometric="rgb", compression="jpeg", description=APERIO, metadata=None,
-        )  # fmt: skip
-    return paths
+    planes = rng.integers(0, 256, (3, 256, 320, 3), np.uint8)
+    return [write_svs(tmp_path / f"slide_z{k}.svs", plane) for k, plane in enumerate(planes)]
 
 
 def test_scan_properties_keep_vendor_keys_without_identifying_ones() -> None:
@@ -114,3 +136,47 @@ def test_a_stack_without_slide_properties_writes_no_annotation(tmp_path: Path) -
     xml = tifffile.TiffFile(out).pages.first.description
     assert "NominalMagnification" not in xml and "Instrument" not in xml
     assert 'Name="RGB"' in xml
+
+
+def _ome_images(path: Path) -> dict[str, np.ndarray]:
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome
+        return {series.name: series.asarray() for series in tif.series}
+
+
+def test_associated_images_are_further_ome_images(svs_planes: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "fused.ome.tif"
+    fuse_slide(svs_planes, out, RunConfig(fuser="plane", tile=128, overlap=64))
+    images = _ome_images(out)
+    assert list(images) == ["fused.ome.tif", "label", "macro", "thumbnail"]
+    np.testing.assert_array_equal(images["label"], LABEL)  # deflate: the label stays exact
+    np.testing.assert_array_equal(images["macro"], MACRO)
+    assert images["thumbnail"].shape == (128, 160, 3)
+    xml = tifffile.TiffFile(out).pages.first.description
+    assert xml.count("<Image ") == 4 and 'NominalMagnification="20"' in xml
+    tiffslide = pytest.importorskip("tiffslide")
+    with tiffslide.TiffSlide(out) as slide:
+        assert {"label", "macro", "thumbnail"} <= set(slide.associated_images)
+        assert slide.dimensions == (320, 256)
+
+
+def test_no_label_drops_only_the_label(
+    svs_planes: list[Path], tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from helpers import run_cli
+
+    out = tmp_path / "fused.ome.tif"
+    args = ["fuse", *map(str, svs_planes), "-o", str(out), "--fuser", "plane", "--tile", "128"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--overlap", "64", "--no-label", "-q")
+    assert code == 0, err
+    assert list(_ome_images(out)) == ["fused.ome.tif", "macro", "thumbnail"]
+    run = json.loads(out.with_name(out.name + ".run.json").read_text())
+    assert run["config"]["no_label"] is True
+
+
+def test_no_label_changes_the_digest_only_when_on(svs_planes: list[Path]) -> None:
+    from wsi_fusion.pipeline import run_digest
+
+    base = run_digest(svs_planes, RunConfig())
+    assert run_digest(svs_planes, RunConfig(no_label=False)) == base
+    assert run_digest(svs_planes, RunConfig(no_label=True)) != base

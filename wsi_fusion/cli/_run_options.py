@@ -70,6 +70,13 @@ _OPTIONS = [
         help="Record absolute input/weights/output paths in the outputs' metadata and run.json "
         "(default: file names only, as folder names may identify patients).",
     ),
+    click.option(
+        "--no-label",
+        is_flag=True,
+        default=None,
+        help="Leave the slide's label image out of the output (it can show patient data); "
+        "macro and thumbnail are still carried.",
+    ),
 ]
 
 
@@ -77,7 +84,7 @@ def run_options(command: F) -> F:
     """Add the shared run options (``--config`` ... ``--workers``) to a click command.
 
     The command receives them as ``config_path, tile, overlap, lossless, register, no_tissue,
-    batch_size, precision, scheduler, workers, record_paths`` (collect them with
+    batch_size, precision, scheduler, workers, record_paths, no_label`` (collect them with
     ``**run_settings``) and passes them on to :func:`run_config`.
     """
     for option in reversed(_OPTIONS):  # click applies decorators bottom-up

@@ -9,7 +9,8 @@ carry their mpp only. The scanner's properties are kept under their vendor prefi
 
 Outputs: ``source`` in :func:`~wsi_fusion.io.readers.describe_stack` and so in the provenance
 (``run.json``, the OME-Zarr's ``wsi_fusion`` attribute); the OME-TIFF gets a ``MapAnnotation``
-(namespace :data:`NAMESPACE`) and the objective's ``NominalMagnification``.
+(namespace :data:`NAMESPACE`) and the objective's ``NominalMagnification``, and the slide's
+associated images (:func:`associated_images`: label, macro, thumbnail) as further OME images.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import math
 import re
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 logger = logging.getLogger(__name__)
 
@@ -119,3 +123,49 @@ def as_map_annotation(source: Mapping[str, Any]) -> dict[str, str]:
             out[key] = f"{source[key]:g}" if isinstance(source[key], float) else str(source[key])
     out.update({str(k): str(v) for k, v in dict(source.get("properties") or {}).items()})
     return out
+
+
+#: Associated images carried to the output, in this order (others a scanner writes are skipped).
+ASSOCIATED = ("label", "macro", "thumbnail")
+
+
+def associated_images(
+    form: str, sources: tuple[str, ...], *, label: bool = True
+) -> dict[str, npt.NDArray[np.uint8]]:
+    """The label, macro and thumbnail images of the first slide file, as (h, w, 3) uint8 RGB.
+
+    Only for a stack of slide files (``form == "layers"``), read through the OpenSlide API
+    (openslide-python, else tiffslide); transparent pixels become white. ``label=False`` leaves
+    out the label, which can show patient data (``--no-label``). Empty when there are none.
+    """
+    if form != "layers" or not sources:
+        return {}
+    wanted = [n for n in ASSOCIATED if label or n != "label"]
+    for opener in (_openslide_associated, _tiffslide_associated):
+        try:
+            found = opener(sources[0], wanted)
+        except Exception as err:  # noqa: BLE001 - not a slide this library opens: try the next
+            logger.debug("no associated images from %s: %s", sources[0], err)
+            continue
+        return {name: found[name] for name in wanted if name in found}
+    return {}
+
+
+def _openslide_associated(path: str, wanted: list[str]) -> dict[str, npt.NDArray[np.uint8]]:
+    import openslide
+
+    from wsi_fusion.io.readers._base import pil_to_rgb
+
+    with openslide.OpenSlide(path) as slide:
+        images = slide.associated_images
+        return {n: np.ascontiguousarray(pil_to_rgb(images[n])) for n in wanted if n in images}
+
+
+def _tiffslide_associated(path: str, wanted: list[str]) -> dict[str, npt.NDArray[np.uint8]]:
+    import tiffslide
+
+    from wsi_fusion.io.readers._base import pil_to_rgb
+
+    with tiffslide.TiffSlide(path) as slide:
+        images = slide.associated_images
+        return {n: np.ascontiguousarray(pil_to_rgb(images[n])) for n in wanted if n in images}

@@ -73,6 +73,7 @@ def write_ome_tiff(
     name: str | None = None,
     maxworkers: int | None = None,
     source: Mapping[str, Any] | None = None,
+    associated: Mapping[str, npt.NDArray[np.uint8]] | None = None,
 ) -> Path:
     """Write an OME-Zarr image pyramid as a pyramidal OME-TIFF.
 
@@ -106,6 +107,11 @@ def write_ome_tiff(
         source_metadata`; default: ``description["stack"]["source"]``): its objective power
         becomes the OME ``Objective``'s ``NominalMagnification``, and it is stored whole as a
         ``MapAnnotation`` (namespace ``wsi_fusion.source_properties``).
+    associated
+        The slide's associated images by name (``label``, ``macro``, ``thumbnail``; (h, w, 3)
+        uint8), each written after the pyramid as one more OME ``Image`` of that name
+        (deflate, so a label's barcode stays exact): Bio-Formats and QuPath list them as
+        further images of the file.
     maxworkers
         Threads tifffile compresses with (default: its own choice).
 
@@ -148,6 +154,14 @@ def write_ome_tiff(
         }
     with _open_writer(path, ome=True) as tif:
         _write_levels(tif, levels, tile, mpp, options, subifds=True, metadata=metadata)
+        for image_name, pixels in (associated or {}).items():
+            tif.write(
+                np.ascontiguousarray(pixels, dtype=np.uint8),
+                photometric="rgb",
+                compression="zlib",
+                software=_SOFTWARE,
+                metadata={"axes": "YXS", "Name": image_name},
+            )
     magnification = (source or {}).get("objective_power")
     if magnification:
         _add_objective(path, float(magnification))
