@@ -28,12 +28,6 @@ def planes(tmp_path: Path) -> list[Path]:
     return [write_plane(tmp_path / f"p_z{k}.tif", seed=k) for k in range(3)]
 
 
-def leftovers(folder: Path) -> list[str]:
-    return sorted(
-        p.name for p in folder.iterdir() if ".partial" in p.name or p.name.startswith("out")
-    )
-
-
 def test_fuse_per_plane_files(monkeypatch, capsys, planes, tmp_path: Path) -> None:
     code, out, err = run_cli(
         monkeypatch,
@@ -52,75 +46,14 @@ def test_fuse_per_plane_files(monkeypatch, capsys, planes, tmp_path: Path) -> No
     assert (tmp_path / "out.ome.zarr").is_dir() and (tmp_path / "out.ome.zarr.run.json").exists()
 
 
-def test_missing_file(monkeypatch, capsys, planes, tmp_path: Path) -> None:
-    code, _, err = run_cli(
-        monkeypatch,
-        capsys,
-        "fuse",
-        str(planes[0]),
-        str(tmp_path / "nope.svs"),
-        "-o",
-        str(tmp_path / "out.ome.zarr"),
-    )
-    assert code == 1 and "nope.svs" in err
-    assert leftovers(tmp_path) == []
-
-
-def test_truncated_file(monkeypatch, capsys, planes, tmp_path: Path) -> None:
-    broken = tmp_path / "broken.tif"
-    broken.write_bytes(planes[1].read_bytes()[:600])
-    code, _, err = run_cli(
-        monkeypatch,
-        capsys,
-        "fuse",
-        str(planes[0]),
-        str(broken),
-        "-o",
-        str(tmp_path / "out.ome.zarr"),
-    )
-    assert code == 1 and "broken.tif" in err
-    assert leftovers(tmp_path) == []
-
-
 @pytest.mark.realdata
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is absent")
 def test_corrupt_slide_fixture(monkeypatch, capsys, tmp_path: Path) -> None:
     bad = SHARED_DATA / "format_fixtures" / "unreadable.svs"
     code, _, err = run_cli(
-        monkeypatch, capsys, "fuse", str(bad), str(bad), "-o", str(tmp_path / "out.ome.zarr")
+        monkeypatch, capsys, "fuse", str(bad), "-o", str(tmp_path / "o.ome.zarr")
     )
     assert code == 1 and "unreadable.svs" in err
-
-
-def test_mismatched_plane_sizes(monkeypatch, capsys, planes, tmp_path: Path) -> None:
-    odd = write_plane(tmp_path / "odd.tif", shape=(300, 401))
-    code, _, err = run_cli(
-        monkeypatch, capsys, "fuse", str(planes[0]), str(odd), "-o", str(tmp_path / "out.ome.zarr")
-    )
-    assert code == 1 and "odd.tif" in err and "401" in err
-    assert leftovers(tmp_path) == []
-
-
-def test_single_plane_to_multi_plane_fuser(monkeypatch, capsys, planes, tmp_path: Path) -> None:
-    code, _, err = run_cli(
-        monkeypatch, capsys, "fuse", str(planes[0]), "-o", str(tmp_path / "out.ome.zarr")
-    )
-    assert code == 1 and "at least 2 focal planes" in err and "--fuser plane" in err
-    assert leftovers(tmp_path) == []
-
-
-def test_unknown_fuser(monkeypatch, capsys, planes, tmp_path: Path) -> None:
-    code, _, err = run_cli(
-        monkeypatch,
-        capsys,
-        "fuse",
-        *map(str, planes),
-        "-o",
-        str(tmp_path / "out.ome.zarr"),
-        "--fuser",
-        "magic",
-    )
-    assert code == 1 and "unknown fuser 'magic'" in err and "focus_measure" in err
 
 
 def test_output_exists_is_refused_unless_overwrite(
@@ -167,29 +100,6 @@ def test_unwritable_output_folder(monkeypatch, capsys, planes, tmp_path: Path) -
         monkeypatch, capsys, "fuse", *map(str, planes), "-o", str(locked / "out.ome.zarr")
     )
     assert code == 1 and "not writable" in err
-
-
-def test_missing_output_folder(monkeypatch, capsys, planes, tmp_path: Path) -> None:
-    code, _, err = run_cli(
-        monkeypatch, capsys, "fuse", *map(str, planes), "-o", str(tmp_path / "no" / "out.ome.zarr")
-    )
-    assert code == 1 and "does not exist" in err
-
-
-def test_unknown_config_key(monkeypatch, capsys, planes, tmp_path: Path) -> None:
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("tile_sise: 256\n")
-    code, _, err = run_cli(
-        monkeypatch,
-        capsys,
-        "fuse",
-        *map(str, planes),
-        "-o",
-        str(tmp_path / "out.ome.zarr"),
-        "--config",
-        str(cfg),
-    )
-    assert code == 1 and "tile_sise" in err
 
 
 def test_fusers_lists_one_per_line(monkeypatch, capsys) -> None:
@@ -257,3 +167,252 @@ def test_synth_then_fuse(monkeypatch, capsys, tmp_path: Path) -> None:
         "64",
     )
     assert code == 0, err
+
+
+# ---- the bad-input matrix: exit 1, exactly one error: line, nothing partial, inputs untouched --
+
+
+def _plane_with_mpp(path: Path, mpp: float, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    tifffile.imwrite(
+        path,
+        rng.integers(0, 256, size=(300, 400, 3), dtype=np.uint8),
+        photometric="rgb",
+        tile=(128, 128),
+        resolution=(1e4 / mpp, 1e4 / mpp),
+        resolutionunit="CENTIMETER",
+    )
+    return path
+
+
+def _zarr_with_codec(path: Path, version: int) -> Path:
+    """A valid NGFF z-stack whose level-0 metadata names a codec nobody registered."""
+    import json
+
+    import zarr
+
+    group = zarr.open_group(path, mode="w", zarr_format=version)
+    array = group.create_array("0", shape=(2, 3, 64, 64), chunks=(1, 3, 64, 64), dtype="u1")
+    array[:] = 128
+    axes = [{"name": "z", "type": "space"}, {"name": "c", "type": "channel"}]
+    axes += [{"name": a, "type": "space", "unit": "micrometer"} for a in ("y", "x")]
+    scale = [{"type": "scale", "scale": [1, 1, 0.5, 0.5]}]
+    multiscales = [{"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}]
+    if version == 2:
+        group.attrs["multiscales"] = [{"version": "0.4", **multiscales[0]}]
+        meta = path / "0" / ".zarray"
+        record = json.loads(meta.read_text())
+        record["compressor"] = {"id": "jpegxl_custom", "level": 3}
+    else:
+        group.attrs["ome"] = {"version": "0.5", "multiscales": multiscales}
+        meta = path / "0" / "zarr.json"
+        record = json.loads(meta.read_text())
+        record["codecs"][-1] = {"name": "jpegxl_custom", "configuration": {"level": 3}}
+    meta.write_text(json.dumps(record))
+    return path
+
+
+def _ome_tiff_naming(path: Path, other: str) -> Path:
+    """A two-plane multi-file OME-TIFF whose plane 1 is the file ``other``."""
+    own, far = "urn:uuid:00000000-0000-0000-0000-000000000001", "urn:uuid:0-0-0-0-2"
+    tiffdata = "".join(
+        f'<TiffData FirstZ="{z}" IFD="0" PlaneCount="1"><UUID FileName="{name}">{urn}</UUID>'
+        "</TiffData>"
+        for z, (name, urn) in enumerate([(path.name, own), (other, far)])
+    )
+    xml = (
+        f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{own}">'
+        '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" '
+        'SizeX="400" SizeY="300" SizeC="3" SizeZ="2" SizeT="1" Interleaved="true">'
+        f'<Channel ID="Channel:0:0" SamplesPerPixel="3"/>{tiffdata}</Pixels></Image></OME>'
+    )
+    pixels = np.zeros((300, 400, 3), np.uint8)
+    tifffile.imwrite(path, pixels, photometric="rgb", description=xml, metadata=None)
+    return path
+
+
+def _time_series(path: Path) -> Path:
+    data = np.zeros((2, 2, 64, 64, 3), np.uint8)
+    tifffile.imwrite(path, data, photometric="rgb", metadata={"axes": "TZYXS"}, ome=True)
+    return path
+
+
+def _config(folder: Path, text: str) -> str:
+    path = folder / "run.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _pickle(path: Path) -> str:
+    import pickle
+
+    path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    return str(path)
+
+
+def _truncated(folder: Path, planes: list[Path]) -> Path:
+    broken = folder / "broken.tif"
+    broken.write_bytes(planes[1].read_bytes()[:600])
+    return broken
+
+
+def _junk(folder: Path) -> Path:
+    path = folder / "junk.tif"
+    path.write_bytes(b"this is not an image at all" * 10)
+    return path
+
+
+def _sixteen_bit(folder: Path) -> Path:
+    path = folder / "deep.tif"
+    tifffile.imwrite(path, np.zeros((300, 400), np.uint16), tile=(128, 128))
+    return path
+
+
+def _empty_folder(folder: Path) -> Path:
+    (folder / "empty").mkdir()
+    return folder / "empty"
+
+
+Case = tuple[list, list, tuple]  # inputs, options, words the error line must hold
+
+#: name -> builder(input folder, plane files) -> (inputs, options, words)
+BAD_INPUTS: dict[str, object] = {
+    "missing plane": lambda d, p: ([p[0], d / "nope.svs"], [], ("nope.svs",)),
+    "truncated plane": lambda d, p: ([p[0], _truncated(d, p)], [], ("broken.tif",)),
+    "not an image": lambda d, p: ([p[0], _junk(d)], [], ("junk.tif",)),
+    "plane sizes differ": lambda d, p: (
+        [p[0], write_plane(d / "odd.tif", shape=(300, 401))],
+        [],
+        ("odd.tif", "401"),
+    ),
+    "pixel sizes differ": lambda d, p: (
+        [_plane_with_mpp(d / "a.tif", 0.5), _plane_with_mpp(d / "b.tif", 0.25, 1)],
+        [],
+        ("b.tif", "pixel size"),
+    ),
+    "pixel size on one plane only": lambda d, p: (
+        [_plane_with_mpp(d / "a.tif", 0.5), p[1]],
+        [],
+        ("p_z1.tif", "records none"),
+    ),
+    "same file twice": lambda d, p: ([p[0], p[1], p[0]], [], ("p_z0.tif", "same file")),
+    "16-bit plane": lambda d, p: ([p[0], _sixteen_bit(d)], [], ("deep.tif", "uint16")),
+    "time series": lambda d, p: ([_time_series(d / "t.ome.tif")], [], ("t.ome.tif", "time")),
+    "empty folder": lambda d, p: ([_empty_folder(d)], [], ("empty",)),
+    "OME-Zarr with an unknown codec (v2)": lambda d, p: (
+        [_zarr_with_codec(d / "z.ome.zarr", 2)],
+        [],
+        ("z.ome.zarr", "'jpegxl_custom'"),
+    ),
+    "OME-Zarr with an unknown codec (v3)": lambda d, p: (
+        [_zarr_with_codec(d / "z.ome.zarr", 3)],
+        [],
+        ("z.ome.zarr", "'jpegxl_custom'"),
+    ),
+    "OME-XML names a file outside": lambda d, p: (
+        [_ome_tiff_naming(d / "m.ome.tif", "../elsewhere/x.tif")],
+        [],
+        ("m.ome.tif", "outside"),
+    ),
+    "OME-XML names a missing file": lambda d, p: (
+        [_ome_tiff_naming(d / "m.ome.tif", "m_z1.ome.tif")],
+        [],
+        ("m_z1.ome.tif", "not exist"),
+    ),
+    "one plane, multi-plane fuser": lambda d, p: (
+        [p[0]],
+        ["--fuser", "focus_measure"],
+        ("at least 2 focal planes", "--fuser plane"),
+    ),
+    "unknown fuser": lambda d, p: (
+        p,
+        ["--fuser", "magic"],
+        ("unknown fuser 'magic'", "focus_measure"),
+    ),
+    "extra output the fuser lacks": lambda d, p: (
+        p,
+        ["--fuser", "plane", "--blur-mask"],
+        ("blur", "cgan_blurmask"),
+    ),
+    "unknown config key": lambda d, p: (
+        p,
+        ["--config", _config(d, "tile_sise: 256\n")],
+        ("tile_sise",),
+    ),
+    "config not YAML": lambda d, p: (p, ["--config", _config(d, "tile: [1,\n")], ("YAML",)),
+    "missing config": lambda d, p: (p, ["--config", str(d / "none.yaml")], ("none.yaml",)),
+    "reference plane out of range": lambda d, p: (
+        p,
+        ["--config", _config(d, "reference_plane: 7\n")],
+        ("reference_plane 7",),
+    ),
+    "overlap below the fuser's margin": lambda d, p: (p, ["--overlap", "16"], ("--overlap",)),
+    "overlap not below the tile": lambda d, p: (
+        p,
+        ["--tile", "128", "--overlap", "128"],
+        ("overlap 128",),
+    ),
+    "weights file missing": lambda d, p: (
+        p,
+        [
+            "--fuser",
+            "gacn",
+            "--overlap",
+            "96",
+            "--config",
+            _config(d, f"fuser_params: {{weights: {d / 'none.safetensors'}}}\n"),
+        ],
+        ("none.safetensors", "not found"),
+    ),  # fmt: skip
+    "weights file is a pickle": lambda d, p: (
+        p,
+        [
+            "--fuser",
+            "gacn",
+            "--overlap",
+            "96",
+            "--config",
+            _config(d, f"fuser_params: {{weights: {_pickle(d / 'w.safetensors')}}}\n"),
+        ],
+        ("w.safetensors", "pickle"),
+    ),  # fmt: skip
+    "output folder missing": lambda d, p: (p, ["-o", "{out}/no/out.ome.zarr"], ("does not exist",)),
+    "output format unknown": lambda d, p: (p, ["-o", "{out}/out.png"], ("out.png", "--format")),
+    "output on /proc": lambda d, p: (p, ["-o", "/proc/x.ome.zarr"], ("/proc/x.ome.zarr",)),
+    "output is an input": lambda d, p: (p, ["-o", str(p[0]), "--overwrite"], ("p_z0.tif",)),
+    "output exists": lambda d, p: (p, ["-o", "{out}/kept.ome.tif"], ("--overwrite",)),
+}
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_matrix(monkeypatch, capsys, tmp_path: Path, case: str) -> None:
+    """Every bad input or setting: exit 1, exactly one ``error:`` line naming the problem, no
+    traceback, nothing left in the output folder, and the input folder untouched."""
+    inputs_dir, outdir = tmp_path / "in", tmp_path / "out"
+    inputs_dir.mkdir()
+    outdir.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    tifffile.imwrite(tmp_path / "elsewhere" / "x.tif", np.zeros((300, 400, 3), np.uint8))
+    planes = [write_plane(inputs_dir / f"p_z{k}.tif", seed=k) for k in range(3)]
+    (outdir / "kept.ome.tif").write_bytes(b"precious")
+    inputs, options, words = BAD_INPUTS[case](inputs_dir, planes)
+    options = [o.replace("{out}", str(outdir)) for o in options]
+    if "-o" not in options:
+        options += ["-o", str(outdir / "out.ome.zarr")]
+    before = _snapshot(inputs_dir), _snapshot(outdir)
+    fast = ["--fuser", "laplacian_pyramid", "--tile", "128", "--overlap", "64", "-q"]
+    code, _, err = run_cli(monkeypatch, capsys, "fuse", *map(str, inputs), *fast, *options)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert (_snapshot(inputs_dir), _snapshot(outdir)) == before

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -138,6 +139,32 @@ class OmeZarrStack(ArrayLevelsStack):
         self._levels.clear()
 
 
+def _unknown_codec(err: BaseException) -> str | None:
+    """The codec an "unknown codec" error of zarr or numcodecs names, else ``None``."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if type(seen).__name__ == "UnknownCodecError":
+            quoted = re.search(r"'+([^']+)'+", str(seen))
+            return quoted.group(1) if quoted else str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _open_error(name: str, err: BaseException, what: str) -> UnreadableSlide:
+    """Why an OME-Zarr cannot be opened: a codec this installation lacks, or a broken store."""
+    codec = _unknown_codec(err)
+    if codec is not None:
+        return UnreadableSlide(
+            f"{name}: its arrays are compressed with the codec {codec!r}, which this "
+            "installation cannot decode; re-export the OME-Zarr with a standard codec (blosc, "
+            "zstd or gzip) or install the package that registers this codec with numcodecs"
+        )
+    return UnreadableSlide(
+        f"{name}: {what} cannot be opened ({err}); the store is incomplete or corrupt: copy or "
+        "export it again."
+    )
+
+
 def open_ome_zarr(path: str | os.PathLike[str]) -> OmeZarrStack:
     """Open an OME-Zarr image whose planes lie along its ``z`` axis.
 
@@ -165,7 +192,10 @@ def open_ome_zarr(path: str | os.PathLike[str]) -> OmeZarrStack:
         raise UnreadableSlide(
             f"{name}: cannot open as a Zarr group ({err}); check that it is an OME-Zarr image."
         ) from err
-    found = _multiscales(group)
+    try:
+        found = _multiscales(group)
+    except Exception as err:
+        raise _open_error(name, err, "its group metadata cannot be read") from err
     if found is None:
         raise UnsupportedInput(
             f"{name}: Zarr group without OME-NGFF 'multiscales' metadata; point at the image "
@@ -180,10 +210,7 @@ def open_ome_zarr(path: str | os.PathLike[str]) -> OmeZarrStack:
         try:
             level = image[str(dataset["path"])]
         except Exception as err:
-            raise UnreadableSlide(
-                f"{name}: an OME-Zarr level listed in 'multiscales' cannot be opened ({err}); "
-                "the store is incomplete: copy or export it again."
-            ) from err
+            raise _open_error(name, err, "an OME-Zarr level listed in 'multiscales'") from err
         if not isinstance(level, zarr.Array):
             raise UnsupportedInput(f"{name}: OME-Zarr level {dataset['path']!r} is not an array.")
         levels.append(level)
