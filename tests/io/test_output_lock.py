@@ -19,7 +19,7 @@ from helpers import run_cli
 import wsi_fusion.io.output_lock as output_lock_module
 from wsi_fusion.batch import collect_slides, run_batch
 from wsi_fusion.config import RunConfig
-from wsi_fusion.errors import OutputBusy
+from wsi_fusion.errors import OutputBusy, StorageError
 from wsi_fusion.io.output_lock import STALE_AFTER_S, output_lock
 from wsi_fusion.pipeline import fuse_slide
 
@@ -209,3 +209,9 @@ def test_two_concurrent_fuse_runs_never_both_write(
     level0 = zarr.open_group(out, mode="r")["0"]
     assert level0.shape == (3, 150, 200) and np.asarray(level0).any()
     assert not (tmp_path / "o.ome.zarr.lock").exists()
+
+
+def test_a_lock_that_cannot_be_created_is_one_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="missing"):
+        with output_lock(tmp_path / "missing" / "x.lock", tmp_path / "missing" / "x"):
+            pass

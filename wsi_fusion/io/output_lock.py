@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_fusion.errors import OutputBusy
+from wsi_fusion.io.storage_errors import storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ def output_lock(lock: Path, what: Path) -> Iterator[None]:
 def _acquire(lock: Path, what: Path) -> int:
     """Open ``lock``, lock it and write this process's record; return the open descriptor."""
     for _ in range(20):  # retries only when another run removes or replaces the file meanwhile
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # read-only or full file system, no permission: one clear line
+            raise storage_error(err, str(lock)) from err
         try:
             locked = _try_flock(fd)
             if locked is False:
