@@ -96,3 +96,27 @@ def test_weights_paths_are_names() -> None:
     config = {"fuser_params": {"weights": "/home/lab/x.safetensors"}, "tile": 512}
     assert redact_config(config, False)["fuser_params"]["weights"] == "x.safetensors"
     assert redact_config(config, True) == config
+
+
+def test_batch_outputs_and_summary_hold_no_machine_path(
+    monkeypatch, capsys, planes, tmp_path: Path
+) -> None:
+    """Per-slide outputs and batch_summary.json name files, not paths (logs/ are diagnostics
+    for this machine and do name paths)."""
+    outdir = tmp_path / "batch_out"
+    source = str(Path(planes[0]).parent)
+    args = ("batch", source, "-o", str(outdir), "--pattern", "{slide}_z{plane}.{ext}", *SMALL)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    files = [p for p in outdir.rglob("*") if p.is_file() and "logs" not in p.parts]
+    assert any(p.name == "batch_summary.json" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for private in machine_paths(tmp_path):
+            assert private not in data, f"{private!r} in {path}"
+    summary = json.loads((outdir / "batch_summary.json").read_text())
+    assert summary["slides"][0]["inputs"] == ["case_z0.tif", "case_z1.tif", "case_z2.tif"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--record-paths", "--force")
+    assert code == 0, err
+    summary = json.loads((outdir / "batch_summary.json").read_text())
+    assert summary["slides"][0]["inputs"] == planes

@@ -27,6 +27,7 @@ from wsi_fusion.config import OutputFormat, RunConfig
 from wsi_fusion.errors import ConfigError
 from wsi_fusion.io.destination import format_from_suffix
 from wsi_fusion.io.output_lock import output_lock
+from wsi_fusion.io.privacy import shown_path
 from wsi_fusion.io.publication import trusted_record
 from wsi_fusion.pipeline import ProgressReporter, fuse_slide, run_digest
 from wsi_fusion.scheduling.graph import TaskRunner, open_runner
@@ -68,6 +69,9 @@ class BatchSummary:
 
     outdir: Path
     results: list[SlideResult] = field(default_factory=list)
+    #: Write absolute paths (``--record-paths``); by default inputs are file names and outputs,
+    #: logs and run.json paths are relative to OUTDIR, like the outputs' own provenance.
+    record_paths: bool = False
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     seconds: float = 0.0
     scheduler: dict[str, Any] = field(default_factory=dict)
@@ -92,16 +96,27 @@ class BatchSummary:
         record = {
             "tool": "wsi_fusion",
             "version": __version__,
-            "outdir": str(self.outdir),
+            "outdir": str(self.outdir) if self.record_paths else ".",
             "started": self.started,
             "seconds": round(self.seconds, 3),
             "scheduler": self.scheduler,
             "counts": self.counts(),
-            "slides": [asdict(r) for r in self.results],
+            "slides": [self._recorded(r) for r in self.results],
         }
         partial = self.path.with_name(self.path.name + ".partial")
         partial.write_text(json.dumps(record, indent=2))
         os.replace(partial, self.path)
+
+    def _recorded(self, result: SlideResult) -> dict[str, Any]:
+        """``result`` as the summary file records it (paths shortened unless record_paths)."""
+        record = asdict(result)
+        if self.record_paths:
+            return record
+        record["inputs"] = [shown_path(p, False) for p in result.inputs]
+        for key in ("output", "log", "run_json"):
+            if record[key]:
+                record[key] = os.path.relpath(record[key], self.outdir)
+        return record
 
 
 class BatchProgress(Protocol):
@@ -184,7 +199,7 @@ def _run_locked(
     """:func:`run_batch` once it holds OUTDIR's lock."""
     (out / LOG_FOLDER).mkdir(exist_ok=True)
     plans = [(spec, _slide_config(spec, config)) for spec in slides]
-    summary = BatchSummary(out)
+    summary = BatchSummary(out, record_paths=config.record_paths)
     summary.results = [_pending(spec, cfg, out) for spec, cfg in plans]
     _check_outputs_unique(summary.results)
     started = time.perf_counter()
