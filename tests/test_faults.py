@@ -218,6 +218,30 @@ def _pixels(path: Path) -> np.ndarray:
     return np.asarray(zarr.open_group(path, mode="r")["0"][:])
 
 
+#: Files whose content records the run itself (time, timings, resumed counts), not the image.
+_RUN_RECORDS = {".zattrs", "zarr.json"}
+
+
+def _stored_bytes(path: Path) -> dict[str, bytes]:
+    """What must be bit-identical between runs: every zarr chunk and array definition (every
+    level and label), or every TIFF tile's compressed bytes (every level)."""
+    if path.is_dir():
+        return {
+            str(f.relative_to(path)): f.read_bytes()
+            for f in sorted(path.rglob("*"))
+            if f.is_file() and (f.name not in _RUN_RECORDS or f.parent != path)
+        }
+    tiles: dict[str, bytes] = {}
+    with tifffile.TiffFile(path) as tif, open(path, "rb") as fh:
+        pages = [page for level in tif.series[0].levels for page in level.pages]
+        for k, page in enumerate(pages):
+            spans = zip(page.dataoffsets, page.databytecounts, strict=True)
+            for j, (offset, count) in enumerate(spans):
+                fh.seek(offset)
+                tiles[f"{k}/{j}"] = fh.read(count)
+    return tiles
+
+
 @pytest.mark.parametrize(
     ("boundary", "suffix"),
     [
@@ -252,5 +276,7 @@ def test_interrupt_at_every_phase_boundary_resumes_identically(
     assert (tmp_path / f"out.{suffix}.cache").is_dir()  # kept for resuming
     report = pipeline.fuse_slide(planes, out, config)
     assert np.array_equal(_pixels(out), _pixels(reference.output))
+    stored = _stored_bytes(out)
+    assert len(stored) > 3 and stored == _stored_bytes(reference.output)
     assert report.tiles_resumed == (0 if boundary == "fuse tiles" else report.tiles)
     assert report.digest == reference.digest
