@@ -3,6 +3,7 @@ terminal, bars when it is; ``-v`` and ``-q`` on either side of the subcommand.""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import subprocess
@@ -180,3 +181,30 @@ def test_learned_fuser_without_torch_is_one_error_line(planes: list[Path], tmp_p
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr
     assert "error: torch is not installed" in run.stderr and "wsi-fusion[learned]" in run.stderr
+
+
+def test_log_file_and_json_lines(planes: list[Path], tmp_path: Path) -> None:
+    """--log-file gets INFO records without -v; --log-format json makes every stderr line (log
+    records and progress) and every log-file line one JSON object."""
+    exe = str(Path(sys.executable).with_name("wsi-fusion"))
+    args = ["fuse", *map(str, planes), "--tile", "128", "--overlap", "64", "--fuser", "plane"]
+    text_log = tmp_path / "text.log"
+    run = subprocess.run(
+        [exe, "--log-file", str(text_log), *args, "-o", str(tmp_path / "a.ome.zarr")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "INFO" not in run.stderr  # the console stays at WARNING
+    first = text_log.read_text().splitlines()[0]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO wsi_fusion\.", first)
+
+    json_log = tmp_path / "json.log"
+    run = subprocess.run(
+        [exe, "--log-file", str(json_log), "--log-format", "json", *args, "-v"]
+        + ["-o", str(tmp_path / "b.ome.zarr")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    stderr = [json.loads(line) for line in run.stderr.splitlines()]
+    assert any(r.get("level") == "INFO" for r in stderr)  # -v after the subcommand
+    assert any(r.get("progress") == "fuse tiles" and r["done"] == r["total"] for r in stderr)
+    records = [json.loads(line) for line in json_log.read_text().splitlines()]
+    assert records and {"time", "level", "logger", "message"} <= set(records[0])

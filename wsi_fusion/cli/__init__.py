@@ -7,12 +7,14 @@ resume. Torch is never imported here, so ``--help`` is fast.
 
 from __future__ import annotations
 
-import logging
 import sys
+from pathlib import Path
 
 import click
 
 from wsi_fusion import __version__
+from wsi_fusion.cli._logs import LogFormat, configure_logging, set_verbosity
+from wsi_fusion.cli._progress import set_line_format
 from wsi_fusion.cli.batch import batch
 from wsi_fusion.cli.demo import demo
 from wsi_fusion.cli.evaluate import evaluate
@@ -24,25 +26,34 @@ from wsi_fusion.errors import WsiFusionError
 from wsi_fusion.io.storage_errors import out_of_memory, storage_error
 
 
-def _set_verbosity(verbose: int) -> None:
-    """Root log level for ``verbose`` ``-v`` flags: WARNING, INFO (-v), DEBUG (-vv)."""
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(level)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wsi-fusion")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summaries.")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also append log records (INFO and above, DEBUG with -vv) to this file.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="Log records (console and --log-file) and progress lines as text or one JSON object "
+    "per line.",
+)
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+def cli(
+    ctx: click.Context, verbose: int, quiet: bool, log_file: Path | None, log_format: LogFormat
+) -> None:
     """Fuse multi-focal-plane (z-stack) whole-slide images into one all-in-focus slide.
 
     -v and -q may also follow the subcommand.
     """
     ctx.meta["wsi_fusion.verbose"] = verbose
-    _set_verbosity(verbose)
+    configure_logging(verbose, log_format=log_format, log_file=log_file)
+    set_line_format(log_format)
     if quiet:  # the subcommands' own -q defaults to on (click reads defaults from default_map)
         ctx.default_map = {name: {"quiet": True} for name in ctx.command.commands}  # type: ignore[attr-defined]
 
@@ -52,7 +63,7 @@ def _more_verbose(ctx: click.Context, param: click.Parameter, count: int) -> Non
     if count:
         before = ctx.find_root().meta.get("wsi_fusion.verbose", 0)
         ctx.find_root().meta["wsi_fusion.verbose"] = before + count
-        _set_verbosity(before + count)
+        set_verbosity(before + count)
 
 
 def _accept_global_options(command: click.Command) -> click.Command:

@@ -8,10 +8,12 @@ terminal; otherwise :class:`LineProgress` writes a whole line every 10 % or ever
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tqdm import tqdm
@@ -20,6 +22,15 @@ from tqdm import tqdm
 LINE_EVERY_FRACTION = 0.10
 #: ... and at least every this many seconds while work is being done.
 LINE_EVERY_SECONDS = 30.0
+
+#: ``text`` or ``json`` (``--log-format``): how :class:`LineProgress` writes its lines.
+_line_format = "text"
+
+
+def set_line_format(log_format: str) -> None:
+    """Write progress lines as ``text`` or as ``json`` objects (``wsi-fusion --log-format``)."""
+    global _line_format
+    _line_format = log_format
 
 
 class Bar(Protocol):
@@ -91,7 +102,19 @@ class LineProgress:
             text += f", ~{elapsed * (self.total - self.n) / self.n:.0f} s left"
         name = f"{self.desc}: " if self.desc else ""
         post = f" [{self.postfix}]" if self.postfix else ""
-        sys.stderr.write(f"{name}{text}{post}\n")
+        line = f"{name}{text}{post}"
+        if _line_format == "json":
+            record = {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "progress": self.desc.strip(),
+                "done": self.n,
+                "total": self.total,
+                "elapsed_s": round(elapsed, 1),
+            }
+            if self.postfix:
+                record["note"] = self.postfix
+            line = json.dumps(record, ensure_ascii=False)
+        sys.stderr.write(line + "\n")
         sys.stderr.flush()
         self._last_time, self._last_step, self._last_n = now, self._step(), self.n
 
