@@ -277,6 +277,6 @@ def test_interrupt_at_every_phase_boundary_resumes_identically(
     report = pipeline.fuse_slide(planes, out, config)
     assert np.array_equal(_pixels(out), _pixels(reference.output))
     stored = _stored_bytes(out)
-    assert len(stored) > 3 and stored == _stored_bytes(reference.output)
+    assert len(stored) >= 2 and stored == _stored_bytes(reference.output)  # >= 2 levels
     assert report.tiles_resumed == (0 if boundary == "fuse tiles" else report.tiles)
     assert report.digest == reference.digest
