@@ -149,8 +149,9 @@ def test_a_second_batch_on_one_outdir_is_refused(
     with output_lock(outdir / "batch.lock", outdir):
         with pytest.raises(OutputBusy):
             run_batch(collect_slides(stack), outdir, RunConfig(**FAST))
-        code, _, err = run_cli(monkeypatch, capsys, "batch", str(stack), "-o", str(outdir), "-q")
+        code, out, err = run_cli(monkeypatch, capsys, "batch", str(stack), "-o", str(outdir))
     assert code == 1 and err.startswith(f"error: {outdir} is being written by pid")
+    assert len(err.strip().splitlines()) == 1 and not out, "no progress bar before the error"
     assert sorted(p.name for p in outdir.iterdir()) == []
 
 

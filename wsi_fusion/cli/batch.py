@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from wsi_fusion.cli._logs import tame_console
-from wsi_fusion.cli._progress import progress_bar
+from wsi_fusion.cli._progress import Bar, progress_bar
 from wsi_fusion.cli._run_options import run_config, run_options
 
 if TYPE_CHECKING:
@@ -42,7 +42,18 @@ class BatchBars:
 
     def __init__(self, total: int, quiet: bool) -> None:
         self.quiet = quiet
-        self.overall = progress_bar(total, "slides", unit="slide", position=0, disable=quiet)
+        self.total = total
+        self._overall: Bar | None = None
+
+    @property
+    def overall(self) -> Bar:
+        """The overall bar, drawn on first use: a batch refused before its first slide (OUTDIR
+        locked by another batch) prints its one error line and no bar."""
+        if self._overall is None:
+            self._overall = progress_bar(
+                self.total, "slides", unit="slide", position=0, disable=self.quiet
+            )
+        return self._overall
 
     @contextlib.contextmanager
     def slide(self, result: SlideResult, index: int, total: int) -> Iterator[ProgressReporter]:
@@ -53,7 +64,8 @@ class BatchBars:
         self.overall.update(1)
 
     def close(self) -> None:
-        self.overall.close()
+        if self._overall is not None:
+            self._overall.close()
 
 
 @click.command()
