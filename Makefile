@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch stored on these machines; an unpinned torch pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-all bench evaluate lint clean
+.PHONY: demo test test-all bench evaluate lint api-docs clean
 
 $(BIN)/wsi-fusion: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ bench: $(BIN)/wsi-fusion
 
 evaluate: $(BIN)/wsi-fusion
 	$(BIN)/python workflows/evaluate.py
+
+api-docs: $(BIN)/wsi-fusion
+	$(BIN)/python -m wsi_fusion._apidoc > docs/API.md
 
 lint: $(BIN)/wsi-fusion
 	$(BIN)/ruff check wsi_fusion tests workflows benchmarks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,18 @@ def test_readme_python_api_example_runs() -> None:
 def test_api_docstring_examples() -> None:
     result = doctest.testmod(api, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 1 and result.failed == 0
+
+
+def test_api_page_lists_every_public_name_with_its_signature() -> None:
+    """docs/API.md is generated (``make api-docs``); signatures there match the code."""
+    from wsi_fusion import _apidoc
+
+    page = (README.parent / "docs" / "API.md").read_text()
+    fresh = _apidoc.render()  # raises if a public name has no place on the page
+    for name in wsi_fusion.__all__:
+        if name != "__version__":
+            assert f"`{name}" in page, f"{name} missing from docs/API.md: run make api-docs"
+    signatures = [line for line in fresh.splitlines() if re.match(r"^\w+\(", line)]
+    assert signatures
+    for line in signatures:
+        assert line in page, f"docs/API.md is stale ({line[:60]}…): run make api-docs"
