@@ -37,9 +37,9 @@ def test_fuse_per_plane_files(monkeypatch, capsys, planes, tmp_path: Path) -> No
         "-o",
         str(tmp_path / "out.ome.zarr"),
         "--tile",
-        "128",
+        "256",
         "--overlap",
-        "64",
+        "128",
         "-q",
     )
     assert code == 0, err
@@ -69,9 +69,9 @@ def test_output_exists_is_refused_unless_overwrite(
         "-o",
         str(out),
         "--tile",
-        "128",
+        "256",
         "--overlap",
-        "64",
+        "128",
     )
     assert code == 1 and "--overwrite" in err and out.read_bytes() == b"precious"
     code, _, err = run_cli(
@@ -82,9 +82,9 @@ def test_output_exists_is_refused_unless_overwrite(
         "-o",
         str(out),
         "--tile",
-        "128",
+        "256",
         "--overlap",
-        "64",
+        "128",
         "--overwrite",
         "-q",
     )
@@ -162,9 +162,9 @@ def test_synth_then_fuse(monkeypatch, capsys, tmp_path: Path) -> None:
         str(tmp_path / "f.tif"),
         "-q",
         "--tile",
-        "128",
+        "256",
         "--overlap",
-        "64",
+        "128",
     )
     assert code == 0, err
 

@@ -43,7 +43,7 @@ def level0(path: Path) -> np.ndarray:
 
 SMALL = {
     "tile": 256,
-    "overlap": 64,
+    "overlap": 128,
     "chunk": 256,
     "tiles_per_task": 4,
     # Registration has its own tests; random planes give it nothing to correlate.
@@ -57,7 +57,7 @@ def test_identity_fusion_reproduces_the_plane_bit_for_bit(textured_stack, tmp_pa
     config = RunConfig(fuser="plane", fuser_params={"index": 2}, tissue={"enabled": False}, **SMALL)
     report = fuse_slide([stack], out, config)
     assert np.array_equal(level0(out), planes[2])
-    assert report.tiles == len(make_plan((700, 900), 256, 64))
+    assert report.tiles == len(make_plan((700, 900), SMALL["tile"], SMALL["overlap"]))
     assert not (tmp_path / "out.ome.zarr.partial").exists()
     assert not (tmp_path / "out.ome.zarr.cache").exists()
     run = json.loads(report.run_json.read_text())

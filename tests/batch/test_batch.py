@@ -15,8 +15,8 @@ from wsi_fusion.batch import SlideSpec, collect_slides, run_batch
 from wsi_fusion.config import RunConfig
 
 FAST = {
-    "tile": 128,
-    "overlap": 64,
+    "tile": 256,
+    "overlap": 128,
     "chunk": 128,
     "tissue": {"enabled": False},
     "registration": {"mode": "off"},
@@ -104,7 +104,7 @@ def test_cli_batch_exit_code_and_summary(
     monkeypatch, capsys, slide_folder: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    args = ["batch", str(slide_folder), "-o", str(out), "--tile", "128", "--overlap", "64"]
+    args = ["batch", str(slide_folder), "-o", str(out), "--tile", "256", "--overlap", "128"]
     code, stdout, stderr = run_cli(monkeypatch, capsys, *args, "--no-tissue")
     assert code == 1, stderr
     assert "2 converted" in stdout and "1 failed" in stdout

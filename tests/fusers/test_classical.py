@@ -66,12 +66,16 @@ def test_default_fuser_beats_every_plane(
     truth_and_stack: tuple[FloatArray, FloatArray, FloatArray],
 ) -> None:
     # Measured on the 512² astronaut stack (5 planes, sigma = 1.5 * |depth - k|): best single
-    # plane 27.0 dB; focus_measure 42.0 dB (41.4 without refinement); laplacian_pyramid 39.9 dB;
-    # wavelet 32.3 dB. The oracle nearest-plane pick reaches 45.2 dB.
+    # plane 27.0 dB; focus_measure 40.3 dB (42.0 with per-pixel decisions, depth_radius=0);
+    # laplacian_pyramid 39.9 dB; wavelet 32.3 dB. The oracle nearest-plane pick reaches 45.2 dB.
+    # This stack's depth jumps by up to 3 planes at sharp edges, which the depth surface of real
+    # specimens does not; the surface costs 1.7 dB here and 0.25 dB on the held-out stacks.
     sharp, _, stack = truth_and_stack
     best_plane = max(psnr(plane, sharp) for plane in stack)
     fused = create_fuser("focus_measure").fuse(stack).fused
-    assert psnr(fused, sharp) >= 41.5
+    assert psnr(fused, sharp) >= 40.0
+    per_pixel = create_fuser("focus_measure", depth_radius=0).fuse(stack).fused
+    assert psnr(per_pixel, sharp) >= 41.5
     assert psnr(fused, sharp) >= best_plane + 12.0
 
 
@@ -118,7 +122,9 @@ def test_blank_region_falls_back_to_middle_plane(
         # Far from the tissue, the glass stays white (no black blobs) and takes the middle plane.
         np.testing.assert_allclose(result.fused[:, :, 100:], 1.0, atol=1e-4)
         if name == "focus_measure":
-            assert (result.weights[2, :, 100:] == 1.0).all()
+            # Glass within the depth surface's reach of tissue takes the tissue's plane.
+            far = 64 + create_fuser(name).margin
+            assert (result.weights[2, :, far:] == 1.0).all()
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,8 @@ from wsi_fusion.scheduling.graph import DistributedRunner, open_runner
 from wsi_fusion.scheduling.workers import FuserCachePlugin
 
 SMALL = {
-    "tile": 128,
-    "overlap": 64,
+    "tile": 256,
+    "overlap": 128,
     "chunk": 128,
     "tiles_per_task": 3,
     "registration": {"mode": "off"},

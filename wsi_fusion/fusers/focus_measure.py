@@ -6,9 +6,14 @@ Method
    Y. Nakagawa, "Shape from Focus", IEEE TPAMI 16(8):824-831, 1994 —
    ``ML = |2I - I(x-s, y) - I(x+s, y)| + |2I - I(x, y-s) - I(x, y+s)|`` with step ``s``, summed
    over a ``(2r + 1)²`` window — or the windowed energy of the (step-``s``) Laplacian.
-2. Decision: per-pixel argmax over the planes (a hard pick). Soft weighting across planes
-   (weights proportional to a power of the focus measure) blurs and costs about 2 dB against the
-   hard pick on real stacks, so weights stay one-hot wherever the decision is clear.
+2. Decision: a hard pick per pixel, made consistent within objects by a smooth depth surface
+   (:mod:`._depth`): the focus energy pooled over ~50 px chooses each region's plane, and a pixel
+   leaves it only for a plane that is clearly sharper (1.3x per plane of distance). A bare
+   per-pixel argmax (``depth_radius=0``) follows noise in smooth cell interiors and defocus
+   rings at cell rims: on the real blood smear it cut red cells into patches from planes far
+   apart (fidelity p10 0.77 vs 0.91). Soft weighting across planes (weights proportional to a
+   power of the focus measure) blurs and costs about 2 dB against the hard pick, so weights stay
+   one-hot wherever the decision is clear.
 3. Refinement (``refine=True``): the one-hot decision maps are smoothed by a guided filter
    (K. He, J. Sun and X. Tang, "Guided Image Filtering", IEEE TPAMI 35(6), 2013) steered by the
    luminance of the hard-pick image, as in S. Li, X. Kang and J. Hu, "Image Fusion with Guided
@@ -30,12 +35,13 @@ Deviations from Li, Kang & Hu (2013) and why
   one-hot except in a narrow band along decision boundaries (~5 % of pixels on the test stacks),
   and the output is a convex combination of source pixels (no geometry or brightness change, no
   ringing).
-- Blank or saturated glass (focus measure below ``blank_threshold`` on every plane) takes the
-  middle plane instead of an arbitrary argmax over noise; no NaN is possible.
+- Blank or saturated glass (pooled focus measure below ``blank_threshold`` on every plane) takes
+  the middle plane instead of an arbitrary argmax over noise; no NaN is possible.
 
 Margin: the output at a pixel depends on inputs within ``radius + step`` (focus measure) plus
-``2 * guided_radius`` (guided filter), so ``margin = radius + step + 2 * guided_radius`` (9 px
-with the defaults). The method is exactly margin-bounded: tiled fusion equals whole-image fusion
+``2 * depth_radius`` (depth surface) plus ``2 * guided_radius`` (guided filter):
+``margin = radius + step + 2 * depth_radius + 2 * guided_radius`` (57 px with the defaults, so the
+default 128-px overlap holds it). The method is exactly margin-bounded: tiled fusion equals whole-image fusion
 up to float rounding.
 """
 
@@ -48,6 +54,7 @@ import numpy.typing as npt
 from pydantic import Field
 
 from wsi_fusion._types import PlaneWeights, TileStack
+from wsi_fusion.fusers._depth import DepthParams, depth_decision, depth_reach, first_argmax
 from wsi_fusion.fusers._filters import _LUMA, box_mean, guided_filter, luminance
 from wsi_fusion.fusers._registry import register_fuser
 from wsi_fusion.fusers.base import Fuser, FuserParams, FusionResult, one_hot_weights
@@ -55,7 +62,7 @@ from wsi_fusion.fusers.base import Fuser, FuserParams, FusionResult, one_hot_wei
 Float32Array = npt.NDArray[np.float32]
 
 
-class FocusMeasureParams(FuserParams):
+class FocusMeasureParams(DepthParams):
     #: Focus measure: sum-modified-Laplacian or windowed Laplacian energy.
     measure: Literal["sml", "laplacian_energy"] = "sml"
     #: Window radius ``r`` of the focus measure (windows are ``(2r + 1)²`` pixels).
@@ -128,18 +135,16 @@ class FocusMeasureFuser(Fuser):
     @property
     def margin(self) -> int:
         p = self.params
-        return p.radius + p.step + (2 * p.guided_radius if p.refine else 0)
+        return p.radius + p.step + depth_reach(p) + (2 * p.guided_radius if p.refine else 0)
 
     def decision(self, stack: TileStack) -> tuple[npt.NDArray[np.intp], Float32Array]:
         """Hard plane index ``(H, W)`` and the luminance planes ``(Z, H, W)`` of ``stack``."""
         p = self.params
         lum = _luma(stack)
         focus = focus_map(lum, p.measure, p.radius, p.step)
-        index, best = _first_argmax(focus)
         # Blank/saturated glass: every plane is flat, the argmax would pick noise (or plane 0 on
         # exact ties); the middle plane is the neutral choice.
-        index[~(best > p.blank_threshold)] = stack.shape[0] // 2
-        return index, lum
+        return depth_decision(focus, focus, p, p.blank_threshold), lum
 
     def fuse(self, stack: TileStack) -> FusionResult:
         stack = np.asarray(stack, dtype=np.float32)
@@ -197,7 +202,7 @@ class FocusMeasureFuser(Fuser):
         np.clip(soft, 0.0, 1.0, out=soft)
         total = soft.sum(axis=0)
         soft /= np.maximum(total, np.float32(1e-6))
-        top, strongest = _first_argmax(soft)
+        top, strongest = first_argmax(soft)
         # One-hot wherever the refined decision is clear: soft weighting across planes blurs.
         hard = strongest >= p.hard_above
         for k in range(present.size):
@@ -227,21 +232,6 @@ def _luma(stack: Float32Array) -> Float32Array:
     np.multiply(stack[:, 2], _LUMA[2], out=term)
     out += term
     return out
-
-
-def _first_argmax(values: Float32Array) -> tuple[npt.NDArray[np.intp], Float32Array]:
-    """``argmax`` over axis 0 (first maximum on ties) and the maximum, ``(Z, H, W)`` -> ``(H, W)``.
-
-    A loop over the few planes, on contiguous planes, is several times faster than
-    ``np.argmax(axis=0)`` (a strided reduction) and gives the maximum for free.
-    """
-    index = np.zeros(values.shape[1:], dtype=np.intp)
-    best = values[0].copy()
-    for k in range(1, values.shape[0]):
-        better = values[k] > best
-        index[better] = k
-        np.maximum(best, values[k], out=best)
-    return index, best
 
 
 def _weighted_sum(

@@ -1,0 +1,136 @@
+"""Object-consistent plane choice: a smooth depth surface, finer picks only where clearly sharper.
+
+Why
+---
+A per-pixel argmax of any focus measure (or of a network's per-plane decision) follows noise
+wherever the planes differ by less than the noise -- smooth cell interiors, glass -- and follows
+the bright/dark defocus rings of transparent objects, whose pixel-scale contrast beats the
+in-focus plane's. On real brightfield stacks that cuts one red cell into light and dark patches
+from planes far apart in z, speckles the glass with defocused dust and, where the planes drift or
+breathe, pastes two offset copies of one cell. Real specimens (a smear, a 4 um section, most of
+a thick sample within a few tens of px) lie on a *smooth* depth surface; that is the prior used
+here.
+
+Method (shape from focus with a smoothness prior, coarse to fine)
+-----------------------------------------------------------------
+1. **Depth surface.** The per-plane focus energy (squared scores) is pooled over a wide window (two passes of a
+   ``(2R + 1)²`` box, a triangular kernel ~``2R`` px across; ``R = 24`` by default, about the size
+   of a few nuclei or red cells) and its argmax is the coarse plane ``d_c`` at every pixel. A
+   cell's interior and its rim fall in the same window, so the whole cell takes the plane that
+   focuses its rim; glass takes the plane of the cells around it.
+2. **Finer picks, only where clearly sharper.** A pixel leaves the surface for another plane only
+   where that plane's fine-scale score beats the surface plane's by ``clearly_sharper ** n``
+   (1.3 per plane), ``n`` planes away in stack order (readers give planes in focal order). Noise
+   (a few % in SML) cannot do that; a real depth step (a fold, a tilted section, synthetic stacks
+   with steep depth) can. A step to a neighbouring plane, which looks alike, is easy; a jump to a
+   far plane -- where defocus rings live -- needs overwhelming evidence (2.2x for 3 planes).
+3. **Blank areas.** Where the pooled focus is below ``blank_threshold`` on every plane (glass with
+   nothing near it), the middle plane is taken: any plane is as good, and a fixed one avoids
+   speckle.
+
+Deviations and measured effect (``../shared/data`` stacks, :func:`~wsi_fusion.metrics.block_fidelity`):
+the blood smear's fidelity p10 goes from 0.77 to 0.90 and the unstained cells' median from 0.74 to
+0.98 with the default focus measure, while synthetic stacks with ground truth stay within 0.25 dB
+of the per-pixel oracle (numbers in ``docs/PEERS.md``). The literature behind it: depth-map focus
+stacking (Nayar & Nakagawa 1994's shape from focus; the depth-map mode of commercial stackers),
+with the multi-scale regularisation of the decision map that Li, Kang & Hu (2013) do with a guided
+filter replaced by an explicit smoothness prior, because a guided filter steered by the image
+keeps exactly the edges that a patchwork creates.
+
+Reach: a decision depends on scores within ``2R`` px (:func:`depth_reach`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field
+
+from wsi_fusion.fusers._filters import box_mean
+from wsi_fusion.fusers.base import FuserParams
+
+Float32Array = npt.NDArray[np.float32]
+IndexMap = npt.NDArray[np.intp]
+
+
+class DepthParams(FuserParams):
+    """Parameters of the depth-surface decision, shared by every decision-map fuser."""
+
+    #: Pooling radius ``R`` of the depth surface in px (two box passes: reach ``2R``); 0 turns
+    #: the surface off (per-pixel decisions, the behaviour before it existed).
+    depth_radius: int = Field(default=24, ge=0, le=27)
+    #: A pixel leaves the surface only for a plane whose score is this many times the surface
+    #: plane's, raised to the number of planes between them (stack order).
+    clearly_sharper: float = Field(default=1.3, ge=1.0)
+
+
+def depth_reach(params: DepthParams) -> int:
+    """How far (px) the depth decision looks: the pooling reach ``2R``."""
+    return 2 * params.depth_radius
+
+
+def first_argmax(values: Float32Array) -> tuple[IndexMap, Float32Array]:
+    """``argmax`` over axis 0 (first maximum on ties) and the maximum, ``(Z, H, W)`` -> ``(H, W)``.
+
+    A loop over the few planes, on contiguous planes, is several times faster than
+    ``np.argmax(axis=0)`` (a strided reduction) and gives the maximum for free.
+    """
+    index = np.zeros(values.shape[1:], dtype=np.intp)
+    best = values[0].copy()
+    for k in range(1, values.shape[0]):
+        better = values[k] > best
+        index[better] = k
+        np.maximum(best, values[k], out=best)
+    return index, best
+
+
+def depth_decision(
+    coarse: Float32Array,
+    fine: Float32Array,
+    params: DepthParams,
+    blank_threshold: float = 0.0,
+) -> IndexMap:
+    """Plane index ``(H, W)`` from a smooth depth surface with clearly-sharper fine picks.
+
+    Parameters
+    ----------
+    coarse
+        ``(Z, H, W)`` focus scores pooled into the depth surface (a focus measure).
+    fine
+        ``(Z, H, W)`` per-pixel scores that may move a pixel off the surface: the same focus
+        measure, or a network's per-plane decision (higher = sharper). May be ``coarse`` itself.
+    params
+        Pooling radius and the clearly-sharper factor.
+    blank_threshold
+        Pixels whose best pooled score (root of the pooled energy) is not above this take the
+        middle plane.
+    """
+    z = coarse.shape[0]
+    if params.depth_radius == 0:
+        index, best = first_argmax(fine)
+    else:
+        r = params.depth_radius
+        # Pooling the *energy* (squared scores) lets the strong in-focus edges that define an
+        # object's depth (cell rims, nuclei) outvote the weak, widespread texture of defocus
+        # haze and noise: blood-smear fidelity p10 0.90 -> 0.91, algae median 0.70 -> 0.73.
+        energy = np.square(coarse)
+        surface, best = first_argmax(box_mean(box_mean(energy, r), r))
+        np.sqrt(best, out=best)
+        index = _leave_surface(surface, fine, params)
+    index[~(best > blank_threshold)] = z // 2
+    return index
+
+
+def _leave_surface(surface: IndexMap, fine: Float32Array, params: DepthParams) -> IndexMap:
+    """Move pixels off ``surface`` to the sharpest plane that beats it by ``clearly_sharper ** n``
+    (``n`` planes away); elsewhere they stay on the surface."""
+    on_surface = np.take_along_axis(fine, surface[None], axis=0)[0]
+    index = surface.copy()
+    best = np.zeros_like(on_surface)
+    for k in range(fine.shape[0]):
+        steps = np.abs(surface - k)
+        need = on_surface * np.power(np.float32(params.clearly_sharper), steps, dtype=np.float32)
+        better = (steps > 0) & (fine[k] > need) & (fine[k] > best)
+        index[better] = k
+        np.copyto(best, fine[k], where=better)
+    return index
