@@ -16,7 +16,7 @@ import tifffile
 from helpers import run_cli
 
 from wsi_fusion.config import RunConfig
-from wsi_fusion.errors import ConfigError, ForeignPath, OverlapsInput
+from wsi_fusion.errors import ConfigError, ForeignPath, OutputExists, OverlapsInput
 from wsi_fusion.io import ownership
 from wsi_fusion.io.destination import publish, sidecar_path
 from wsi_fusion.io.input_guard import refuse_overlap
@@ -289,6 +289,19 @@ def test_sidecars_are_named_from_the_full_output_name() -> None:
     }
     assert names == {"x.ome.focus.tif", "x.focus.tif", "x.ome.focus.tiff", "x.focus.tiff"}
     assert sidecar_path(Path("x.ome.tif"), "blur_mask").name == "x.ome.blur_mask.tif"
+
+
+def test_an_existing_sidecar_is_not_replaced_without_overwrite(
+    planes: list[Path], tmp_path: Path
+) -> None:
+    focus = tmp_path / "x.focus.tif"
+    focus.write_bytes(b"someone's focus map")
+    config = RunConfig(**FAST, focus_map=True, compression="deflate")
+    with pytest.raises(OutputExists, match="x.focus.tif .* already exists; pass --overwrite"):
+        fuse_slide(planes, tmp_path / "x.tif", config)
+    assert focus.read_bytes() == b"someone's focus map" and not (tmp_path / "x.tif").exists()
+    fuse_slide(planes, tmp_path / "x.tif", config, overwrite=True)
+    assert focus.read_bytes()[:2] in (b"II", b"MM")
 
 
 def test_ome_tiff_and_generic_tiff_of_one_slide_keep_separate_focus_maps(

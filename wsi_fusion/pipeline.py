@@ -148,9 +148,10 @@ def _destination(
     overwrite: bool,
     cache_dir: str | os.PathLike[str] | None,
 ) -> Destination:
-    """:func:`resolve_destination`, saying when an existing output is an unfinished one."""
+    """:func:`resolve_destination`, saying when an existing output is an unfinished one, and
+    refusing to replace an existing sidecar (``x.ome.focus.tif``) without ``--overwrite``."""
     try:
-        return resolve_destination(output, config.format, overwrite=overwrite, cache_dir=cache_dir)
+        dest = resolve_destination(output, config.format, overwrite=overwrite, cache_dir=cache_dir)
     except OutputExists as err:
         path = Path(output).absolute()
         if trusted_record(path) is not None:
@@ -159,6 +160,14 @@ def _destination(
             f"output {path} exists but has no matching run.json (a run that was interrupted "
             "while publishing it, or not an output of this tool); pass --overwrite to redo it"
         ) from err
+    if dest.format != "ome-zarr" and not overwrite:
+        for kind in _sidecar_kinds(config):
+            if os.path.lexists(dest.sidecar(kind)):
+                raise OutputExists(
+                    f"{dest.sidecar(kind)} (the {kind} sidecar of {dest.output.name}) already "
+                    "exists; pass --overwrite to replace it, or move it away"
+                )
+    return dest
 
 
 @contextlib.contextmanager

@@ -143,3 +143,26 @@ def test_batch_redoes_a_slide_whose_publication_was_cut_short(
     assert [r.status for r in run_batch(collect_slides(slides), outdir, other).results] == [
         "skipped"
     ]
+
+
+def test_batch_finishes_a_slide_killed_between_its_sidecar_and_its_image(
+    slides: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outdir = tmp_path / "out"
+    config = RunConfig(**FAST, format="tiff", focus_map=True, compression="deflate")
+    real_replace = os.replace
+
+    def killed(src: str | Path, dst: str | Path) -> None:
+        if str(dst).endswith("A.tif"):
+            raise KeyboardInterrupt  # the focus map is in place, the image is not
+        real_replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(publication.os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_batch(collect_slides(slides), outdir, config)
+    assert (outdir / "A.focus.tif").is_file() and not (outdir / "A.tif").exists()
+
+    again = run_batch(collect_slides(slides), outdir, config)
+    assert [r.status for r in again.results] == ["done"], again.results[0].error
+    assert trusted_record(outdir / "A.tif") is not None

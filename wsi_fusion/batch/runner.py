@@ -264,7 +264,9 @@ def _convert(
                 spec.inputs,
                 output,
                 config,
-                overwrite=output.exists(),
+                # A slide that is not up to date is redone, whatever a cut-short run left:
+                # an image without its record, or sidecars without their image.
+                overwrite=True,
                 keep_cache=keep_cache,
                 progress=progress,
                 runner=runner,
