@@ -96,20 +96,24 @@ def test_wheel_ships_weights_and_configs_and_finds_them_installed(tmp_path: Path
                 member = f"wsi_fusion/{packaged}/{path.relative_to(REPO / folder).as_posix()}"
                 assert member in names, f"{member} missing from the wheel"
                 assert zf.read(member) == path.read_bytes()
-        site = tmp_path / "site"
-        zf.extractall(site)
-
-    # The unpacked wheel comes first on sys.path (the editable install's finder runs after
-    # the path finder), and the working folder is outside the repository.
-    env = {k: v for k, v in os.environ.items() if k != WEIGHTS_ENV}
-    env["PYTHONPATH"] = str(site)
-    run = subprocess.run(
-        [sys.executable, "-c", "from wsi_fusion.cli import main; main()", "fusers"],
-        cwd=tmp_path,
-        env=env,
+    # A fresh venv outside the repository with the wheel pip-installed; its dependencies come
+    # from this environment through a .pth line (offline; the editable install's own .pth is
+    # not processed there, so only the installed wheel provides wsi_fusion).
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and p.is_dir())
+    (site / "_test_deps.pth").write_text(f"{deps}\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install"]
+        + ["--no-deps", "--no-index", "-q", str(wheel)],
         check=True,
         capture_output=True,
-        text=True,
+    )
+    env = {k: v for k, v in os.environ.items() if k not in (WEIGHTS_ENV, "PYTHONPATH")}
+    exe = str(venv / "bin" / "wsi-fusion")
+    run = subprocess.run(
+        [exe, "fusers"], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
     )
     lines = {line.split("\t")[0]: line for line in run.stdout.splitlines()}
     learned = _learned_fusers()
@@ -117,16 +121,20 @@ def test_wheel_ships_weights_and_configs_and_finds_them_installed(tmp_path: Path
     for name in learned:
         assert "\tpresent (" in lines[name], lines[name]
         assert str(site / "wsi_fusion" / "_models") in lines[name]
-    where = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from wsi_fusion.config import shipped_config as s; print(s('default'))",
-        ],
-        cwd=tmp_path,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
+
+    # Every learned fuser loads its packaged weights (sha256 checked) and fuses, from a shipped
+    # config found by name.
+    code = (
+        "import numpy as np, wsi_fusion; from wsi_fusion.config import load_config; "
+        "assert load_config('lossless-focus-map').focus_map; "
+        "stack = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8); "
+        f"[print(n, wsi_fusion.fuse_array(stack, n).shape) for n in {learned!r}]; "
+        "print(wsi_fusion.__file__)"
     )
-    assert Path(where.stdout.strip()) == site / "wsi_fusion" / "_configs" / "default.yaml"
+    run = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code],
+        cwd=tmp_path, env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    for name in learned:
+        assert f"{name} (96, 96, 3)" in run.stdout, run.stdout + run.stderr
+    assert run.stdout.strip().endswith(str(site / "wsi_fusion" / "__init__.py"))
