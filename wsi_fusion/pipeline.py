@@ -113,7 +113,8 @@ def fuse_slide(
     overwrite
         Replace an existing output (it is replaced only once the new one is complete).
     keep_cache
-        Keep the tile cache after success (it is always kept after a failure, for resuming).
+        Keep the tile cache after success (it is kept after an interruption or crash, for
+        resuming; a reported error removes the cache that run created).
     cache_dir
         Where the tile cache lives; default ``OUTPUT.cache`` beside the output.
     progress

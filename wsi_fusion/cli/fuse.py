@@ -60,7 +60,7 @@ from wsi_fusion.cli._run_options import run_config, run_options
 @click.option(
     "--keep-cache",
     is_flag=True,
-    help="Keep the tile cache after success (it is always kept after a failure, for resuming).",
+    help="Keep the tile cache after success (it is kept after an interruption, for resuming).",
 )
 @click.option(
     "--overwrite", is_flag=True, help="Replace an existing output once the new one is complete."
