@@ -40,9 +40,9 @@ Deviations from Li, Kang & Hu (2013) and why
 
 Margin: the output at a pixel depends on inputs within ``radius + step`` (focus measure) plus
 ``2 * depth_radius`` (depth surface) plus ``2 * guided_radius`` (guided filter):
-``margin = radius + step + 2 * depth_radius + 2 * guided_radius`` (57 px with the defaults, so the
-default 128-px overlap holds it). The method is exactly margin-bounded: tiled fusion equals whole-image fusion
-up to float rounding.
+``margin = radius + step + 2 * depth_radius + 2 * guided_radius`` (57 px with the defaults, so
+the default 128-px overlap holds it). The method is exactly margin-bounded: tiled fusion equals
+whole-image fusion up to float rounding.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from wsi_fusion._types import PlaneWeights, TileStack
 from wsi_fusion.fusers._depth import DepthParams, depth_decision, depth_reach, first_argmax
 from wsi_fusion.fusers._filters import _LUMA, box_mean, guided_filter, luminance
 from wsi_fusion.fusers._registry import register_fuser
-from wsi_fusion.fusers.base import Fuser, FuserParams, FusionResult, one_hot_weights
+from wsi_fusion.fusers.base import Fuser, FusionResult, one_hot_weights
 
 Float32Array = npt.NDArray[np.float32]
 
