@@ -133,6 +133,22 @@ def test_read_only_cache_dir(monkeypatch, capsys, planes, tmp_path: Path) -> Non
     assert list(locked.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["out.ome.zarr", "out.ome.tif"])
+def test_read_only_output_folder(monkeypatch, capsys, planes, tmp_path: Path, name: str) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    deny_writes_under(monkeypatch, locked)
+    try:
+        args = ("fuse", *planes, "-o", str(locked / name), *SMALL)
+        status, _, err = run_cli(monkeypatch, capsys, *args)
+    finally:
+        locked.chmod(0o755)
+    lines = error_lines(err)
+    assert status == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert str(locked) in lines[0]
+    assert sorted(p.name for p in locked.iterdir()) == []
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
 @pytest.mark.parametrize("name", ["x.ome.zarr", "x.ome.tif"])
 def test_output_on_a_special_file_system(monkeypatch, capsys, planes, name: str) -> None:
