@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,21 @@ def test_an_empty_cache_dir_is_used_then_emptied_but_kept(
     fuse_slide(planes, tmp_path / "o.ome.zarr", RunConfig(**FAST), cache_dir=cache)
     assert cache.is_dir() and not any(cache.iterdir())
     assert not (tmp_path / "scratch.lock").exists()
+
+
+def test_a_cache_dir_under_a_read_only_parent_still_works(
+    planes: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    scratch = tmp_path / "readonly" / "me"  # like /scratch/$USER: no lock beside it possible
+    scratch.mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: Path(p) != scratch.parent and real_access(p, mode)
+    )
+    with caplog.at_level("INFO", logger="wsi_fusion.pipeline"):
+        fuse_slide(planes, tmp_path / "o.ome.zarr", RunConfig(**FAST), cache_dir=scratch)
+    assert "not locking the tile cache" in caplog.text
+    assert scratch.is_dir() and not any(scratch.iterdir())
 
 
 def test_tile_cache_rebuilds_only_its_own_folder(tmp_path: Path) -> None:

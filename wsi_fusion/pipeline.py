@@ -177,7 +177,16 @@ def _locked(dest: Destination) -> Iterator[None]:
     with contextlib.ExitStack() as locks:
         locks.enter_context(output_lock(dest.lock, dest.output))
         if dest.cache_dir != dest.default_cache_dir:
-            locks.enter_context(output_lock(dest.cache_lock, dest.cache_dir))
+            if os.access(dest.cache_lock.parent, os.W_OK | os.X_OK):
+                locks.enter_context(output_lock(dest.cache_lock, dest.cache_dir))
+            else:
+                # A scratch folder under a parent the user cannot write (/scratch/$USER): the
+                # cache is still this run's alone unless another output shares it on purpose.
+                logger.info(
+                    "not locking the tile cache %s: %s is not writable",
+                    dest.cache_dir,
+                    dest.cache_lock.parent,
+                )
         yield
 
 
