@@ -296,3 +296,30 @@ def test_interrupt_at_every_phase_boundary_resumes_identically(
     assert len(stored) >= 2 and stored == _stored_bytes(reference.output)  # >= 2 levels
     assert report.tiles_resumed == (0 if boundary == "fuse tiles" else report.tiles)
     assert report.digest == reference.digest
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "words"),
+    [
+        (errno.ENOSPC, "StorageError", "disk is full"),
+        (errno.EFBIG, "StorageError", "ulimit -f"),
+        (errno.EACCES, "OutputNotWritable", "permission denied"),
+        (errno.EROFS, "OutputNotWritable", "read-only"),
+    ],
+)
+def test_writers_name_the_os_error_when_opening_a_file(
+    monkeypatch, tmp_path: Path, code: int, kind: str, words: str
+) -> None:
+    """A writer that cannot create its file says why: a full disk is not a permission problem."""
+    from wsi_fusion.io.writers import ome_tiff, ome_zarr
+
+    monkeypatch.setattr(ome_tiff.tifffile, "TiffWriter", raise_os_error(code))
+    with pytest.raises(Exception) as caught:
+        with ome_tiff._open_writer(tmp_path / "x.ome.tif", ome=True):
+            pass
+    assert type(caught.value).__name__ == kind and words in str(caught.value)
+    assert str(tmp_path / "x.ome.tif") in str(caught.value)
+    monkeypatch.setattr(ome_zarr.zarr, "open_group", raise_os_error(code))
+    with pytest.raises(Exception) as caught:
+        ome_zarr._open_new_group(tmp_path / "x.ome.zarr", "0.4", overwrite=False)
+    assert type(caught.value).__name__ == kind and words in str(caught.value)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 
-from wsi_fusion.errors import OutOfMemory, StorageError
+from wsi_fusion.errors import OutOfMemory, OutputNotWritable, StorageError, WsiFusionError
 
 _NO_ROOM = (
     "free space there, or put the output (-o) and the tile cache (--cache-dir) on a disk with "
@@ -55,6 +55,19 @@ def storage_error(err: OSError, fallback_path: str = "") -> StorageError:
     fix = _FIXES.get(err.errno or -1, _DEFAULT_FIX)
     where = f"{path}: " if path else ""
     return StorageError(" ".join(f"{where}{reason}; {fix}".split()))
+
+
+#: Errnos that mean "you may not write here" rather than "the disk failed".
+_NOT_ALLOWED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def write_error(err: OSError, path: str) -> WsiFusionError:
+    """:class:`OutputNotWritable` when writing ``path`` was not allowed, else
+    :class:`StorageError` (disk full, file too large, ...), each with the fix."""
+    message = str(storage_error(err, path))
+    if err.errno in _NOT_ALLOWED_ERRNOS:
+        return OutputNotWritable(message)
+    return StorageError(message)
 
 
 def out_of_memory(what: str) -> OutOfMemory:

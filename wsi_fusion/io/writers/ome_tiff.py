@@ -36,6 +36,7 @@ import zarr
 from wsi_fusion import __version__
 from wsi_fusion.errors import OutputNotWritable
 from wsi_fusion.io.source_metadata import NAMESPACE, as_map_annotation
+from wsi_fusion.io.storage_errors import write_error
 from wsi_fusion.io.writers.ome_zarr import image_levels
 from wsi_fusion.pyramid.downsample import level_shapes
 
@@ -517,11 +518,8 @@ class _open_writer:
             )
         try:
             self.writer = tifffile.TiffWriter(self.path, bigtiff=True, ome=self.ome)
-        except OSError as err:
-            raise OutputNotWritable(
-                f"cannot write {self.path} ({err}): choose a folder you can write to, or fix its "
-                "permissions"
-            ) from err
+        except OSError as err:  # not allowed, or the disk is full / the file system refuses
+            raise write_error(err, str(self.path)) from err
         return self.writer
 
     def __exit__(self, *exc: object) -> None:

@@ -40,6 +40,7 @@ import numpy.typing as npt
 import zarr
 
 from wsi_fusion.errors import OutputExists, OutputNotWritable
+from wsi_fusion.io.storage_errors import write_error
 from wsi_fusion.pyramid.downsample import downsample2, downsample_labels2, level_shapes
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ def create_image(
             attrs["wsi_fusion"] = json.loads(json.dumps(dict(metadata), default=str))
         group.update_attributes(attrs)
     except OSError as err:
-        raise _not_writable(path, err) from err
+        raise write_error(err, str(path)) from err
     logger.info(
         "created OME-Zarr %s (NGFF %s): %d levels from %dx%d, chunk %d",
         path,
@@ -452,14 +453,6 @@ def _check_common(chunk: int, mpp: float | None, version: str) -> None:
         raise ValueError(f"ngff_version {version!r} must be '0.4' or '0.5'")
 
 
-def _not_writable(path: Path, err: BaseException | None = None) -> OutputNotWritable:
-    why = f" ({err})" if err is not None else ""
-    return OutputNotWritable(
-        f"cannot write {path}{why}: choose an output folder that exists and that you can write "
-        "to, or fix its permissions"
-    )
-
-
 def _check_parent(path: Path) -> None:
     """Raise OutputNotWritable unless ``path``'s folder exists and is writable."""
     parent = path.absolute().parent
@@ -482,7 +475,7 @@ def _open_new_group(path: Path, version: NgffVersion, overwrite: bool) -> zarr.G
     try:
         return zarr.open_group(str(path), mode="w", zarr_format=2 if version == "0.4" else 3)
     except OSError as err:
-        raise _not_writable(path, err) from err
+        raise write_error(err, str(path)) from err
 
 
 def _compressor(version: str) -> Any:
