@@ -173,9 +173,13 @@ def test_learned_fuser_without_torch_is_one_error_line(planes: list[Path], tmp_p
         "import sys; sys.modules['torch'] = None; sys.modules['safetensors'] = None; "
         "from wsi_fusion.cli import main; main()"
     )
+    from wsi_fusion.fusers import create_fuser
+
+    margin = create_fuser("gacn").margin  # a property of the method; loads no torch
     args = ["fuse", *map(str, planes), "-o", str(tmp_path / "a.ome.zarr"), "--fuser", "gacn"]
+    args += ["--tile", str(2 * margin + 64), "--overlap", str(2 * margin)]
     run = subprocess.run(
-        [sys.executable, "-c", code, *args, "--tile", "128", "--overlap", "96", "-q"],
+        [sys.executable, "-c", code, *args, "-q"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert run.returncode == 1, run.stderr

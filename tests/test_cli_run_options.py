@@ -20,6 +20,8 @@ UNSET: dict[str, Any] = {
     "precision": None,
     "scheduler": None,
     "workers": None,
+    "record_paths": None,
+    "no_label": None,
 }
 
 
