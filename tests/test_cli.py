@@ -273,6 +273,14 @@ def _empty_folder(folder: Path) -> Path:
     return folder / "empty"
 
 
+def _gacn_tiling() -> list[str]:
+    """A learned fuser with tiling that fits its margin (margins change as fusers evolve)."""
+    from wsi_fusion.fusers import create_fuser
+
+    overlap = 2 * create_fuser("gacn").margin
+    return ["--fuser", "gacn", "--tile", str(max(128, 2 * overlap)), "--overlap", str(overlap)]
+
+
 Case = tuple[list, list, tuple]  # inputs, options, words the error line must hold
 
 #: name -> builder(input folder, plane files) -> (inputs, options, words)
@@ -355,10 +363,7 @@ BAD_INPUTS: dict[str, object] = {
     "weights file missing": lambda d, p: (
         p,
         [
-            "--fuser",
-            "gacn",
-            "--overlap",
-            "96",
+            *_gacn_tiling(),
             "--config",
             _config(d, f"fuser_params: {{weights: {d / 'none.safetensors'}}}\n"),
         ],
@@ -367,10 +372,7 @@ BAD_INPUTS: dict[str, object] = {
     "weights file is a pickle": lambda d, p: (
         p,
         [
-            "--fuser",
-            "gacn",
-            "--overlap",
-            "96",
+            *_gacn_tiling(),
             "--config",
             _config(d, f"fuser_params: {{weights: {_pickle(d / 'w.safetensors')}}}\n"),
         ],

@@ -323,3 +323,25 @@ def test_writers_name_the_os_error_when_opening_a_file(
     with pytest.raises(Exception) as caught:
         ome_zarr._open_new_group(tmp_path / "x.ome.zarr", "0.4", overwrite=False)
     assert type(caught.value).__name__ == kind and words in str(caught.value)
+
+
+@pytest.mark.parametrize("where", ["_read_inside", "_thumbnail"])
+def test_a_failing_disk_while_reading_is_not_called_a_corrupt_file(
+    monkeypatch, capsys, planes, tmp_path: Path, where: str
+) -> None:
+    """EIO (a network file system dropping out) names the disk; a decoder's own OSError
+    without an errno still means corrupt data."""
+    from wsi_fusion.io.readers import layers
+
+    monkeypatch.setattr(layers.LayerStack, where, raise_os_error(errno.EIO, planes[1]))
+    out = tmp_path / "out.ome.zarr"
+    status, _, err = run_cli(monkeypatch, capsys, "fuse", *planes, "-o", str(out), *SMALL[:-4])
+    assert_clean_failure(status, err, tmp_path, planes[1], "Input/output error")
+    assert "corrupt" not in err
+
+    def truncated(*args, **kwargs):
+        raise OSError("image file is truncated (3 bytes not processed)")
+
+    monkeypatch.setattr(layers.LayerStack, where, truncated)
+    status, _, err = run_cli(monkeypatch, capsys, "fuse", *planes, "-o", str(out), *SMALL[:-4])
+    assert_clean_failure(status, err, tmp_path, "corrupt or truncated")

@@ -20,7 +20,7 @@ from PIL import Image
 
 from wsi_fusion._types import Box, RGBRegion
 from wsi_fusion.errors import UnreadableSlide, UnsupportedInput, WsiFusionError
-from wsi_fusion.io.storage_errors import out_of_memory
+from wsi_fusion.io.storage_errors import out_of_memory, storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -309,10 +309,15 @@ class BaseStack(ABC):
             raise
         except MemoryError as err:
             raise out_of_memory(f"{self._source_of(plane)}: thumbnail of plane {plane}") from err
+        except OSError as err:
+            if err.errno is None:  # a decoder's complaint about the data (Pillow, tifffile)
+                raise _undecodable(
+                    self._source_of(plane), f"a thumbnail of plane {plane}", err
+                ) from err
+            raise storage_error(err, self._source_of(plane)) from err  # the disk, not the file
         except Exception as err:
-            raise UnreadableSlide(
-                f"{self._source_of(plane)}: cannot decode a thumbnail of plane {plane} ({err}); "
-                "the file is corrupt or truncated: copy or export it again."
+            raise _undecodable(
+                self._source_of(plane), f"a thumbnail of plane {plane}", err
             ) from err
         return resize_rgb(rgb, target)
 
@@ -324,11 +329,12 @@ class BaseStack(ABC):
             raise
         except MemoryError as err:  # not a broken file: say so, never "corrupt"
             raise out_of_memory(f"{self._source_of(plane)}: plane {plane} at {box}") from err
+        except OSError as err:
+            if err.errno is None:  # a decoder's complaint about the data (Pillow, tifffile)
+                raise _undecodable(self._source_of(plane), f"plane {plane} at {box}", err) from err
+            raise storage_error(err, self._source_of(plane)) from err  # the disk, not the file
         except Exception as err:  # any decoder failure here means bad data in the file
-            raise UnreadableSlide(
-                f"{self._source_of(plane)}: cannot decode plane {plane} at {box} ({err}); "
-                "the file is corrupt or truncated: copy or export it again."
-            ) from err
+            raise _undecodable(self._source_of(plane), f"plane {plane} at {box}", err) from err
 
     def _source_of(self, plane: int) -> str:
         """The file holding ``plane`` (for messages)."""
@@ -379,6 +385,14 @@ class BaseStack(ABC):
             f"{type(self).__name__}(sources={list(self.sources)!r}, planes={self.n_planes}, "
             f"shape={self.shape}, mpp={self.mpp})"
         )
+
+
+def _undecodable(source: str, what: str, err: BaseException) -> UnreadableSlide:
+    """The error for data a decoder refused."""
+    return UnreadableSlide(
+        f"{source}: cannot decode {what} ({err}); the file is corrupt or truncated: copy or "
+        "export it again."
+    )
 
 
 def axes_permutation(kept: Sequence[str], y: str, x: str, channels: str) -> tuple[int, ...]:
