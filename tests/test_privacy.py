@@ -68,6 +68,11 @@ def test_no_machine_path_in_any_output_file(
         data = path.read_bytes()
         for private in machine_paths(tmp_path):
             assert private not in data, f"{private!r} in {path}"
+        # Outputs name their final files, never the .partial names they were written under.
+        assert b".partial" not in data, path
+    if name == "out.ome.tif":
+        with tifffile.TiffFile(outdir / name) as tif:
+            assert 'Name="out.ome.tif"' in tif.ome_metadata
     run = json.loads((outdir / f"{name}.run.json").read_text())
     assert run["inputs"] == ["case_z0.tif", "case_z1.tif", "case_z2.tif"]
     assert run["report"]["output"] == name

@@ -18,6 +18,7 @@ from wsi_fusion.errors import WeightsError  # noqa: E402
 from wsi_fusion.fusers import fuser_class  # noqa: E402
 from wsi_fusion.fusers._torch import TorchFuser  # noqa: E402
 from wsi_fusion.fusers._weights import (  # noqa: E402
+    WEIGHTS_ENV,
     WeightsRecord,
     file_sha256,
     models_dir,
@@ -138,3 +139,22 @@ def test_run_json_records_an_explicit_weights_file(tmp_path: Path, pinned: bool)
     assert recorded["sha256"] == file_sha256(explicit)
     assert recorded["file"] == "my_gacn.safetensors" and recorded["pinned"] is pinned
     assert run["config"]["fuser_params"]["weights"] == "my_gacn.safetensors"
+
+
+def test_weights_from_the_environment_folder_are_recorded_and_must_be_pinned(
+    weights: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``$WSI_FUSION_WEIGHTS`` stands in for ``models/``: its file is hashed and recorded, and
+    must match the pin like the shipped one (an explicit path is the way to use other weights)."""
+    path, sha = weights
+    folder = tmp_path / "env_models"
+    (folder / "conv").mkdir(parents=True)
+    shutil.copyfile(path, folder / "conv" / "conv.safetensors")
+    monkeypatch.setenv(WEIGHTS_ENV, str(folder))
+    monkeypatch.setattr(ConvFuser, "weights_record", pinned_record(sha))
+    described = ConvFuser(device="cpu").describe()["weights"]
+    assert described["sha256"] == sha and described["pinned"] is True
+    assert described["file"] == str(folder / "conv" / "conv.safetensors")
+    monkeypatch.setattr(ConvFuser, "weights_record", pinned_record("2" * 64))
+    with pytest.raises(WeightsError, match="expected 2222"):
+        ConvFuser(device="cpu").describe()
