@@ -104,6 +104,19 @@ def test_os_error_while_writing(
     assert_clean_failure(status, err, tmp_path, str(out), *words)
 
 
+def test_an_empty_cache_dir_given_by_the_user_is_kept_and_emptied_after_an_error(
+    monkeypatch, capsys, planes, tmp_path: Path
+) -> None:
+    cache = tmp_path / "my_cache"
+    cache.mkdir()
+    monkeypatch.setattr(TileCache, "write_tile", raise_os_error(errno.ENOSPC, str(cache / "x")))
+    out = tmp_path / "out.ome.zarr"
+    args = ("fuse", *planes, "-o", str(out), "--cache-dir", str(cache), *SMALL)
+    status, _, err = run_cli(monkeypatch, capsys, *args)
+    assert_clean_failure(status, err, tmp_path, "No space left")
+    assert cache.is_dir() and list(cache.iterdir()) == []
+
+
 def deny_writes_under(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
     """Make ``folder`` read-only: chmod, and (root ignores modes) refuse mkdir below it."""
     folder.chmod(0o555)

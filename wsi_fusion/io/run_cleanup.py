@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def remove_on_failure(paths: Iterable[Path], what: str) -> Iterator[None]:
-    """On a final error inside the block, delete those of ``paths`` that did not exist on entry.
+    """On a final error inside the block, delete those of ``paths`` that did not exist on entry,
+    and empty again those that were empty folders (an empty ``--cache-dir`` given by the user:
+    the folder is theirs, what the run put in it is not).
 
     Enter it only once the run owns its output (after any lock is taken), so that nothing a
     concurrent run created in the meantime can be mistaken for this run's. ``OSError`` and
@@ -34,12 +36,17 @@ def remove_on_failure(paths: Iterable[Path], what: str) -> Iterator[None]:
     :class:`~wsi_fusion.errors.OutOfMemory` naming the path (``what`` when the library did not
     say) and the fix.
     """
+    paths = list(paths)
     new = [p for p in paths if not _exists(p)]
+    empty = [p for p in paths if _is_empty_folder(p)]
     try:
         yield
     except (WsiFusionError, OSError, MemoryError) as err:
         for path in new:
             _remove(path)
+        for folder in empty:
+            for child in _children(folder):
+                _remove(child)
         if isinstance(err, WsiFusionError):
             raise
         if isinstance(err, OSError):
@@ -49,6 +56,17 @@ def remove_on_failure(paths: Iterable[Path], what: str) -> Iterator[None]:
 
 def _exists(path: Path) -> bool:
     return path.is_symlink() or path.exists()
+
+
+def _is_empty_folder(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
 
 
 def _remove(path: Path) -> None:
