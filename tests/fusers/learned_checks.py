@@ -115,13 +115,18 @@ def reference_stack() -> FloatArray:
     return focal_stack(sharp, depth, n_planes=3, blur_per_plane=2.0)
 
 
+#: The network's own decisions, before the depth surface (``fusers.surface``) re-decides them:
+#: what the stored references pin down about the shipped weights.
+RAW_DECISIONS = {"device": "cpu", "depth_radius": 0}
+
+
 def reference_path(name: str) -> Path:
     return DATA / f"{name}_reference.npz"
 
 
 def regenerate(name: str) -> None:
     """Write a decision fuser's reference output of the shipped weights (after retraining)."""
-    result = create_fuser(name, device="cpu").fuse(reference_stack())
+    result = create_fuser(name, **RAW_DECISIONS).fuse(reference_stack())
     assert result.weights is not None
     DATA.mkdir(exist_ok=True)
     np.savez_compressed(
@@ -134,7 +139,7 @@ def regenerate(name: str) -> None:
 def check_reference(name: str) -> None:
     """A decision fuser's shipped weights on the fixed stack reproduce the stored output."""
     ref = np.load(reference_path(name))
-    result = create_fuser(name, device="cpu").fuse(reference_stack())
+    result = create_fuser(name, **RAW_DECISIONS).fuse(reference_stack())
     assert result.weights is not None
     # Float32 CPU kernels differ slightly between machines; a decision can flip only where
     # two planes are nearly tied, so allow a handful of differing pixels.

@@ -16,6 +16,7 @@ from learned_checks import needs_weights, reference_stack, regenerate
 from wsi_fusion.errors import ConfigError
 from wsi_fusion.fusers import create_fuser
 from wsi_fusion.fusers.acnn import FOCUS_HALO, ACNNFuser, refine
+from wsi_fusion.fusers.surface import surface_margin
 from wsi_fusion.tiling.plan import make_plan
 
 torch = pytest.importorskip("torch")
@@ -83,12 +84,16 @@ def test_refine_removes_specks_and_fills_holes() -> None:
 
 
 def test_margins_and_serial_refusal() -> None:
-    calib = ACNNFuser.untrained(device="cpu", strategy="calibration")
-    assert ACNNFuser.untrained(device="cpu").margin == calib.margin  # round robin
-    serial = ACNNFuser.untrained(device="cpu", strategy="serial", max_planes=3)
+    raw = {"device": "cpu", "depth_radius": 0}  # the network's own decisions
+    calib = ACNNFuser.untrained(strategy="calibration", **raw)
+    assert ACNNFuser.untrained(**raw).margin == calib.margin  # round robin
+    serial = ACNNFuser.untrained(strategy="serial", max_planes=3, **raw)
     assert calib.margin == FOCUS_HALO
     assert serial.margin == 2 * (FOCUS_HALO + 8)
-    make_plan((2048, 2048), tile=512, overlap=128, margin=calib.margin)
+    # The depth surface (default) adds the pooled focus energy's reach; it fits 512/128 tiling.
+    default = ACNNFuser.untrained(device="cpu")
+    assert default.margin == surface_margin(FOCUS_HALO, default.params) > FOCUS_HALO
+    make_plan((2048, 2048), tile=512, overlap=128, margin=default.margin)
     with pytest.raises(ConfigError, match="max_planes"):
         serial.fuse(np.zeros((4, 3, 24, 24), np.float32))
 

@@ -14,6 +14,7 @@ from learned_checks import reference_stack, regenerate
 
 from wsi_fusion.errors import ConfigError
 from wsi_fusion.fusers.gacn import DM_HALO, GACNFuser
+from wsi_fusion.fusers.surface import surface_margin
 from wsi_fusion.tiling.plan import make_plan
 
 torch = pytest.importorskip("torch")
@@ -80,12 +81,16 @@ def test_dice_loss() -> None:
 
 
 def test_margins_and_serial_refusal() -> None:
-    calib = GACNFuser.untrained(device="cpu", strategy="calibration")
-    assert GACNFuser.untrained(device="cpu").margin == calib.margin  # round robin
-    serial = GACNFuser.untrained(device="cpu", strategy="serial", max_planes=3)
+    raw = {"device": "cpu", "depth_radius": 0}  # the network's own decisions
+    calib = GACNFuser.untrained(strategy="calibration", **raw)
+    assert GACNFuser.untrained(**raw).margin == calib.margin  # round robin
+    serial = GACNFuser.untrained(strategy="serial", max_planes=3, **raw)
     assert calib.margin == DM_HALO + 8  # guided filter radius 4 reaches 8 px
     assert serial.margin == 2 * calib.margin
-    make_plan((2048, 2048), tile=512, overlap=128, margin=calib.margin)
+    # The depth surface (default) adds the pooled focus energy's reach; it fits 512/128 tiling.
+    default = GACNFuser.untrained(device="cpu")
+    assert default.margin == surface_margin(calib.margin, default.params) > calib.margin
+    make_plan((2048, 2048), tile=512, overlap=128, margin=default.margin)
     with pytest.raises(ConfigError, match="max_planes"):
         serial.fuse(np.zeros((4, 3, 16, 16), np.float32))
 

@@ -15,6 +15,7 @@ from wsi_fusion.fusers.msegnet import (
     blur_metric_window,
     fuse_decisions,
 )
+from wsi_fusion.fusers.surface import surface_margin
 
 torch = pytest.importorskip("torch")
 
@@ -104,7 +105,9 @@ def test_network_shapes_and_receptive_halo() -> None:
     net = build_msegnet().eval()
     halo = receptive_halo(net.config)
     assert halo == 46
-    assert MSegNetFuser().margin == halo and 2 * halo <= 128
+    assert MSegNetFuser(depth_radius=0).margin == halo
+    default = MSegNetFuser()
+    assert default.margin == surface_margin(halo, default.params) and 2 * default.margin <= 128
     x = torch.rand(1, 3, 160, 160)
     c = 80 + 5
     with torch.no_grad():
@@ -147,7 +150,8 @@ def test_forward_reproduces_stored_reference() -> None:
     stack = ref["stack"].astype(np.float32) / 255.0
     p = fuser.focused_probability([stack])[0]
     np.testing.assert_allclose(p, ref["p_focused"].astype(np.float32), atol=2e-3)
-    result = fuser.fuse(stack)
+    # The stored index is the network's own decision, before the depth surface.
+    result = MSegNetFuser(depth_radius=0).fuse(stack)
     assert result.weights is not None
     np.testing.assert_array_equal(result.weights.argmax(0), ref["index"])
 

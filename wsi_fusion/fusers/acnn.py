@@ -68,6 +68,7 @@ from wsi_fusion.fusers.pairwise import (
     baseline_plane,
     serial_margin,
 )
+from wsi_fusion.fusers.surface import surface_margin
 
 if TYPE_CHECKING:
     import torch
@@ -133,8 +134,10 @@ class ACNNFuser(PairwiseTorchFuser):
     @property
     def margin(self) -> int:
         if self.params.strategy == "serial":
-            return serial_margin(self.pair_margin, self.params.max_planes)
-        return FOCUS_HALO
+            reach = serial_margin(self.pair_margin, self.params.max_planes)
+        else:
+            reach = FOCUS_HALO
+        return surface_margin(reach, self.params)
 
     def build_model(self) -> torch.nn.Module:
         from wsi_fusion.nets.acnn import ACNN, SMALL

@@ -137,14 +137,21 @@ class FocusMeasureFuser(Fuser):
         p = self.params
         return p.radius + p.step + depth_reach(p) + (2 * p.guided_radius if p.refine else 0)
 
-    def decision(self, stack: TileStack) -> tuple[npt.NDArray[np.intp], Float32Array]:
-        """Hard plane index ``(H, W)`` and the luminance planes ``(Z, H, W)`` of ``stack``."""
+    def decision(
+        self, stack: TileStack, fine: Float32Array | None = None
+    ) -> tuple[npt.NDArray[np.intp], Float32Array]:
+        """Hard plane index ``(H, W)`` and the luminance planes ``(Z, H, W)`` of ``stack``.
+
+        ``fine`` (``(Z, H, W)``, higher = sharper) replaces the focus measure as the evidence that
+        moves a pixel off the depth surface; decision-map fusers pass their network's votes.
+        """
         p = self.params
         lum = _luma(stack)
         focus = focus_map(lum, p.measure, p.radius, p.step)
         # Blank/saturated glass: every plane is flat, the argmax would pick noise (or plane 0 on
         # exact ties); the middle plane is the neutral choice.
-        return depth_decision(focus, focus, p, p.blank_threshold), lum
+        fine = focus if fine is None else fine
+        return depth_decision(focus, fine, p, p.blank_threshold), lum
 
     def fuse(self, stack: TileStack) -> FusionResult:
         stack = np.asarray(stack, dtype=np.float32)
@@ -169,9 +176,13 @@ class FocusMeasureFuser(Fuser):
                 weights[:, y0:y1, x0:x1] = part.weights[(slice(None), *inner)]
         return FusionResult(fused=fused, weights=weights)
 
-    def _fuse_block(self, stack: Float32Array) -> FusionResult:
+    def fuse_on_surface(self, stack: Float32Array, fine: Float32Array) -> FusionResult:
+        """Fuse one tile with ``fine`` as the evidence that moves pixels off the depth surface."""
+        return self._fuse_block(stack, fine)
+
+    def _fuse_block(self, stack: Float32Array, fine: Float32Array | None = None) -> FusionResult:
         z = stack.shape[0]
-        index, lum = self.decision(stack)
+        index, lum = self.decision(stack, fine)
         if self.params.refine:
             weights, present = self._refine(index, lum, z)
         else:

@@ -69,6 +69,7 @@ from wsi_fusion.fusers.pairwise import (
     baseline_plane,
     serial_margin,
 )
+from wsi_fusion.fusers.surface import surface_margin
 
 if TYPE_CHECKING:
     import torch
@@ -128,8 +129,10 @@ class GACNFuser(PairwiseTorchFuser):
     @property
     def margin(self) -> int:
         if self.params.strategy == "serial":
-            return serial_margin(self.pair_margin, self.params.max_planes)
-        return self.pair_margin
+            reach = serial_margin(self.pair_margin, self.params.max_planes)
+        else:
+            reach = self.pair_margin
+        return surface_margin(reach, self.params)
 
     def build_model(self) -> torch.nn.Module:
         import torch

@@ -71,11 +71,13 @@ from pydantic import Field
 from scipy import ndimage as ndi
 
 from wsi_fusion._types import TileStack
+from wsi_fusion.fusers._depth import DepthParams
 from wsi_fusion.fusers._filters import box_mean, luminance
 from wsi_fusion.fusers._registry import register_fuser
 from wsi_fusion.fusers._torch import TorchFuser, TorchParams
 from wsi_fusion.fusers._weights import WeightsRecord
 from wsi_fusion.fusers.base import FusionResult, one_hot_weights, weighted_sum
+from wsi_fusion.fusers.surface import on_depth_surface, surface_margin
 
 if TYPE_CHECKING:
     import torch
@@ -97,7 +99,7 @@ W1, W2 = 1.0, 0.95
 _EPS = 1e-6
 
 
-class MSegNetParams(TorchParams):
+class MSegNetParams(TorchParams, DepthParams):
     #: Overlap arbitration: the paper's blur metric per overlap region (``region``) or per pixel
     #: window (``window``), or the network's own focused probability (``probability``).
     arbitration: Literal["probability", "window", "region"] = "probability"
@@ -284,7 +286,7 @@ class MSegNetFuser(TorchFuser):
         if self.params.arbitration == "window":
             # The window's mean difference, then edge maxima (1 px) and differences (1 px).
             halo += self.params.window_radius + 2
-        return halo
+        return surface_margin(halo, self.params)
 
     def _forward(self, model: torch.nn.Module, planes: torch.Tensor, step: int) -> Float32Array:
         """Focused probability of planes (N, C, H, W), padded to a multiple of ``step``."""
@@ -316,7 +318,9 @@ class MSegNetFuser(TorchFuser):
             unclaimed=p.unclaimed,
         )
         weights = one_hot_weights(index, stack.shape[0])
-        return FusionResult(fused=weighted_sum(stack, weights), weights=weights)
+        return on_depth_surface(stack, weights, p) or FusionResult(
+            fused=weighted_sum(stack, weights), weights=weights
+        )
 
     def fuse(self, stack: TileStack) -> FusionResult:
         return self.fuse_batch([stack])[0]

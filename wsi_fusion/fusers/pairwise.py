@@ -64,8 +64,10 @@ from pydantic import Field
 
 from wsi_fusion._types import PlaneWeights, TileStack
 from wsi_fusion.errors import ConfigError
+from wsi_fusion.fusers._depth import DepthParams
 from wsi_fusion.fusers._torch import TorchFuser, TorchParams
 from wsi_fusion.fusers.base import FusionResult, one_hot_weights, weighted_sum
+from wsi_fusion.fusers.surface import on_depth_surface
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -260,7 +262,7 @@ def fuse_pairwise(
     )
 
 
-class PairwiseParams(TorchParams):
+class PairwiseParams(TorchParams, DepthParams):
     """Parameters of a learned pairwise fuser's N-plane strategy."""
 
     #: N-plane strategy: every pair once (default), decision calibration (Eq. 19) or
@@ -301,7 +303,8 @@ class PairwiseTorchFuser(TorchFuser):
         check_serial_depth(self.name, p.strategy, z, p.max_planes, self.pair_margin)
         baseline = baseline_plane(p.baseline, z)
         weighting = self.weighting()
-        return fuse_pairwise(stack, decider, p.strategy, baseline=baseline, weighting=weighting)
+        result = fuse_pairwise(stack, decider, p.strategy, baseline=baseline, weighting=weighting)
+        return on_depth_surface(stack, result.weights, p) or result
 
     def fuse(self, stack: TileStack) -> FusionResult:
         return self._fuse_with(np.asarray(stack, dtype=np.float32), self)  # type: ignore[arg-type]
