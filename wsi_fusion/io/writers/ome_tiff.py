@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -166,6 +167,7 @@ def write_ome_tiff(
     magnification = (source or {}).get("objective_power")
     if magnification:
         _add_objective(path, float(magnification))
+    mirror_levels_in_main_chain(path)
     logger.info("wrote OME-TIFF %s (%d levels, %s)", path, len(levels), compression)
     return path
 
@@ -234,9 +236,13 @@ def write_label_tiff(
     compression: Compression = "deflate",
     description: str = "wsi_fusion focus map (value = focal plane)",
 ) -> Path:
-    """Write a label map (the focus/depth map, the blur mask) as a pyramidal single-channel TIFF.
+    """Write a label map (the focus/depth map, the blur mask) as a pyramidal single-channel
+    OME-TIFF.
 
-    Level 0 is in the main IFD and reduced levels in SubIFDs (as OME-TIFF, without OME-XML).
+    Level 0 is in the main IFD and reduced levels in SubIFDs, mirrored into the main chain for
+    OpenSlide (:func:`mirror_levels_in_main_chain`); the OME-XML names the image (the file name
+    without ``.partial``) and holds ``description`` as the Image ``Description``, so Bio-Formats
+    (QuPath, OMERO), tifffile/tiffslide and OpenSlide all see every level.
     Reduced levels pick every ``2**l``-th pixel, like
     :func:`wsi_fusion.pyramid.downsample.downsample_labels2`: averaging plane indices would
     invent planes.
@@ -260,7 +266,7 @@ def write_label_tiff(
         Lossless only (``"deflate"`` default, ``"zstd"``, ``"lzw"``, ``"none"``): a label map must
         not be altered.
     description
-        ImageDescription of level 0: what the values mean (ASCII).
+        What the values mean: the OME Image ``Description``.
 
     Returns
     -------
@@ -295,16 +301,18 @@ def write_label_tiff(
         "predictor": codec is not None,
         "software": _SOFTWARE,
     }
-    with _open_writer(path, ome=False) as tif:
-        _write_levels(
-            tif,
-            levels,
-            tile,
-            mpp,
-            options,
-            subifds=True,
-            description=description,
+    name = path.name.removesuffix(".partial")
+    metadata: dict[str, Any] = {"axes": "YX", "Name": name, "Description": description}
+    if mpp is not None:
+        metadata.update(
+            PhysicalSizeX=float(mpp),
+            PhysicalSizeXUnit="µm",
+            PhysicalSizeY=float(mpp),
+            PhysicalSizeYUnit="µm",
         )
+    with _open_writer(path, ome=True) as tif:
+        _write_levels(tif, levels, tile, mpp, options, subifds=True, metadata=metadata)
+    mirror_levels_in_main_chain(path)
     logger.info("wrote label TIFF %s (%d levels)", path, len(levels))
     return path
 
@@ -482,6 +490,48 @@ def _resolution(mpp: float | None, level: int) -> dict[str, Any]:
         return {}
     px_per_cm = 1e4 / (mpp * 2**level)
     return {"resolution": (px_per_cm, px_per_cm), "resolutionunit": "CENTIMETER"}
+
+
+def mirror_levels_in_main_chain(path: str | os.PathLike[str]) -> int:
+    """Make the reduced levels in level 0's SubIFDs visible to OpenSlide too; return how many.
+
+    OpenSlide reads only the main IFD chain, and the OME-TIFF specification puts reduced levels
+    in SubIFDs (where Bio-Formats, tifffile and tiffslide look). So after writing, one more IFD
+    per reduced level is appended to the main chain, holding a byte copy of that level's SubIFD
+    entries: the same tags, pointing to the same tile data (nothing is stored twice; the file
+    grows by a few hundred bytes per level). They are reduced-resolution pages
+    (NewSubfileType 1) that the OME-XML does not reference, so OME readers keep seeing one image
+    with its SubIFD pyramid, while OpenSlide sees every level. BigTIFF only (as written here).
+    """
+    path = Path(path)
+    with tifffile.TiffFile(path) as tif:
+        if not tif.is_bigtiff or "SubIFDs" not in tif.pages.first.tags:
+            return 0
+        subifds = [int(o) for o in tif.pages.first.tags["SubIFDs"].value]
+        last = tif.pages[len(tif.pages) - 1].offset  # loads the whole main chain
+        order = tif.byteorder
+    u64 = struct.Struct(order + "Q")
+    with path.open("r+b") as fh:
+        ifds = []
+        for offset in subifds:
+            fh.seek(offset)
+            (count,) = u64.unpack(fh.read(8))
+            ifds.append((count, fh.read(20 * count)))
+        fh.seek(last)
+        (count,) = u64.unpack(fh.read(8))
+        link = last + 8 + 20 * count  # where the last IFD stores the offset of the next one
+        fh.seek(0, os.SEEK_END)
+        position = fh.tell()
+        position += position % 2  # IFDs start on a word boundary
+        for index, (count, entries) in enumerate(ifds):
+            fh.seek(link)
+            fh.write(u64.pack(position))
+            fh.seek(position)
+            fh.write(u64.pack(count) + entries + u64.pack(0))
+            link = position + 8 + len(entries)
+            position = link + 8
+            logger.debug("%s: level %d mirrored into the main IFD chain", path, index + 1)
+    return len(ifds)
 
 
 def _add_objective(path: Path, magnification: float) -> None:

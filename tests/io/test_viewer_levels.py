@@ -1,0 +1,97 @@
+"""OME-TIFF outputs (the fused image and the focus/blur-mask sidecars) show every pyramid level
+in OpenSlide as well as in tifffile/tiffslide: the reduced levels live in level 0's SubIFDs (the
+OME-TIFF layout Bio-Formats reads) and are mirrored into the main IFD chain, which is all
+OpenSlide reads, without storing any tile twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from wsi_fusion.io.writers.ome_tiff import (
+    mirror_levels_in_main_chain,
+    write_label_tiff,
+    write_ome_tiff,
+)
+from wsi_fusion.io.writers.ome_zarr import build_pyramid, create_image
+
+MPP = 0.5
+
+
+@pytest.fixture
+def pyramid(tmp_path: Path) -> zarr.Group:
+    """A 3-level RGB OME-Zarr pyramid of 600 x 700 px."""
+    group = create_image(tmp_path / "img.ome.zarr", (3, 600, 700), chunk=256, mpp=MPP, min_side=160)
+    rng = np.random.default_rng(0)
+    group["0"][:] = rng.integers(0, 256, (3, 600, 700), dtype=np.uint8)
+    build_pyramid(group, compute=True)
+    return group
+
+
+def _levels(group: zarr.Group) -> int:
+    return len([k for k in group.array_keys() if k.isdigit()])
+
+
+def test_ome_tiff_levels_in_every_reader(pyramid: zarr.Group, tmp_path: Path) -> None:
+    openslide = pytest.importorskip("openslide")
+    tiffslide = pytest.importorskip("tiffslide")
+    n = _levels(pyramid)
+    assert n >= 3
+    path = write_ome_tiff(pyramid, tmp_path / "x.ome.tif", mpp=MPP, tile=128, compression="deflate")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome and len(tif.series) == 1  # the mirrors are not OME images
+        series = tif.series[0]
+        assert len(series.levels) == n
+        subs = [series.levels[level].pages[0] for level in range(1, n)]
+        with tifffile.TiffFile(path) as raw:
+            raw.pages.useframes = False  # full pages (with tags), not tifffile's light frames
+            mirrors = [raw.pages[i] for i in range(1, n)]
+            assert len(raw.pages) == n  # level 0 + one main-chain mirror per reduced level
+            for sub, mirror in zip(subs, mirrors, strict=True):
+                assert mirror.subfiletype == 1 and mirror.shape == sub.shape
+                assert mirror.dataoffsets == sub.dataoffsets  # the same tiles, stored once
+                np.testing.assert_array_equal(mirror.asarray(), sub.asarray())
+    with openslide.OpenSlide(path) as slide:
+        assert slide.level_count == n
+        assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(MPP)
+        region = np.asarray(slide.read_region((0, 0), n - 1, (50, 40)).convert("RGB"))
+        expected = np.asarray(pyramid[str(n - 1)][:, :40, :50]).transpose(1, 2, 0)
+        np.testing.assert_array_equal(region, expected)  # lossless: the exact level pixels
+    with tiffslide.TiffSlide(path) as slide:
+        assert slide.level_count == n
+
+
+def test_label_tiff_levels_in_every_reader(tmp_path: Path) -> None:
+    openslide = pytest.importorskip("openslide")
+    tiffslide = pytest.importorskip("tiffslide")
+    labels = (np.arange(600 * 700) % 5).astype(np.uint8).reshape(600, 700)
+    path = write_label_tiff(labels, tmp_path / "x.focus.tif.partial", mpp=MPP, tile=128)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome and len(tif.series) == 1
+        n = len(tif.series[0].levels)
+        assert n >= 3 and len(tif.pages) == n
+        assert '<Image ID="Image:0" Name="x.focus.tif">' in tif.ome_metadata  # no .partial
+    with openslide.OpenSlide(path) as slide:
+        assert slide.level_count == n
+    with tiffslide.TiffSlide(path) as slide:
+        assert slide.level_count == n
+
+
+def test_a_mirror_costs_only_its_directories(pyramid: zarr.Group, tmp_path: Path) -> None:
+    path = write_ome_tiff(pyramid, tmp_path / "x.ome.tif", mpp=MPP, tile=128)
+    size = path.stat().st_size
+    # Mirroring once more appends one more set of directories (and nothing else): a few
+    # hundred bytes per level, whatever the size of the level.
+    assert mirror_levels_in_main_chain(path) == _levels(pyramid) - 1
+    assert path.stat().st_size - size < 1024 * (_levels(pyramid) - 1)
+
+
+def test_single_level_image_needs_no_mirror(tmp_path: Path) -> None:
+    path = write_label_tiff(np.zeros((100, 120), np.uint8), tmp_path / "s.tif", mpp=None, tile=64)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 1 and not tif.pages.first.subifds
+    assert mirror_levels_in_main_chain(path) == 0
