@@ -33,8 +33,6 @@ def _tiles(seed: int, planes: int = 1) -> Iterator[np.ndarray]:
                 yield _tile(seed + z, y, x)
 
 
-
-
 def _peak_bytes(run) -> tuple[int, object]:
     tracemalloc.start()
     try:
@@ -94,3 +92,31 @@ def test_tiled_thumbnail_is_the_area_mean(shape: tuple[int, int], target: tuple[
             expected[i, j] = image[i * f : (i + 1) * f, j * f : (j + 1) * f].mean(axis=(0, 1))
     assert np.abs(thumb.astype(float) - expected).max() <= 0.5 + 1e-9
     assert all(b.h * b.w <= READ_TILE * READ_TILE for b in reads)
+
+
+def test_dicom_plane_without_a_small_level_is_read_tile_by_tile(
+    tmp_path: Path, writers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DICOM focal plane that only level 0 holds: its thumbnail is the area mean, read in
+    tiles (forced here on a small slide), not the whole level in one read."""
+    from wsi_fusion.io.readers import dicom
+
+    planes = writers.make_planes(2, seed=3)
+    path = writers.dicom(tmp_path / "slide.dcm", planes)
+    monkeypatch.setattr(dicom, "direct_read_is_bounded", lambda level, target: False)
+    reads: list[tuple[int, int]] = []
+    with open_stack([path]) as stack:
+        original = stack._slide.read_region
+
+        def read_region(location, level, size, **kwargs):
+            reads.append(size)
+            return original(location, level, size, **kwargs)
+
+        monkeypatch.setattr(stack._slide, "read_region", read_region)
+        h, w = stack.shape
+        thumb = stack._thumbnail(1, (h // 4, w // 4))
+    plane = planes[1].astype(float)
+    expected = plane.reshape(h // 4, 4, w // 4, 4, 3).mean(axis=(1, 3))
+    assert thumb.shape == expected.shape
+    assert np.abs(thumb - expected).max() <= 0.5 + 1e-9
+    assert reads and all(bw * bh <= READ_TILE * READ_TILE for bw, bh in reads)

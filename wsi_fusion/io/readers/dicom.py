@@ -27,6 +27,7 @@ from wsi_fusion.io.readers._base import (
     thumbnail_stride,
     to_rgb,
 )
+from wsi_fusion.io.readers._thumbnail import direct_read_is_bounded, tiled_thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +117,19 @@ class DicomStack(BaseStack):
         shapes = [(int(lv.size.height), int(lv.size.width)) for lv in levels]
         level = levels[pick_level(shapes, target_hw)]
         h, w = int(level.size.height), int(level.size.width)
+
+        def read(box: Box) -> RGBRegion:
+            # wsidicom: location and size in the level's own pixels.
+            region = self._slide.read_region(
+                (box.x, box.y), level.level, (box.w, box.h), z=z, path=self._path, as_array=True
+            )
+            return to_rgb(np.asarray(region))
+
+        if not direct_read_is_bounded((h, w), target_hw):
+            # No small level holds this plane: tile by tile, never the whole level at once.
+            return tiled_thumbnail(read, (h, w), target_hw)
         step = thumbnail_stride((h, w), target_hw)
-        region = self._slide.read_region(
-            (0, 0), level.level, (w, h), z=z, path=self._path, as_array=True
-        )
-        return to_rgb(np.asarray(region)[::step, ::step])
+        return read(Box(0, 0, h, w))[::step, ::step]
 
     def _close(self) -> None:
         self._slide.close()
