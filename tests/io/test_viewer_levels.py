@@ -95,3 +95,31 @@ def test_single_level_image_needs_no_mirror(tmp_path: Path) -> None:
     with tifffile.TiffFile(path) as tif:
         assert len(tif.pages) == 1 and not tif.pages.first.subifds
     assert mirror_levels_in_main_chain(path) == 0
+
+
+@pytest.mark.slow
+def test_bioformats_sees_every_level(pyramid: zarr.Group, tmp_path: Path) -> None:
+    """Bio-Formats' ImageInfo (QuPath, OMERO): every level of the image and of a label TIFF.
+    Skipped unless ``$BIOFORMATS_JAR`` names bioformats_package.jar and java runs."""
+    import os
+    import re
+    import shutil
+    import subprocess
+
+    jar = os.environ.get("BIOFORMATS_JAR")
+    if not jar or not Path(jar).is_file() or shutil.which("java") is None:
+        pytest.skip("set BIOFORMATS_JAR to bioformats_package.jar (and have java) to run")
+    image = write_ome_tiff(pyramid, tmp_path / "x.ome.tif", mpp=MPP, tile=128)
+    labels = (np.arange(600 * 700) % 5).astype(np.uint8).reshape(600, 700)
+    label = write_label_tiff(labels, tmp_path / "x.focus.tif", mpp=MPP, tile=128)
+    for path in (image, label):
+        with tifffile.TiffFile(path) as tif:
+            n = len(tif.series[0].levels)
+        assert n >= 3
+        info = subprocess.run(
+            ["java", "-cp", jar, "loci.formats.tools.ImageInfo", "-nopix", "-noflat", str(path)],
+            capture_output=True, text=True, timeout=300, check=True,
+        ).stdout  # fmt: skip
+        assert "Series count = 1" in info, info
+        assert re.search(rf"Resolutions = {n}\b", info), info
+        assert "untangling" not in info and "malformed" not in info

@@ -3,11 +3,13 @@
 No single TIFF layout serves every viewer (see ECOSYSTEM.md, "Writing pyramids"):
 
 * :func:`write_ome_tiff`: OME-TIFF, level 0 in the main IFD and reduced levels in its SubIFDs,
-  OME-XML with PhysicalSizeX/Y in µm. Read by QuPath, Bio-Formats, OMERO, tiffslide.
+  OME-XML with PhysicalSizeX/Y in µm. Read by QuPath, Bio-Formats, OMERO, tiffslide; the reduced
+  levels are also mirrored into the main IFD chain (:func:`mirror_levels_in_main_chain`, no
+  tile stored twice), so OpenSlide sees every level as well.
 * :func:`write_generic_tiff`: the "generic tiled TIFF" OpenSlide reads (it ignores SubIFDs):
   every level a page of the main IFD chain, reduced ones marked ``subfiletype=1``.
 * :func:`write_label_tiff`: a label map (the focus/depth map, the blur mask) as a single-channel,
-  losslessly compressed, pyramidal TIFF.
+  losslessly compressed, pyramidal OME-TIFF, mirrored the same way.
 
 Tiles are read from the zarr levels one tile row at a time and handed to
 :meth:`tifffile.TiffWriter.write` as an iterator, with a small ``buffersize`` so tifffile
