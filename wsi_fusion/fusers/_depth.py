@@ -124,13 +124,18 @@ def depth_decision(
 def _leave_surface(surface: IndexMap, fine: Float32Array, params: DepthParams) -> IndexMap:
     """Move pixels off ``surface`` to the sharpest plane that beats it by ``clearly_sharper ** n``
     (``n`` planes away); elsewhere they stay on the surface."""
+    z = fine.shape[0]
     on_surface = np.take_along_axis(fine, surface[None], axis=0)[0]
+    # need[n] = clearly_sharper ** n, with an unbeatable factor for n = 0 (the surface itself).
+    need = np.float32(params.clearly_sharper) ** np.arange(z, dtype=np.float32)
+    need[0] = np.float32(1e30)
     index = surface.copy()
     best = np.zeros_like(on_surface)
-    for k in range(fine.shape[0]):
-        steps = np.abs(surface - k)
-        need = on_surface * np.power(np.float32(params.clearly_sharper), steps, dtype=np.float32)
-        better = (steps > 0) & (fine[k] > need) & (fine[k] > best)
+    for k in range(z):
+        threshold = need[np.abs(surface - k)]
+        threshold *= on_surface
+        np.maximum(threshold, best, out=threshold)
+        better = fine[k] > threshold
         index[better] = k
         np.copyto(best, fine[k], where=better)
     return index
