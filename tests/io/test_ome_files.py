@@ -129,3 +129,16 @@ def test_a_renamed_single_file_ome_tiff_still_opens(tmp_path: Path) -> None:
     assert referenced_files(new) == []
     with open_stack([new]) as stack:
         assert stack.n_planes == 2
+
+
+def test_a_dot_slash_name_is_beside_the_file_but_a_detour_is_not(folders) -> None:
+    scan, _ = folders
+    z1 = scan / "a_z1.ome.tif"
+    main = multi_file_ome_tiff(scan / "a.ome.tif", [("./a_z1.ome.tif", z1)])
+    assert referenced_files(main) == [str(z1)]
+    with open_stack([main]) as stack:
+        assert stack.n_planes == 2
+    (scan / "sub").mkdir()
+    detour = multi_file_ome_tiff(scan / "b.ome.tif", [("sub/../a_z1.ome.tif", None)])
+    with pytest.raises(UnsupportedInput, match="outside its folder"):
+        referenced_files(detour)

@@ -46,7 +46,7 @@ def referenced_files(path: str | os.PathLike[str]) -> list[str]:
     own = os.path.realpath(main)
     found: list[str] = []
     for name in _named_files(xml, main):
-        candidate = os.path.join(folder, name)
+        candidate = os.path.join(folder, os.path.normpath(name))
         if os.path.realpath(candidate) == own or candidate in found:
             continue
         _check_beside(main, name, candidate, folder)
@@ -97,7 +97,14 @@ def _check_beside(main: str, name: str, candidate: str, folder: str) -> None:
         "every file of the dataset in one folder (with FileName attributes naming them there), "
         "or convert it into one OME-TIFF first (e.g. `bfconvert`)"
     )
-    plain = name not in ("", ".", "..") and os.path.basename(name) == name and "\\" not in name
+    # "./x.tif" is beside the file too; "../x.tif", "sub/x.tif", "C:\\x.tif" and "/x.tif" are not.
+    norm = os.path.normpath(name)
+    plain = (
+        norm not in ("", ".", "..")
+        and os.path.basename(norm) == norm
+        and "\\" not in norm
+        and ".." not in name.split("/")  # "sub/../x.tif" depends on "sub": not followed
+    )
     if not plain:
         raise UnsupportedInput(
             f"{main}: its OME-XML names the file {name!r} outside its folder, refused; {fix}"
