@@ -117,6 +117,27 @@ def test_an_empty_cache_dir_given_by_the_user_is_kept_and_emptied_after_an_error
     assert cache.is_dir() and list(cache.iterdir()) == []
 
 
+@pytest.mark.parametrize("fmt", ["ome.zarr", "ome.tif"])
+def test_disk_full_inside_zarr_while_blending(
+    monkeypatch, capsys, planes, tmp_path: Path, fmt: str
+) -> None:
+    """ENOSPC from zarr's own store when a blended level-0 chunk is written (phase 2; for a
+    TIFF output the chunk goes to the pyramid inside the tile cache)."""
+    import zarr.storage
+
+    real_set = zarr.storage.LocalStore.set
+
+    async def set_chunk(self, key: str, value) -> None:
+        if key.startswith("0/") and not key.rsplit("/", 1)[-1].startswith((".z", "zarr.json")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{self.root}/{key}")
+        await real_set(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", set_chunk)
+    out = tmp_path / f"out.{fmt}"
+    status, _, err = run_cli(monkeypatch, capsys, "fuse", *planes, "-o", str(out), *SMALL)
+    assert_clean_failure(status, err, tmp_path, "No space left", "/0/")
+
+
 def deny_writes_under(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
     """Make ``folder`` read-only: chmod, and (root ignores modes) refuse mkdir below it."""
     folder.chmod(0o555)
