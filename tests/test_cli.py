@@ -268,6 +268,31 @@ def _sixteen_bit(folder: Path) -> Path:
     return path
 
 
+def _empty_file(folder: Path) -> Path:
+    (folder / "empty.tif").write_bytes(b"")
+    return folder / "empty.tif"
+
+
+def _dangling(folder: Path) -> Path:
+    (folder / "gone.tif").symlink_to(folder / "nowhere.tif")
+    return folder / "gone.tif"
+
+
+def _z_stack(folder: Path) -> Path:
+    path = folder / "z.ome.tif"
+    data = np.zeros((2, 300, 400, 3), np.uint8)
+    tifffile.imwrite(path, data, photometric="rgb", metadata={"axes": "ZYXS"}, ome=True)
+    return path
+
+
+def _plain_zarr(folder: Path) -> Path:
+    import zarr
+
+    group = zarr.open_group(folder / "plain.zarr", mode="w", zarr_format=2)
+    group.create_array("data", shape=(64, 64), dtype="u1")
+    return folder / "plain.zarr"
+
+
 def _empty_folder(folder: Path) -> Path:
     (folder / "empty").mkdir()
     return folder / "empty"
@@ -378,6 +403,23 @@ BAD_INPUTS: dict[str, object] = {
         ],
         ("w.safetensors", "pickle"),
     ),  # fmt: skip
+    "unknown fuser parameter": lambda d, p: (
+        p,
+        ["--config", _config(d, "fuser_params: {bogus: 1}\n")],
+        ("fuser_params.bogus",),
+    ),
+    "config not a mapping": lambda d, p: (p, ["--config", _config(d, "- a\n")], ("mapping",)),
+    "config value out of range": lambda d, p: (
+        p,
+        ["--config", _config(d, "tissue: {min_fraction: 2}\n")],
+        ("tissue.min_fraction",),
+    ),
+    "unknown scheduler": lambda d, p: (p, ["--scheduler", "bogus"], ("'bogus'",)),
+    "empty file": lambda d, p: ([p[0], _empty_file(d)], [], ("empty.tif",)),
+    "dangling symlink": lambda d, p: ([p[0], _dangling(d)], [], ("gone.tif",)),
+    "folder among plane files": lambda d, p: ([p[0], _empty_folder(d)], [], ("empty",)),
+    "z-stack among plane files": lambda d, p: ([p[0], _z_stack(d)], [], ("z.ome.tif", "alone")),
+    "Zarr without multiscales": lambda d, p: ([_plain_zarr(d)], [], ("plain.zarr", "multiscales")),
     "output folder missing": lambda d, p: (p, ["-o", "{out}/no/out.ome.zarr"], ("does not exist",)),
     "output format unknown": lambda d, p: (p, ["-o", "{out}/out.png"], ("out.png", "--format")),
     "output on /proc": lambda d, p: (p, ["-o", "/proc/x.ome.zarr"], ("/proc/x.ome.zarr",)),

@@ -149,9 +149,15 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
         return RunConfig(**data)
     except ValidationError as err:
         where = f" in {path}" if path is not None else ""
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: "
-            + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
-            for e in err.errors()
-        )
+        problems = validation_problems(err, "config")
         raise ConfigError(f"invalid configuration{where}: {problems}") from err
+
+
+def validation_problems(err: ValidationError, root: str, prefix: str = "") -> str:
+    """A pydantic error as one line: ``key.path: problem; ...`` (``root`` names the model
+    itself, ``prefix`` goes before every key path)."""
+    return "; ".join(
+        f"{prefix}{'.'.join(str(p) for p in e['loc']) or root}: "
+        + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+        for e in err.errors()
+    )

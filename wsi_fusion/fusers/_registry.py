@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from wsi_fusion.config import validation_problems
 from wsi_fusion.errors import ConfigError, UnknownFuser
 from wsi_fusion.fusers.base import Fuser
 
@@ -79,4 +80,6 @@ def create_fuser(name: str, **params: Any) -> Fuser:
     try:
         return cls(**params)
     except ValidationError as err:
-        raise ConfigError(f"invalid parameters for fuser {name!r}: {err}") from err
+        # One line, like every error the CLI prints: the key path and the problem.
+        problems = validation_problems(err, "fuser_params", prefix="fuser_params.")
+        raise ConfigError(f"invalid parameters for fuser {name!r}: {problems}") from err
