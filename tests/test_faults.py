@@ -337,7 +337,7 @@ def test_interrupt_at_every_phase_boundary_resumes_identically(
     [
         (errno.ENOSPC, "StorageError", "disk is full"),
         (errno.EFBIG, "StorageError", "ulimit -f"),
-        (errno.EACCES, "OutputNotWritable", "permission denied"),
+        (errno.EACCES, "OutputNotWritable", "Permission denied; choose"),
         (errno.EROFS, "OutputNotWritable", "read-only"),
     ],
 )

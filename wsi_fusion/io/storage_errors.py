@@ -28,8 +28,9 @@ _FIXES: dict[int, str] = {
         "the file system or a process limit (`ulimit -f`) refuses files this large, e.g. FAT32 "
         "stops at 4 GB: write to another file system (ext4, XFS, NTFS, APFS) or raise the limit"
     ),
-    errno.EACCES: f"permission denied: {_NOT_ALLOWED}",
-    errno.EPERM: f"operation not permitted: {_NOT_ALLOWED}",
+    # The system's own words already say "Permission denied" / "Operation not permitted".
+    errno.EACCES: _NOT_ALLOWED,
+    errno.EPERM: _NOT_ALLOWED,
     errno.EROFS: "the file system is read-only: choose a writable folder for -o and --cache-dir",
     errno.ENOENT: (
         "the folder does not exist or cannot hold files (e.g. /proc): choose an ordinary folder "
