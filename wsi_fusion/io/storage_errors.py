@@ -37,6 +37,7 @@ _FIXES: dict[int, str] = {
         "that exists for -o and --cache-dir"
     ),
     errno.ENOTDIR: "a part of the path is a file, not a folder: choose another -o / --cache-dir",
+    errno.EEXIST: "a file of that name is in the way of a folder: choose another -o / --cache-dir",
     errno.EIO: (
         "input/output error: the disk or network file system failed; check it (dmesg, mount) "
         "and rerun to resume"
