@@ -460,3 +460,33 @@ def test_bad_input_matrix(monkeypatch, capsys, tmp_path: Path, case: str) -> Non
     for word in words:
         assert word in lines[0], lines[0]
     assert (_snapshot(inputs_dir), _snapshot(outdir)) == before
+
+
+@pytest.mark.parametrize(
+    ("source", "outdir", "words"),
+    [
+        ("{in}/nope", "{out}/batch", ("nope", "does not exist")),
+        ("{in}/p_z0.tif", "{out}/batch", ("p_z0.tif", "csv")),
+        ("{in}", "/proc/batch_out", ("/proc/batch_out",)),
+        ("{in}", "{out}/file.txt", ("file.txt", "in the way")),
+    ],
+)
+def test_batch_bad_input_is_one_error_line(
+    monkeypatch, capsys, tmp_path: Path, source: str, outdir: str, words: tuple[str, ...]
+) -> None:
+    inputs_dir, out = tmp_path / "in", tmp_path / "out"
+    inputs_dir.mkdir()
+    out.mkdir()
+    for k in range(2):
+        write_plane(inputs_dir / f"p_z{k}.tif", seed=k)
+    (out / "file.txt").write_text("keep")
+    before = _snapshot(tmp_path)
+    src, dst = (
+        a.replace("{in}", str(inputs_dir)).replace("{out}", str(out)) for a in (source, outdir)
+    )
+    code, _, err = run_cli(monkeypatch, capsys, "batch", src, "-o", dst, "-q")
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert _snapshot(tmp_path) == before
