@@ -629,16 +629,17 @@ def _write_final(
         "jpeg_quality": config.jpeg_quality,
         "description": provenance,
     }
-    if dest.format == "ome-tiff":
-        from wsi_fusion.io.source_metadata import associated_images
+    from wsi_fusion.io.source_metadata import associated_images
 
-        # The slide's label/macro/thumbnail images, as further OME images (no label: --no-label).
-        form = provenance.get("stack", {}).get("form", "")
-        associated = associated_images(form, inputs, label=not config.no_label)
+    # The slide's label/macro/thumbnail images (no label with --no-label): further OME images,
+    # or the SVS-compatible TIFF's associated pages.
+    form = provenance.get("stack", {}).get("form", "")
+    associated = associated_images(form, inputs, label=not config.no_label)
+    if dest.format == "ome-tiff":
         # The final name, not the .partial one it is written under, goes into the OME-XML.
         write_ome_tiff(group, dest.partial, name=dest.output.name, associated=associated, **options)
     else:
-        write_generic_tiff(group, dest.partial, **options)
+        write_generic_tiff(group, dest.partial, associated=associated, **options)
     if config.focus_map:
         partial_map = dest.focus_map_tiff.with_name(dest.focus_map_tiff.name + ".partial")
         write_label_tiff(label_levels(group, "focus_map"), partial_map, mpp=mpp)

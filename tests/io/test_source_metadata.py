@@ -215,3 +215,24 @@ def test_bioformats_validates_and_reads_the_metadata(
     assert "Series count = 4" in info
     assert 'NominalMagnification="20.0"' in info
     assert re.search(r'<Image ID="Image:1" Name="label">', info)
+
+
+def test_tif_carries_label_and_macro_and_no_label_blanks_it(
+    svs_planes: list[Path], tmp_path: Path
+) -> None:
+    openslide = pytest.importorskip("openslide")
+    for no_label in (False, True):
+        out = tmp_path / f"fused_{no_label}.tif"
+        fuse_slide(
+            svs_planes, out, RunConfig(fuser="plane", tile=128, overlap=64, no_label=no_label)
+        )
+        with openslide.OpenSlide(out) as slide:
+            assert float(slide.properties["openslide.objective-power"]) == 20
+            images = slide.associated_images
+            assert set(images) == {"thumbnail", "label", "macro"}
+            np.testing.assert_array_equal(np.asarray(images["macro"].convert("RGB")).mean(), 100)
+            label = np.asarray(images["label"].convert("RGB"))
+            if no_label:  # a blank stand-in: the label's pixels never reach the output
+                assert label.shape == (64, 64, 3) and (label == 255).all()
+            else:
+                np.testing.assert_array_equal(label, LABEL)

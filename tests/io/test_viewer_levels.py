@@ -5,6 +5,7 @@ OpenSlide reads, without storing any tile twice."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,8 @@ def test_single_level_image_needs_no_mirror(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bioformats_sees_every_level(pyramid: zarr.Group, tmp_path: Path) -> None:
-    """Bio-Formats' ImageInfo (QuPath, OMERO): every level of the image and of a label TIFF.
+    """Bio-Formats' ImageInfo (QuPath, OMERO): every level of the OME-TIFF, of a label TIFF and of
+    the SVS-style .tif (its SVSReader).
     Skipped unless ``$BIOFORMATS_JAR`` names bioformats_package.jar and java runs."""
     import os
     import re
@@ -112,7 +114,10 @@ def test_bioformats_sees_every_level(pyramid: zarr.Group, tmp_path: Path) -> Non
     image = write_ome_tiff(pyramid, tmp_path / "x.ome.tif", mpp=MPP, tile=128)
     labels = (np.arange(600 * 700) % 5).astype(np.uint8).reshape(600, 700)
     label = write_label_tiff(labels, tmp_path / "x.focus.tif", mpp=MPP, tile=128)
-    for path in (image, label):
+    from wsi_fusion.io.writers.ome_tiff import write_generic_tiff
+
+    svs = write_generic_tiff(pyramid, tmp_path / "x.tif", mpp=MPP, tile=128)
+    for path in (image, label, svs):
         with tifffile.TiffFile(path) as tif:
             n = len(tif.series[0].levels)
         assert n >= 3
@@ -120,6 +125,59 @@ def test_bioformats_sees_every_level(pyramid: zarr.Group, tmp_path: Path) -> Non
             ["java", "-cp", jar, "loci.formats.tools.ImageInfo", "-nopix", "-noflat", str(path)],
             capture_output=True, text=True, timeout=300, check=True,
         ).stdout  # fmt: skip
-        assert "Series count = 1" in info, info
-        assert re.search(rf"Resolutions = {n}\b", info), info
+        # one image (the .tif adds its label page: a blank one here, as there is no label)
+        assert f"Series count = {2 if path == svs else 1}" in info, info
+        first = info.split("Series #0 :", 1)[1].split("Series #1", 1)[0]
+        assert re.search(rf"Resolutions = {n}\b", first), info
         assert "untangling" not in info and "malformed" not in info
+
+
+def test_tif_is_an_aperio_slide_in_openslide_and_tiffslide(
+    pyramid: zarr.Group, tmp_path: Path
+) -> None:
+    """The ``.tif`` flavour: an SVS layout, so OpenSlide and tiffslide see every level, the
+    objective power, the mpp and the thumbnail, label and macro images."""
+    openslide = pytest.importorskip("openslide")
+    tiffslide = pytest.importorskip("tiffslide")
+    from wsi_fusion.io.writers.ome_tiff import write_generic_tiff
+
+    n = _levels(pyramid)
+    label = np.full((40, 60, 3), 200, np.uint8)
+    macro = np.full((50, 150, 3), 90, np.uint8)
+    path = write_generic_tiff(
+        pyramid, tmp_path / "x.tif", mpp=MPP, tile=128, description={"tool": "wsi_fusion|x"},
+        source={"objective_power": 40.0}, associated={"label": label, "macro": macro},
+    )  # fmt: skip
+    with openslide.OpenSlide(path) as slide:
+        props = slide.properties
+        assert props["openslide.vendor"] == "aperio" and slide.level_count == n
+        assert float(props["openslide.objective-power"]) == 40
+        assert float(props["openslide.mpp-x"]) == pytest.approx(MPP)
+        assert set(slide.associated_images) == {"thumbnail", "label", "macro"}
+        got = np.asarray(slide.associated_images["label"].convert("RGB"))
+        np.testing.assert_array_equal(got, label)  # LZW: the label stays exact
+        # the provenance survives Aperio's |-separated key = value list ('|' JSON-escaped)
+        assert json.loads(props["aperio.wsi_fusion"]) == {"tool": "wsi_fusion|x"}
+    with tiffslide.TiffSlide(path) as slide:
+        assert slide.level_count == n
+        assert slide.properties["tiffslide.objective-power"] == 40
+        assert {"thumbnail", "label", "macro"} <= set(slide.associated_images)
+
+
+def test_fused_svs_keeps_objective_mpp_and_images_in_openslide(tmp_path: Path) -> None:
+    """The issue's target: from a single-plane SVS, the fused .tif shows the same objective power
+    and mpp in OpenSlide, and has a thumbnail (plus the label and macro)."""
+    openslide = pytest.importorskip("openslide")
+    from wsi_fusion.config import RunConfig
+    from wsi_fusion.pipeline import fuse_slide
+    from wsi_fusion.synth.demo import demo_source_path
+
+    source = demo_source_path()  # OpenSlide's CMU-1-Small-Region.svs (one plane, 20x)
+    out = tmp_path / "fused.tif"
+    fuse_slide([source], out, RunConfig(fuser="plane", tissue={"enabled": False}))
+    with openslide.OpenSlide(source) as src, openslide.OpenSlide(out) as fused:
+        for key in ("openslide.objective-power", "openslide.mpp-x", "openslide.mpp-y"):
+            assert float(fused.properties[key]) == pytest.approx(float(src.properties[key]))
+        assert fused.dimensions == src.dimensions
+        assert fused.level_count > 1
+        assert set(fused.associated_images) == {"thumbnail", "label", "macro"}

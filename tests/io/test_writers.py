@@ -393,9 +393,15 @@ def test_generic_tiff_opens_in_openslide(
     shapes = level_shapes(SHAPE[1:])
     with tifffile.TiffFile(path) as tif:
         assert not tif.is_ome
-        assert len(tif.pages) == len(shapes)  # every level in the main IFD chain
-        assert [p.subfiletype for p in tif.pages] == [0] + [1] * (len(shapes) - 1)
-        assert tif.pages[0].description.startswith("wsi_fusion")
+        # Aperio SVS layout: level 0, a stripped thumbnail, then every reduced level, all in the
+        # main IFD chain with NewSubfileType 0, and a (here blank) label page last
+        # (tests/io/test_viewer_levels.py checks the readers).
+        assert len(tif.pages) == len(shapes) + 2
+        assert [p.subfiletype for p in tif.pages] == [0] * (len(shapes) + 1) + [1]
+        tiled = [True, False] + [True] * (len(shapes) - 1) + [False]
+        assert [p.is_tiled for p in tif.pages] == tiled
+        assert tif.pages[0].description.startswith("Aperio Image Library")
+        assert '"fuser": "x"' in tif.pages[0].description
     with openslide.OpenSlide(path) as slide:
         assert slide.level_count == len(shapes)
         assert slide.level_dimensions == tuple((w, h) for h, w in shapes)

@@ -185,20 +185,30 @@ def write_generic_tiff(
     tile: int = 512,
     description: Mapping[str, Any] | None = None,
     maxworkers: int | None = None,
+    source: Mapping[str, Any] | None = None,
+    associated: Mapping[str, npt.NDArray[np.uint8]] | None = None,
 ) -> Path:
-    """Write an OME-Zarr image pyramid as an OpenSlide-readable generic tiled TIFF.
+    """Write an OME-Zarr image pyramid as an Aperio-SVS-compatible pyramidal TIFF (``.tif``).
 
-    Every level is a tiled page of the main IFD chain (reduced ones with ``subfiletype=1``),
-    because OpenSlide ignores SubIFDs. Resolution is in pixels per centimetre, so OpenSlide
-    reports ``openslide.mpp-x``/``-y``. The ImageDescription is plain text (no OME-XML, which would
-    make readers expect SubIFD levels): a ``wsi_fusion`` line followed by the provenance JSON.
+    The layout Aperio scanners write, which OpenSlide, tiffslide and Bio-Formats read as a slide
+    (see ECOSYSTEM.md, "Writing pyramids"): level 0 tiled; page 1 a stripped thumbnail; the
+    reduced levels tiled in the main IFD chain with NewSubfileType 0 (1 would hide them from
+    tiffslide); then the label (NewSubfileType 1) and macro (9) images when given. Every page's
+    ImageDescription is Aperio's ``Aperio Image Library …|key = value|…`` text with
+    ``AppMag`` (objective power), ``MPP`` and, on level 0, the provenance as a ``wsi_fusion``
+    JSON value, so OpenSlide reports ``openslide.objective-power``, ``openslide.mpp-x``/``-y``
+    and the associated images. Resolution tags are in pixels per centimetre as well.
 
     Parameters
     ----------
     group, path, mpp, compression, jpeg_quality, jpeg_subsampling, tile, maxworkers
         As :func:`write_ome_tiff`.
     description
-        Provenance (JSON-serialisable) appended to the ImageDescription as ASCII JSON.
+        Provenance (JSON-serialisable), stored in level 0's description as ASCII JSON.
+    source, associated
+        As :func:`write_ome_tiff` (``source`` defaults to ``description["stack"]["source"]``):
+        the objective power becomes ``AppMag``; ``label`` and ``macro`` are written as Aperio
+        associated pages, and the thumbnail page is made from the pyramid.
 
     Returns
     -------
@@ -216,16 +226,107 @@ def write_generic_tiff(
     levels, options = _image_setup(
         group, mpp, compression, jpeg_quality, jpeg_subsampling, tile, maxworkers
     )
-    # Plain ASCII: TIFF ASCII tags must be 7-bit; json.dumps escapes anything else.
-    text = f"wsi_fusion {__version__} all-in-focus image"
-    if mpp is not None:
-        text += f"; mpp={mpp:.6g}"
+    if source is None and description is not None:
+        source = (description.get("stack") or {}).get("source")
+    keys = _aperio_keys(mpp, (source or {}).get("objective_power"))
+    h, w = levels[0].shape[-2:]
+    codec = f"{str(options['compression'] or 'raw').upper()}" + (
+        f"/RGB Q={jpeg_quality}" if options["compression"] == "jpeg" else ""
+    )
+    head = f"{_APERIO} ({_SOFTWARE})\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile})"
+    text = f"{head} {codec}{keys}"
     if description is not None:
-        text += "\n" + json.dumps(dict(description), default=str)
+        # A |-separated key = value list: keep the JSON free of '|' (\u007c is the same JSON).
+        provenance = json.dumps(dict(description), default=str).replace("|", "\\u007c")
+        text += f"|wsi_fusion = {provenance}"
     with _open_writer(path, ome=False) as tif:
-        _write_levels(tif, levels, tile, mpp, options, subifds=False, description=text)
-    logger.info("wrote generic TIFF %s (%d levels, %s)", path, len(levels), compression)
+        _write_tiled(tif, levels[0], tile, mpp, 0, options, text)
+        thumb = _thumbnail_level(levels)
+        pixels = np.asarray(levels[thumb][:])  # (c, y, x), at most 1024 px a side
+        tif.write(
+            pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1),
+            photometric=options["photometric"],
+            compression="jpeg" if options["compression"] == "jpeg" else "zlib",
+            description=f"{_APERIO} ({_SOFTWARE})\n{w}x{h} -> "
+            f"{levels[thumb].shape[-1]}x{levels[thumb].shape[-2]} - {keys}",
+            software=_SOFTWARE,
+            metadata=None,
+        )
+        for level in range(1, len(levels)):
+            lh, lw = levels[level].shape[-2:]
+            _write_tiled(
+                tif, levels[level], tile, mpp, level, options, f"{head} -> {lw}x{lh} {codec}{keys}"
+            )
+        for name, subfiletype in (("label", 1), ("macro", 9)):
+            if associated and name in associated:
+                image = np.ascontiguousarray(associated[name], dtype=np.uint8)
+            elif name == "label":
+                # Bio-Formats' SVS reader takes the last page (the one before a macro) as the
+                # label: without one it would split the smallest level off the pyramid. A blank
+                # white label stands in (no label in the input, or --no-label).
+                image = np.full((_BLANK_LABEL_SIDE, _BLANK_LABEL_SIDE, 3), 255, np.uint8)
+            else:
+                continue
+            tif.write(
+                image,
+                photometric="rgb",
+                compression="lzw" if name == "label" else "jpeg",
+                subfiletype=subfiletype,
+                description=f"{_APERIO} ({_SOFTWARE})\n{name} {image.shape[1]}x{image.shape[0]}",
+                software=_SOFTWARE,
+                metadata=None,
+            )
+    logger.info("wrote SVS-compatible TIFF %s (%d levels, %s)", path, len(levels), compression)
     return path
+
+
+#: First words of every page description: what OpenSlide, tiffslide (tifffile) and Bio-Formats
+#: look for to read a TIFF as an Aperio slide.
+_APERIO = "Aperio Image Library"
+#: Longest side of the thumbnail page (Aperio's are 768-1024 px).
+_THUMBNAIL_SIDE = 1024
+#: Side of the blank label page written when there is no label to carry.
+_BLANK_LABEL_SIDE = 64
+
+
+def _aperio_keys(mpp: float | None, objective: Any) -> str:
+    """``|AppMag = …|MPP = …`` for the known values."""
+    keys = ""
+    if objective:
+        keys += f"|AppMag = {float(objective):g}"
+    if mpp is not None:
+        keys += f"|MPP = {float(mpp):.6g}"
+    return keys
+
+
+def _thumbnail_level(levels: Sequence[Any]) -> int:
+    """The largest pyramid level no longer than :data:`_THUMBNAIL_SIDE` (else the smallest)."""
+    for index, arr in enumerate(levels):
+        if max(arr.shape[-2:]) <= _THUMBNAIL_SIDE:
+            return index
+    return len(levels) - 1
+
+
+def _write_tiled(
+    tif: tifffile.TiffWriter,
+    arr: Any,
+    tile: int,
+    mpp: float | None,
+    level: int,
+    options: Mapping[str, Any],
+    description: str,
+) -> None:
+    """One tiled main-chain page (NewSubfileType 0) of level ``level``."""
+    tif.write(
+        _iter_tiles(arr, tile),
+        shape=_hwc(tuple(arr.shape)),
+        dtype=np.uint8,
+        subfiletype=0,
+        description=description,
+        metadata=None,
+        **_resolution(mpp, level),
+        **options,
+    )
 
 
 def write_label_tiff(
