@@ -6,8 +6,9 @@ No single TIFF layout serves every viewer (see ECOSYSTEM.md, "Writing pyramids")
   OME-XML with PhysicalSizeX/Y in µm. Read by QuPath, Bio-Formats, OMERO, tiffslide; the reduced
   levels are also mirrored into the main IFD chain (:func:`mirror_levels_in_main_chain`, no
   tile stored twice), so OpenSlide sees every level as well.
-* :func:`write_generic_tiff`: the "generic tiled TIFF" OpenSlide reads (it ignores SubIFDs):
-  every level a page of the main IFD chain, reduced ones marked ``subfiletype=1``.
+* :func:`write_generic_tiff` (``.tif``): an Aperio-SVS-compatible pyramid (level 0, stripped
+  thumbnail, reduced levels in the main IFD chain, label and macro pages, Aperio descriptions
+  with objective power and mpp), which OpenSlide, tiffslide and Bio-Formats read as a slide.
 * :func:`write_label_tiff`: a label map (the focus/depth map, the blur mask) as a single-channel,
   losslessly compressed, pyramidal OME-TIFF, mirrored the same way.
 
