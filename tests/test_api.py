@@ -104,11 +104,22 @@ def test_tiled_equals_whole_for_a_margin_bounded_fuser() -> None:
     )
 
 
-def test_dask_array_is_accepted() -> None:
+def test_dask_array_in_lazy_dask_array_out_equal_to_whole_image() -> None:
     da = pytest.importorskip("dask.array")
-    planes = _stack()
-    out = wsi_fusion.fuse_array(da.from_array(planes, chunks=(1, 32, 32, 3)))
-    np.testing.assert_array_equal(out, wsi_fusion.fuse_array(planes))
+    planes = _half_sharp_stack(300, 530)
+    whole = wsi_fusion.fuse_array(planes)
+    lazy = wsi_fusion.fuse_array(da.from_array(planes, chunks=(1, 128, 200, 3)))
+    assert isinstance(lazy, da.Array) and lazy.shape == whole.shape and lazy.dtype == np.uint8
+    assert len(lazy.chunks[0]) > 1  # fused chunk by chunk, not as one block
+    np.testing.assert_array_equal(lazy.compute(), whole)  # the margin halo makes it exact
+    floats = planes.transpose(0, 3, 1, 2) / 255.0
+    lazy = wsi_fusion.fuse_array(da.from_array(floats, chunks=(5, 3, 100, 100)))
+    assert lazy.shape == (3, *planes.shape[1:3]) and lazy.dtype == np.float32
+    np.testing.assert_array_equal(lazy.compute(), wsi_fusion.fuse_array(floats))
+    grey = wsi_fusion.fuse_array(da.from_array(planes[..., :1], chunks=(3, 100, 100, 1)), "plane")
+    np.testing.assert_array_equal(grey.compute(), planes[1, ..., :1])
+    with pytest.raises(UnsupportedInput, match="at least 2 planes"):
+        wsi_fusion.fuse_array(da.from_array(planes[:1]))
 
 
 def test_fuser_instance_and_params() -> None:

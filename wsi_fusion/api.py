@@ -7,6 +7,8 @@ Both are re-exported by :mod:`wsi_fusion`, lazily, so ``import wsi_fusion`` stay
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -85,8 +87,8 @@ def fuse_array(
     Parameters
     ----------
     stack
-        The focal planes, first axis Z (anything ``numpy.asarray`` takes; a dask array is
-        computed). Two layouts:
+        The focal planes, first axis Z: a numpy array (or anything ``numpy.asarray`` takes), or
+        a dask array, fused lazily chunk by chunk (see Returns). Two layouts:
 
         - ``(Z, H, W, C)`` **uint8**, the image convention (``layout="zhwc"``); returns
           ``(H, W, C)`` uint8.
@@ -109,8 +111,12 @@ def fuse_array(
 
     Returns
     -------
-    numpy.ndarray
-        The fused image, in the input's layout without the Z axis.
+    numpy.ndarray or dask.array.Array
+        The fused image, in the input's layout without the Z axis. For a dask array: a dask
+        array with the input's chunks in y and x, each chunk fused with a halo of the fuser's
+        margin from its neighbours (so a margin-bounded fuser gives exactly the whole-image
+        result; chunks smaller than the margin are enlarged, Z and channels made whole; ``tile``
+        is not used). Fuser names get one fuser instance per thread.
 
     Raises
     ------
@@ -128,11 +134,13 @@ def fuse_array(
     """
     from wsi_fusion.fusers import create_fuser
 
+    if params and not isinstance(fuser, str):
+        raise ConfigError("fuser parameters go to create_fuser(); pass a fuser name with them")
+    if _is_dask(stack):
+        return _fuse_dask(stack, fuser, params, _layout(stack, layout))  # type: ignore[arg-type]
     arr = np.asarray(stack)
     chosen = _layout(arr, layout)
     planes = _to_tile_stack(arr, chosen)
-    if params and not isinstance(fuser, str):
-        raise ConfigError("fuser parameters go to create_fuser(); pass a fuser name with them")
     engine = create_fuser(fuser, **params) if isinstance(fuser, str) else fuser
     if planes.shape[0] < engine.min_planes:
         raise UnsupportedInput(
@@ -145,6 +153,75 @@ def fuse_array(
         fused = _fuse_tiled(engine, planes, tile, overlap)
     grey = planes.shape[1] != (arr.shape[3] if chosen == "zhwc" else arr.shape[1])
     return _from_fused(fused.mean(axis=0, keepdims=True) if grey else fused, arr.dtype, chosen)
+
+
+def _is_dask(stack: Any) -> bool:
+    """Whether ``stack`` is a dask array (without importing dask when it is not loaded)."""
+    module = sys.modules.get("dask.array")
+    return module is not None and isinstance(stack, module.Array)
+
+
+def _fuse_dask(
+    arr: Any, fuser: str | Fuser, params: dict[str, Any], layout: Literal["zhwc", "zchw"]
+) -> Any:
+    """Lazy :func:`fuse_array` of a dask array: chunks fused with a margin-wide halo."""
+    import dask.array as da
+
+    from wsi_fusion.fusers import create_fuser
+
+    local = threading.local()
+
+    def engine() -> Fuser:
+        if isinstance(fuser, str):  # fusers are not shared between threads (the pipeline's rule)
+            if not hasattr(local, "fuser"):
+                local.fuser = create_fuser(fuser, **params)
+            return local.fuser  # type: ignore[no-any-return]
+        return fuser
+
+    first = engine()
+    ch_axis, ys, xs = (3, 1, 2) if layout == "zhwc" else (1, 2, 3)
+    if arr.shape[0] < first.min_planes:
+        raise UnsupportedInput(
+            f"fuser {first.name!r} needs at least {first.min_planes} planes, the stack has "
+            f"{arr.shape[0]} (first axis is Z)"
+        )
+    margin = first.margin
+    arr = arr.rechunk({0: -1, ch_axis: -1})
+    if margin:  # chunks smaller than the halo are merged with a neighbour (as overlap would)
+        arr = arr.rechunk(
+            {
+                axis: da.overlap.ensure_minimum_chunksize(margin, arr.chunks[axis])
+                for axis in (ys, xs)
+            }
+        )
+    padded = da.overlap.overlap(arr, depth={ys: margin, xs: margin}, boundary="none")
+    n_y, n_x = len(arr.chunks[ys]), len(arr.chunks[xs])
+    channels = arr.shape[ch_axis]
+
+    def fuse_block(block: np.ndarray, block_info: Any = None) -> np.ndarray:
+        where = block_info[0]["chunk-location"]
+        planes = _to_tile_stack(block, layout)
+        fused = engine().fuse(planes).fused
+        if planes.shape[1] != channels:
+            fused = fused.mean(axis=0, keepdims=True)
+        out = _from_fused(fused, block.dtype, layout)
+        # Drop the halo: every side has one except the image's own edges (boundary "none").
+        y0 = margin if where[ys] > 0 else 0
+        y1 = out.shape[-3 if layout == "zhwc" else -2] - (margin if where[ys] < n_y - 1 else 0)
+        x0 = margin if where[xs] > 0 else 0
+        x1 = out.shape[-2 if layout == "zhwc" else -1] - (margin if where[xs] < n_x - 1 else 0)
+        if layout == "zhwc":
+            return out[y0:y1, x0:x1]
+        return out[:, y0:y1, x0:x1]
+
+    if layout == "zhwc":
+        chunks = (arr.chunks[ys], arr.chunks[xs], (channels,))
+    else:
+        chunks = ((channels,), arr.chunks[ys], arr.chunks[xs])
+    dtype = np.uint8 if arr.dtype == np.uint8 else np.float32
+    return padded.map_blocks(
+        fuse_block, drop_axis=0, chunks=chunks, dtype=dtype, meta=np.empty((0, 0, 0), dtype)
+    )
 
 
 def _layout(arr: np.ndarray, layout: Layout) -> Literal["zhwc", "zchw"]:
