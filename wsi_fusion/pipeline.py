@@ -27,7 +27,8 @@ from wsi_fusion import __version__
 from wsi_fusion._types import PlaneStack
 from wsi_fusion.config import RunConfig
 from wsi_fusion.errors import OutputExists, UnsupportedInput
-from wsi_fusion.fusers import create_fuser, fuser_class
+from wsi_fusion.fusers import Fuser, create_fuser, fuser_class
+from wsi_fusion.fusers._registry import has_device_variant
 from wsi_fusion.io import ownership
 from wsi_fusion.io.destination import Destination, resolve_destination
 from wsi_fusion.io.input_guard import refuse_overlap
@@ -41,6 +42,7 @@ from wsi_fusion.io.privacy import (
 from wsi_fusion.io.publication import publish_run, trusted_record
 from wsi_fusion.io.run_cleanup import remove_on_failure
 from wsi_fusion.registration import DriftField, estimate_drift, should_apply
+from wsi_fusion.scheduling.gpu import runs_on_device
 from wsi_fusion.scheduling.graph import TaskRunner, open_runner, phase1_resources
 from wsi_fusion.scheduling.tasks import FusionJob, blend_blocks, fuse_tiles
 from wsi_fusion.scheduling.tile_cache import TileCache
@@ -330,8 +332,9 @@ def _fuse(
     with contextlib.ExitStack() as scope:
         if runner is None:
             runner = scope.enter_context(
-                open_runner(config.scheduler, config.workers, use_gpus=fuser.needs_weights)
+                open_runner(config.scheduler, config.workers, use_gpus=runs_on_device(fuser))
             )
+        job, fuser = _on_gpu_workers(job, fuser, runner)
         t0 = time.perf_counter()
         todo_tiles = sorted(set(range(len(plan))) - cache.done_tiles())
         with progress.phase("fuse tiles", len(todo_tiles)) as advance:
@@ -344,7 +347,7 @@ def _fuse(
                     )
                 ],
                 progress=advance,
-                resources=phase1_resources(fuser.needs_weights, runner.gpu_workers),
+                resources=phase1_resources(runs_on_device(fuser), runner.gpu_workers),
             )
         timings["fuse"] = time.perf_counter() - t0
 
@@ -356,6 +359,9 @@ def _fuse(
             )
         timings["blend"] = time.perf_counter() - t0
         scheduler_info = dict(runner.description)
+        if "device" in job.fuser_params:
+            # Where the fuser ran (set by the user, or ``auto`` on GPU workers).
+            scheduler_info["fuser_device"] = job.fuser_params["device"]
 
     t0 = time.perf_counter()
     _finish_pyramid(dest, config)
@@ -445,6 +451,27 @@ _EXECUTION_ONLY = {"scheduler", "workers"}
 #: Output switches added after digests were first recorded: left out of the digest while off, so
 #: runs that do not use them keep the digest they had (batch conversion skips on it).
 _LATER_SWITCHES = ("blur_mask", "record_paths", "no_label")
+
+
+def _on_gpu_workers(job: FusionJob, fuser: Fuser, runner: TaskRunner) -> tuple[FusionJob, Fuser]:
+    """The default fuser runs in torch on clusters whose workers offer the ``GPU`` resource.
+
+    When no ``device`` was chosen and the fuser has a torch implementation (``focus_measure``),
+    the tasks get ``device: auto``: each worker with a CUDA device runs the torch
+    implementation there (same algorithm, within 1 grey level of numpy), a worker without one
+    the numpy reference. Local schedulers keep the numpy reference (bit-identical outputs).
+    """
+    if runner.gpu_workers == 0 or "device" in job.fuser_params:
+        return job, fuser
+    if not has_device_variant(job.fuser) or fuser.needs_weights:
+        return job, fuser
+    from dataclasses import replace
+
+    params = {**job.fuser_params, "device": "auto"}
+    logger.info("fuser %s: torch implementation on the GPU workers (device auto)", job.fuser)
+    placed = create_fuser(job.fuser, **{**params, "device": "cuda"})
+    return replace(job, fuser_params=params), placed
+
 
 #: What each fuser extra output holds, for ``run.json`` and the label metadata.
 EXTRA_OUTPUTS: dict[str, dict[str, str]] = {

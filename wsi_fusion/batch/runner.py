@@ -386,9 +386,12 @@ def uses_learned_fuser(slides: Sequence[SlideSpec], config: RunConfig) -> bool:
     """Whether any slide runs a learned fuser (then a local cluster gets one worker per GPU)."""
     from wsi_fusion.errors import UnknownFuser
     from wsi_fusion.fusers import fuser_class
+    from wsi_fusion.fusers._registry import has_device_variant
 
     names = {config.fuser} | {s.fuser for s in slides if s.fuser is not None}
-    learned = False
+    # The default fuser asked to run on a device (its torch implementation) counts too.
+    device = str(config.fuser_params.get("device", "numpy"))
+    learned = device.startswith(("cuda", "auto")) and has_device_variant(config.fuser)
     for name in names:
         try:
             learned = learned or fuser_class(name).needs_weights

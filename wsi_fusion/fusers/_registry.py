@@ -35,6 +35,18 @@ _FUSER_MODULES = (
 
 DEFAULT_FUSER = "focus_measure"
 
+#: Fusers with a device implementation chosen by their ``device`` parameter: the name maps to
+#: ``module:function`` returning the class (and the parameters it takes) for given parameters.
+#: The module imports torch lazily, so naming a device is what loads it.
+_DEVICE_VARIANTS = {
+    "focus_measure": "wsi_fusion.fusers.focus_measure_torch:select_class",
+}
+
+
+def has_device_variant(name: str) -> bool:
+    """Whether ``name`` takes a ``device`` parameter that selects a torch implementation."""
+    return name in _DEVICE_VARIANTS
+
 
 def register_fuser(name: str, *, paper: str, licence: str = "Apache-2.0") -> Callable[[F], F]:
     """Class decorator that adds a fuser to the registry under ``name``."""
@@ -78,6 +90,9 @@ def create_fuser(name: str, **params: Any) -> Fuser:
     """Instantiate the fuser ``name`` with validated ``params``."""
     cls = fuser_class(name)
     try:
+        if name in _DEVICE_VARIANTS and "device" in params:
+            module, function = _DEVICE_VARIANTS[name].split(":")
+            cls, params = getattr(importlib.import_module(module), function)(params)
         return cls(**params)
     except ValidationError as err:
         # One line, like every error the CLI prints: the key path and the problem.

@@ -51,7 +51,8 @@ def probe_bytes_per_tile(fuser: Fuser, planes: int, channels: int, tile: int) ->
     import torch
 
     device = fuser.device  # type: ignore[attr-defined]
-    _ = fuser.model  # type: ignore[attr-defined]  # weights loaded before measuring
+    if fuser.needs_weights:
+        _ = fuser.model  # type: ignore[attr-defined]  # weights loaded before measuring
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
@@ -74,9 +75,15 @@ def device_for_worker(worker_index: int | None, n_devices: int) -> str | None:
     return f"cuda:{worker_index % n_devices}"
 
 
+def runs_on_device(fuser: Fuser) -> bool:
+    """Whether ``fuser`` runs on a torch device: a learned fuser, or a classical one in its
+    torch implementation (``focus_measure`` with a ``device``)."""
+    return fuser.needs_weights or bool(getattr(fuser, "on_device", False))
+
+
 def place_fuser(name: str, params: dict[str, Any], worker_index: int | None) -> dict[str, Any]:
-    """``params`` with a per-worker CUDA device for a learned fuser when none was chosen."""
-    if "device" in params:
+    """``params`` with a per-worker CUDA device when none (or ``auto``) was chosen."""
+    if params.get("device", "auto") != "auto":
         return params
     import torch
 

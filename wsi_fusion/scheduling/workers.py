@@ -129,11 +129,13 @@ class FuserCache:
     ) -> LoadedFuser:
         from wsi_fusion.fusers import fuser_class
 
-        if not fuser_class(name).needs_weights:
+        if not fuser_class(name).needs_weights and "device" not in params:
             return LoadedFuser(create_fuser(name, **params), default_batch)
-        from wsi_fusion.scheduling.gpu import configure_learned_fuser, place_fuser
+        from wsi_fusion.scheduling.gpu import configure_learned_fuser, place_fuser, runs_on_device
 
         fuser = create_fuser(name, **place_fuser(name, params, self.worker_index))
+        if not runs_on_device(fuser):  # e.g. focus_measure with device auto and no CUDA here
+            return LoadedFuser(fuser, default_batch)
         batch = configure_learned_fuser(
             fuser,
             planes=planes,
