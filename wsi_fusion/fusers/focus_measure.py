@@ -138,19 +138,21 @@ class FocusMeasureFuser(Fuser):
         return p.radius + p.step + depth_reach(p) + (2 * p.guided_radius if p.refine else 0)
 
     def decision(
-        self, stack: TileStack, fine: Float32Array | None = None
+        self, stack: TileStack, votes: Float32Array | None = None
     ) -> tuple[npt.NDArray[np.intp], Float32Array]:
         """Hard plane index ``(H, W)`` and the luminance planes ``(Z, H, W)`` of ``stack``.
 
-        ``fine`` (``(Z, H, W)``, higher = sharper) replaces the focus measure as the evidence that
-        moves a pixel off the depth surface; decision-map fusers pass their network's votes.
+        ``votes`` (``(Z, H, W)`` in [0, 1]: a network's local share of decisions per plane) scale
+        the focus measure by ``1 + votes`` as the evidence that moves a pixel off the depth
+        surface: a network can tip a pixel to a plane the focus measure nearly prefers, but not
+        to one it clearly rejects.
         """
         p = self.params
         lum = _luma(stack)
         focus = focus_map(lum, p.measure, p.radius, p.step)
         # Blank/saturated glass: every plane is flat, the argmax would pick noise (or plane 0 on
         # exact ties); the middle plane is the neutral choice.
-        fine = focus if fine is None else fine
+        fine = focus if votes is None else focus * (1.0 + votes)
         return depth_decision(focus, fine, p, p.blank_threshold), lum
 
     def fuse(self, stack: TileStack) -> FusionResult:
@@ -176,13 +178,13 @@ class FocusMeasureFuser(Fuser):
                 weights[:, y0:y1, x0:x1] = part.weights[(slice(None), *inner)]
         return FusionResult(fused=fused, weights=weights)
 
-    def fuse_on_surface(self, stack: Float32Array, fine: Float32Array) -> FusionResult:
-        """Fuse one tile with ``fine`` as the evidence that moves pixels off the depth surface."""
-        return self._fuse_block(stack, fine)
+    def fuse_on_surface(self, stack: Float32Array, votes: Float32Array) -> FusionResult:
+        """Fuse one tile with a network's ``votes`` weighing in on leaving the depth surface."""
+        return self._fuse_block(stack, votes)
 
-    def _fuse_block(self, stack: Float32Array, fine: Float32Array | None = None) -> FusionResult:
+    def _fuse_block(self, stack: Float32Array, votes: Float32Array | None = None) -> FusionResult:
         z = stack.shape[0]
-        index, lum = self.decision(stack, fine)
+        index, lum = self.decision(stack, votes)
         if self.params.refine:
             weights, present = self._refine(index, lum, z)
         else:

@@ -5,9 +5,14 @@ measure: it switches planes inside smooth cell interiors and follows defocus rin
 out in patches (``gacn``'s patches were larger than the default fuser's). Every decision-map
 fuser therefore ends in the default fuser's decision (:mod:`._depth`): the depth surface comes
 from the pooled sum-modified-Laplacian energy, and the network's decisions -- as the local share
-of pixels voting for each plane within ``VOTE_RADIUS`` -- take the place of the focus measure as
-the evidence that moves a pixel off the surface. A plane the network prefers by a clear local
-majority (``clearly_sharper ** n`` times the surface plane's share) wins; scattered votes do not.
+``v`` of pixels voting for each plane within ``VOTE_RADIUS`` -- scale the focus measure by
+``1 + v`` as the evidence that moves a pixel off the surface. A network can tip a pixel to a plane
+that the focus measure nearly prefers (a neighbouring plane), never to one it clearly rejects; a
+network's patch of confident but wrong decisions inside a cell therefore cannot cut the cell.
+
+Measured (1024² crops, :func:`~wsi_fusion.metrics.block_fidelity` p10 on the blood smear, raw
+network -> on the surface): gacn 0.85 -> 0.93, acnn 0.94 -> 0.96, msegnet 0.79 -> 0.94; held-out
+synthetic stacks: gacn -0.03 dB, acnn +0.07 dB, msegnet +2.3 dB, all within 0.2 dB of the oracle.
 The weights returned are the decision really used, so ``--focus-map`` shows it.
 """
 
