@@ -342,6 +342,12 @@ def build_cases(workdir: Path, quick: bool) -> list[StackCase]:
 
 
 def main() -> None:
+    if "--scale" in sys.argv[1:]:
+        # Issue 11's 67-Mpx stack, us vs the two fastest peers, as ratios: peers/scale_bench.py.
+        from scale_bench import main as scale_main
+
+        argv = [a for a in sys.argv[1:] if a != "--scale"]
+        raise SystemExit(scale_main(argv, run_timed, TIME))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / "scratch" / "bench_peers")
     parser.add_argument("--quick", action="store_true", help="only the 1-Mpx synthetic stack")
