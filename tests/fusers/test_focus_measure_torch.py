@@ -243,3 +243,38 @@ def test_cuda_matches_numpy(
     tiles = [stack, real_like, stack[:, :, 7:38, 300:323].copy(), np.full_like(stack, 0.8)]
     for ours, tile in zip(fuser.fuse_batch(tiles), tiles, strict=True):
         assert_matches(ours, ref.fuse(tile))
+
+
+def test_gpu_workers_run_the_default_fuser_with_device_auto() -> None:
+    """On a cluster with GPU workers and no device given, tasks get ``device: auto``."""
+    from dataclasses import replace
+
+    from wsi_fusion.pipeline import _on_gpu_workers
+    from wsi_fusion.scheduling.gpu import runs_on_device
+    from wsi_fusion.scheduling.tasks import FusionJob
+
+    class Runner:
+        gpu_workers = 0
+
+    job = FusionJob(
+        inputs=("a.tif",),
+        fuser="focus_measure",
+        fuser_params={},
+        plan=None,  # type: ignore[arg-type]
+        planes=5,
+        reference_plane=2,
+        fuse_mask=(),
+        cache_root="",
+        image_path="",
+        chunk=64,
+        focus_map=False,
+    )
+    fuser = create_fuser("focus_measure")
+    assert _on_gpu_workers(job, fuser, Runner()) == (job, fuser)  # type: ignore[arg-type]
+    Runner.gpu_workers = 2
+    on_gpu, placed = _on_gpu_workers(job, fuser, Runner())  # type: ignore[arg-type]
+    assert on_gpu.fuser_params == {"device": "auto"} and runs_on_device(placed)
+    chosen = replace(job, fuser_params={"device": "numpy"})
+    assert _on_gpu_workers(chosen, fuser, Runner())[0] is chosen  # type: ignore[arg-type]
+    other = replace(job, fuser="laplacian_pyramid")
+    assert _on_gpu_workers(other, fuser, Runner())[0] is other  # type: ignore[arg-type]
