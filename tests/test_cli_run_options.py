@@ -18,6 +18,7 @@ UNSET: dict[str, Any] = {
     "no_tissue": False,
     "batch_size": None,
     "precision": None,
+    "device": None,
     "scheduler": None,
     "workers": None,
     "record_paths": None,
@@ -50,6 +51,13 @@ def test_options_override_the_file_and_nested_sections(tmp_path: Path) -> None:
     assert config.registration.mode == "off"
     assert not config.tissue.enabled
     assert (config.learned.batch_size, config.learned.precision) == (4, "bf16")
+
+
+def test_device_goes_into_the_fuser_parameters(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("fuser_params: {radius: 3}\n")
+    config = run_config(path, **{**UNSET, "device": "cuda"}, fuser=None)
+    assert config.fuser_params == {"radius": 3, "device": "cuda"}
 
 
 def test_decorator_passes_every_run_option() -> None:

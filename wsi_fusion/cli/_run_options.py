@@ -51,6 +51,14 @@ _OPTIONS = [
         help="Learned fusers on a GPU: autocast precision (default fp32).",
     ),
     click.option(
+        "--device",
+        default=None,
+        metavar="numpy|cpu|cuda|cuda:N|auto",
+        help="Where the fuser runs (fuser_params.device): the default fuser's numpy reference "
+        "(default), or its torch implementation on cpu / cuda (auto: CUDA when visible, else "
+        "numpy); learned fusers: cpu, cuda, cuda:N or auto (default).",
+    ),
+    click.option(
         "--scheduler",
         default=None,
         help="threads (default), processes, sync, local-cluster, or a scheduler address "
@@ -84,7 +92,7 @@ def run_options(command: F) -> F:
     """Add the shared run options (``--config`` ... ``--workers``) to a click command.
 
     The command receives them as ``config_path, tile, overlap, lossless, register, no_tissue,
-    batch_size, precision, scheduler, workers, record_paths, no_label`` (collect them with
+    batch_size, precision, device, scheduler, workers, record_paths, no_label`` (collect them with
     ``**run_settings``) and passes them on to :func:`run_config`.
     """
     for option in reversed(_OPTIONS):  # click applies decorators bottom-up
@@ -104,6 +112,7 @@ def run_config(
     precision: str | None,
     scheduler: str | None,
     workers: int | None,
+    device: str | None = None,
     **overrides: Any,
 ) -> RunConfig:
     """The run config: the YAML file (or defaults) with the command-line options applied.
@@ -128,6 +137,10 @@ def run_config(
             update={k: v for k, v in chosen.items() if v is not None}
         )
         config = config.model_copy(update={"learned": learned_settings})
+    if device is not None:
+        # Validated with the fuser's other parameters when the fuser is created.
+        params = {**config.fuser_params, "device": device}
+        config = config.model_copy(update={"fuser_params": params})
     if no_tissue:
         config = config.model_copy(
             update={"tissue": config.tissue.model_copy(update={"enabled": False})}
