@@ -14,6 +14,9 @@ reached through the default fuser's ``device`` parameter (:func:`select_class`):
   The pipeline uses ``auto`` for the default fuser on clusters whose workers offer the ``GPU``
   resource.
 
+``fuse_on_surface`` (the decision-map fusers' network votes, :mod:`.surface`) is inherited
+and runs the numpy reference: those fusers create their own numpy ``focus_measure``.
+
 Equality with the reference
 ---------------------------
 Every operation is float32 and in the reference's order (shifted-slice window sums, plane by
@@ -155,17 +158,6 @@ class FocusMeasureTorchFuser(FocusMeasureFuser):
             weights[:, y0:y1, x0:x1] = done.weights[(slice(None), *inner)]
         return FusionResult(fused=fused, weights=weights)
 
-    def fuse_on_surface(self, stack: np.ndarray, fine: np.ndarray) -> FusionResult:
-        """Fuse one tile with ``fine`` ``(Z, H, W)`` as the evidence that moves pixels off the
-        depth surface (as :meth:`FocusMeasureFuser.fuse_on_surface`)."""
-        import torch
-
-        with torch.inference_mode():
-            x = torch.from_numpy(np.asarray(stack, dtype=np.float32)[None]).to(self.device)
-            f = torch.from_numpy(np.asarray(fine, dtype=np.float32)[None]).to(self.device)
-            fused, weights = self._fuse_tensor(x, f)
-            return FusionResult(fused=fused[0].cpu().numpy(), weights=weights[0].cpu().numpy())
-
     def fuse_batch(self, stacks: list[TileStack]) -> list[FusionResult]:
         """Fuse ``stacks`` in device calls of up to ``batch_size`` equally shaped stacks."""
         import torch
@@ -192,9 +184,7 @@ class FocusMeasureTorchFuser(FocusMeasureFuser):
 
     # ------------------------------------------------------------------ the algorithm
 
-    def _fuse_tensor(
-        self, x: torch.Tensor, fine: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fuse_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused ``(B, C, H, W)`` and weights ``(B, Z, H, W)`` of ``x`` ``(B, Z, C, H, W)``."""
         import torch
 
@@ -202,7 +192,7 @@ class FocusMeasureTorchFuser(FocusMeasureFuser):
         z = x.shape[1]
         lum = _luma(x)
         focus = _focus_map(lum, p.measure, p.radius, p.step)
-        index = _depth_decision(focus, focus if fine is None else fine, p, p.blank_threshold)
+        index = _depth_decision(focus, focus, p, p.blank_threshold)
         one_hot = _one_hot(index, z)
         if p.refine:
             weights = self._refine_tensor(index, lum, one_hot)
