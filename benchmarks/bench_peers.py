@@ -8,10 +8,16 @@ reported as such, not silently dropped.
 
 Stacks (see :mod:`peers.stacks`): synthetic 5-plane H&E stacks with ground truth at 1 and 4 Mpx;
 the real blood-smear stack (10 planes, 2.3 Mpx) and the real algae stack (5 planes, 19.8 Mpx)
-from ``../shared/data`` when present.
+from ``../shared/data`` when present, and the other real stacks there (grey smear, unstained
+cells, pseudoscorpion, Zeiss skeleton), whole or as central ``--crop`` px crops. On real stacks
+the block checks of issue 9 are reported on the whole output: block fidelity p10 / median
+against the raw planes and focus attainment median / p10 (a window: 0.95-1.15 is healthy), with
+a "best single plane" baseline row.
 
     .venv/bin/python benchmarks/bench_peers.py            # full run, ~15-20 min on 2 cores
     .venv/bin/python benchmarks/bench_peers.py --quick    # the 1-Mpx synthetic stack only
+    .venv/bin/python benchmarks/bench_peers.py --real --crop 1024 --repeats 1 --timeout 240 \
+        --json benchmarks/results/peers_real.json --markdown benchmarks/results/peers_real.md
 """
 
 from __future__ import annotations
@@ -32,16 +38,37 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 
-from quality import Reference, measure, read_output, reference_for  # noqa: E402
+from quality import (  # noqa: E402
+    BLOCK_COLUMNS,
+    SEARCH,
+    Reference,
+    measure,
+    read_output,
+    reference_for,
+)
+from run_best_plane import best_plane  # noqa: E402
 from runners import BENCH_ENV, ROOT, RUNNERS, Runner  # noqa: E402
-from stacks import StackCase, real_case, registered_planes, synthetic_case  # noqa: E402
+from stacks import (  # noqa: E402
+    ORIGINAL_FILES,
+    REAL,
+    StackCase,
+    raw_planes,
+    real_case,
+    registered_planes,
+    synthetic_case,
+)
 
 #: GNU time (Debian package ``time``), for each run's peak RSS.
 TIME = "/usr/bin/time"
 #: Cases at most this big are run ``--repeats`` times (median reported); larger ones once.
 REPEAT_MAX_MPX = 1.1
 #: Quality metrics where lower is better (everything else: higher is better).
-LOWER_IS_BETTER = {"frac_focus_lost", "halo"}
+LOWER_IS_BETTER = {"frac_focus_lost", "halo", "attainment_outside"}
+#: Block checks (fidelity, attainment on the whole output) only up to this size: on the whole
+#: 20-Mpx algae stack they would cost about a minute per row here; use ``--crop`` for those.
+BLOCK_MAX_MPX = 6.0
+#: Quality columns of the real stacks (the block checks only when measured).
+REAL_COLUMNS = ["q_abf", "focus_attainment", "frac_focus_lost", "halo"]
 #: The headline quality metric per case kind (the ratio column).
 HEADLINE = {"synthetic": "psnr", "real": "q_abf"}
 
@@ -327,18 +354,73 @@ def _no_nan(value: Any) -> Any:
     return value
 
 
-def build_cases(workdir: Path, quick: bool) -> list[StackCase]:
-    cases = [synthetic_case(workdir, 1024)]
+def build_cases(
+    workdir: Path,
+    quick: bool,
+    real_only: bool = False,
+    crop: int = 0,
+    names: list[str] | None = None,
+) -> list[StackCase]:
+    """The stacks to run; ``names`` (substrings) filters them before any file is written.
+
+    Real stacks: ``crop`` > 0 gives central ``crop`` px crops (lossless PNG); 0 runs the blood
+    smear and algae as their original JPEG files and the other stacks whole as PNG copies.
+    """
+
+    def wanted(name: str) -> bool:
+        return not names or any(key in name for key in names)
+
+    cases = []
+    if not real_only:
+        for side in (1024,) if quick else (1024, 2048):
+            if wanted(f"synthetic H&E {side}²"):
+                cases.append(synthetic_case(workdir, side))
     if quick:
         return cases
-    cases.append(synthetic_case(workdir, 2048))
-    for name in ("blood_smear", "algae"):
-        case = real_case(workdir, name, None)
+    for name in REAL:
+        if not wanted(name):
+            continue
+        side = crop or (None if name in ORIGINAL_FILES else 1 << 30)
+        case = real_case(workdir, name, side)
         if case is None:
             print(f"{name}: ../shared/data not found, skipped")
         else:
             cases.append(case)
     return cases
+
+
+def block_summary(report: dict[str, Any]) -> str:
+    """Stack x tool table of the block checks (issue 9): fidelity and attainment."""
+    cases = [c for c in report["cases"] if "fidelity_median" in c.get("quality_columns", [])]
+    if not cases:
+        return ""
+    lines = [
+        "### Block checks: fidelity (higher is better) and focus attainment (window 0.95–1.15)",
+        "",
+        "| stack | tool: method | fidelity p10 | fidelity median | fidelity median − best peer "
+        "| attainment median | attainment p10 | attainment outside 0.95–1.15 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for case in cases:
+        ok = [r for r in case["results"] if r["status"] == "ok"]
+        peers = [r["quality"]["fidelity_median"] for r in ok if not r["ours"]]
+        peers = [v for v in peers if v is not None and not math.isnan(v)]
+        best = max(peers) if peers else math.nan
+        for r in case["results"]:
+            name = f"**{r['label']}**" if r["ours"] else r["label"]
+            if r["status"] != "ok":
+                lines.append(f"| {case['name']} | {name} | {r['status']} | | | | | |")
+                continue
+            q = r["quality"]
+            fm = q.get("fidelity_median")
+            diff = fm - best if fm is not None and not math.isnan(best) else math.nan
+            lines.append(
+                f"| {case['name']} | {name} | {_fmt(q.get('fidelity_p10'))} | {_fmt(fm)} | "
+                f"{diff:+.3f} | {_fmt(q.get('attainment_median'))} | "
+                f"{_fmt(q.get('attainment_p10'))} | {_fmt(q.get('attainment_outside'))} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -358,6 +440,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
     parser.add_argument("--only", nargs="*", help="run only labels containing one of these")
     parser.add_argument("--cases", nargs="*", help="run only stacks whose name contains one")
+    parser.add_argument("--real", action="store_true", help="only the real stacks")
+    parser.add_argument(
+        "--crop",
+        type=int,
+        default=0,
+        help="central crop side (px) of the real stacks; 0: whole stacks (the default)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/peers.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "benchmarks/results/peers.md")
     parser.add_argument(
@@ -365,7 +454,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.render:
-        print(markdown(rerate(json.loads(args.render.read_text()))))
+        report = rerate(json.loads(args.render.read_text()))
+        print(markdown(report) + "\n" + block_summary(report))
         return
     if not Path(TIME).exists():
         raise SystemExit(f"{TIME} not found: apt-get install time (GNU time measures peak RSS)")
@@ -379,19 +469,29 @@ def main() -> None:
         "versions": tool_versions(),
         "cases": [],
     }
-    for case in build_cases(args.workdir, args.quick):
+    for case in build_cases(args.workdir, args.quick, args.real, args.crop, args.cases):
         if args.cases and not any(key in case.name for key in args.cases):
             continue
         print(f"{case.name}: {case.mpx:.1f} Mpx, {len(case.planes)} planes", flush=True)
         registered = None
+        raw = None
         drift = None
+        columns = list(REAL_COLUMNS)
         if case.kind == "real":
             t = time.perf_counter()
             registered = registered_planes(case)
             drift = registered[1]
             print(f"  registered reference planes in {time.perf_counter() - t:.0f} s", flush=True)
-        ref = reference_for(case, registered)
-        del registered
+            if case.mpx <= BLOCK_MAX_MPX:
+                raw = raw_planes(case, SEARCH)
+                columns += BLOCK_COLUMNS
+            else:
+                print(f"  block checks skipped above {BLOCK_MAX_MPX:g} Mpx: use --crop", flush=True)
+            z = best_plane(case.planes)
+            case.notes["best_single_plane"] = f"{z} ({Path(case.planes[z]).name})"
+            case.notes["registered"] = not math.isnan(drift)
+        ref = reference_for(case, registered, raw)
+        del registered, raw
         results = run_case(case, ref, args.workdir, args)
         report["cases"].append(
             {
@@ -399,8 +499,10 @@ def main() -> None:
                 "kind": case.kind,
                 "mpx": case.mpx,
                 "planes": len(case.planes),
-                "max_drift_px": drift,
-                "quality_columns": ["q_abf", "focus_attainment", "frac_focus_lost", "halo"],
+                "max_drift_px": None if drift is None or math.isnan(drift) else drift,
+                "notes": case.notes,
+                "crop_box": case.box,
+                "quality_columns": columns,
                 "results": [asdict(r) for r in results],
                 "ratios": add_ratios(results, case.kind),
             }
@@ -409,7 +511,7 @@ def main() -> None:
     report["load_average_at_end"] = round(os.getloadavg()[0], 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(_no_nan(report), indent=1, default=str))
-    table = markdown(report)
+    table = markdown(report) + "\n" + block_summary(report)
     args.markdown.write_text(table)
     print(table)
     print(f"total {report['total_s']:.0f} s; wrote {args.json} and {args.markdown}")

@@ -6,6 +6,11 @@
   stack, identical for every tool. Whole-image no-reference metrics on the 20-Mpx stack cost about
   a minute per metric and output on this machine; the sample keeps the whole run under its budget
   and measures every tool on the same pixels.
+* Real stacks, block checks (issue 9) on the **whole** output: block fidelity p10 / median
+  (:func:`wsi_fusion.metrics.block_fidelity` against the raw, unregistered planes read with
+  ``SEARCH`` px of context, so the ±24 px search absorbs drift) and focus attainment median /
+  p10 / fraction outside the healthy window 0.95-1.15 against the registered planes. Attainment
+  is a window, not "higher is better": well above 1.15 is texture that no plane has.
 """
 
 from __future__ import annotations
@@ -20,12 +25,22 @@ from stacks import RGB, StackCase, load_rgb
 from wsi_fusion._types import Box
 from wsi_fusion.evaluation import sample_tiles
 from wsi_fusion.io.readers import open_stack
-from wsi_fusion.metrics import focus_attainment, halo_score, psnr, q_abf, ssim
+from wsi_fusion.metrics import block_fidelity, focus_attainment, halo_score, psnr, q_abf, ssim
 from wsi_fusion.tiling.tissue import tissue_mask
 
 METRIC_TILE = 512
 METRIC_TILES = 6
 METRIC_SEED = 0
+#: Block fidelity's search (px) and the context read around a crop for it (as in evaluate.py).
+SEARCH = 24
+#: The block-check columns of real stacks, on the whole output.
+BLOCK_COLUMNS = [
+    "fidelity_p10",
+    "fidelity_median",
+    "attainment_median",
+    "attainment_p10",
+    "attainment_outside",
+]
 
 
 @dataclass
@@ -39,6 +54,11 @@ class Reference:
     max_drift_px: float | None = None
     #: (H, W) every output must have.
     shape: tuple[int, int] = (0, 0)
+    #: Real stacks, whole-output block checks: the registered planes of the whole case (Z, H, W,
+    #: 3) for focus attainment, and the raw planes with context for block fidelity.
+    planes: RGB | None = None
+    raw_planes: RGB | None = None
+    raw_offset: tuple[int, int] = (0, 0)
 
 
 def metric_boxes(planes: RGB) -> list[Box]:
@@ -51,7 +71,11 @@ def metric_boxes(planes: RGB) -> list[Box]:
     )
 
 
-def reference_for(case: StackCase, registered: tuple[RGB, float] | None) -> Reference:
+def reference_for(
+    case: StackCase,
+    registered: tuple[RGB, float] | None,
+    raw: tuple[RGB, tuple[int, int]] | None = None,
+) -> Reference:
     if case.kind == "synthetic":
         assert case.ground_truth is not None
         gt = load_rgb(case.ground_truth)
@@ -64,6 +88,9 @@ def reference_for(case: StackCase, registered: tuple[RGB, float] | None) -> Refe
         boxes=boxes,
         max_drift_px=drift,
         shape=(planes.shape[1], planes.shape[2]),
+        planes=planes if raw is not None else None,
+        raw_planes=raw[0] if raw is not None else None,
+        raw_offset=raw[1] if raw is not None else (0, 0),
     )
 
 
@@ -105,9 +132,28 @@ def measure(output: RGB, ref: Reference) -> dict[str, float]:
             attain.append(fa["median"])
             below.append(fa["frac_below"])
         halo.append(halo_score(fused, sources))
-    return {
+    out = {
         "q_abf": float(np.mean(qabf)),
         "focus_attainment": float(np.mean(attain)) if attain else float("nan"),
         "frac_focus_lost": float(np.mean(below)) if below else float("nan"),
         "halo": float(np.mean(halo)),
+    }
+    if ref.planes is not None and ref.raw_planes is not None:
+        out.update(block_checks(output, ref))
+    return out
+
+
+def block_checks(output: RGB, ref: Reference) -> dict[str, float]:
+    """Block fidelity and focus attainment of the whole output (64-px blocks)."""
+    assert ref.planes is not None and ref.raw_planes is not None
+    fid = block_fidelity(output, ref.raw_planes, search=SEARCH, offset=ref.raw_offset)
+    att = focus_attainment(output, list(ref.planes))
+    return {
+        "fidelity_p10": fid["p10"],
+        "fidelity_median": fid["median"],
+        "fidelity_blocks": float(fid["n_textured"]),
+        "attainment_median": att["median"],
+        "attainment_p10": att["p10"],
+        "attainment_outside": att["frac_outside"],
+        "attainment_blocks": float(att["n_textured"]),
     }

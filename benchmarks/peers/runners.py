@@ -28,6 +28,7 @@ BENCH_ENV = ROOT / ".bench-venv" / "bin"
 OUR_ENV = ROOT / ".venv" / "bin"
 RUN_OURS = Path(__file__).resolve().parent / "run_ours.py"
 RUN_FOCUSSTACKER = Path(__file__).resolve().parent / "run_focusstacker.py"
+RUN_BEST_PLANE = Path(__file__).resolve().parent / "run_best_plane.py"
 
 Argv = Callable[[StackCase, list[str], Path], list[str]]
 
@@ -76,10 +77,14 @@ def _ours(fuser: str, max_mpx: float = 1e9, label: str | None = None) -> Runner:
 
 def _ours_cli(case: StackCase, planes: list[str], out: Path) -> list[str]:
     # The whole pipeline: tiling, tissue detection, registration (auto), pyramid, lossless OME-TIFF.
+    # Stacks whose planes must not be registered by phase correlation (the unstained cells)
+    # run with registration off, as a user told so by the data's README would.
+    register = ["--register", "off"] if case.notes.get("register") is False else []
     return [str(OUR_ENV / "wsi-fusion"), "fuse", *planes, "-o", str(out)] + [
         "--lossless",
         "--overwrite",
         "--quiet",
+        *register,
     ]
 
 
@@ -147,6 +152,16 @@ BIG = 5.0
 RUNNERS: list[Runner] = [
     # Baseline: the middle plane copied, no fusion (what a viewer of one plane sees).
     _ours("plane", label="baseline: middle plane"),
+    # Baseline: the sharpest plane by mean gradient energy, copied (what an autofocus keeps).
+    Runner(
+        label="baseline: best single plane",
+        tool="wsi_fusion",
+        suffix=".png",
+        ours=True,
+        argv=lambda case, planes, out: (
+            [str(OUR_ENV / "python"), str(RUN_BEST_PLANE), str(out)] + planes
+        ),
+    ),
     _ours("focus_measure"),
     _ours("laplacian_pyramid", max_mpx=BIG),
     _ours("wavelet", max_mpx=SMALL),

@@ -31,7 +31,22 @@ SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 REAL = {
     "blood_smear": "zstack_wbc_0054/*.jpg",
     "algae": "zstack_algae/layer_*.jpg",
+    # The stacks added for issue 9 (facts in ../shared/data/README.md). Given to the tools as
+    # lossless PNG copies of the (cropped) planes in a folder of their own, so that focusweave,
+    # which stacks every image of a folder, never sees the licence files beside the originals.
+    "smear": "zstack_smear_cc0/plane_*.png",  # 19 grey planes, 330 x 286
+    "unstained_cells": "zstack_unstained_cells/plane_*.png",  # 6 grey planes, 1344 x 1024
+    "pseudoscorpion": "zstack_pseudoscorpion/frame_*.png",  # 14 frames in CAPTURE order
+    "skeleton": "zstack_skeleton_zeiss/plane_*.png",  # 3 planes, 170 x 116
 }
+#: The stacks of :data:`REAL` that the benchmark runs whole when no crop is asked for, as the
+#: tools' original files (the speed tables of docs/PEERS.md were measured so).
+ORIGINAL_FILES = ("blood_smear", "algae")
+#: Stacks that must not be registered by phase correlation: the unstained cells' contrast inverts
+#: through focus, so pairs with a far plane give shifts of 10-76 px that are not there (the
+#: near-focus planes agree to < 1 px). Their reference planes stay unregistered, and the CLI row
+#: runs with ``--register off``.
+NO_REGISTRATION = ("unstained_cells",)
 SYNTH_PLANES = 5
 SYNTH_SEED = 7
 #: Mild read noise (intensity units) so that noise-amplifying methods are not flattered.
@@ -152,26 +167,28 @@ def real_case(workdir: Path, name: str, side: int | None) -> StackCase | None:
                 box=(0, 0, h, w),
                 notes={"planes": len(files)},
             )
-        folder = workdir / f"{name}_{side}"
+        sh, sw = min(side, h), min(side, w)
+        folder = workdir / f"{name}_{sw}x{sh}"
         meta = folder / "case.json"
         if meta.exists():
             return StackCase.load(meta)
         (folder / "planes").mkdir(parents=True, exist_ok=True)
-        sh, sw = min(side, h), min(side, w)
         box = Box((h - sh) // 2, (w - sw) // 2, sh, sw)
+        # Zero-padded names: tools that take a folder (focusweave) order its files by name.
         planes = [
-            _save_png(stack.read(z, box), folder / "planes" / f"plane_{z}.png")
+            _save_png(stack.read(z, box), folder / "planes" / f"plane_{z:02d}.png")
             for z in range(stack.n_planes)
         ]
+    whole = (sh, sw) == (h, w)
     case = StackCase(
-        name=f"{name} crop {sw}×{sh}",
+        name=f"{name} {sw}×{sh}" if whole else f"{name} crop {sw}×{sh}",
         kind="real",
         planes=planes,
         height=sh,
         width=sw,
         source=str(Path(files[0]).parent),
         box=(box.y, box.x, box.h, box.w),
-        notes={"planes": len(files)},
+        notes={"planes": len(files), "register": name not in NO_REGISTRATION},
     )
     case.save(meta)
     return case
@@ -181,9 +198,16 @@ def registered_planes(case: StackCase) -> tuple[RGB, float]:
     """The real case's planes aligned onto the middle plane, (Z, H, W, 3), and the max drift.
 
     Drift is measured on the whole source stack (more texture to correlate than a crop has) and
-    applied to the case's box, so crops and whole stacks share one registration.
+    applied to the case's box, so crops and whole stacks share one registration. Stacks in
+    :data:`NO_REGISTRATION` come back unregistered, with a NaN drift.
     """
-    files = real_files(case.name.split(" ")[0])
+    name = case.name.split(" ")[0]
+    files = real_files(name)
+    if name in NO_REGISTRATION:
+        assert case.box is not None
+        with open_stack(files) as stack:
+            box = Box(*case.box)
+            return np.stack([stack.read(z, box) for z in range(stack.n_planes)]), float("nan")
     with open_stack(files) as stack:
         drift = estimate_drift(stack, reference=stack.n_planes // 2)
         reader = RegisteredStack(stack, drift)
@@ -191,6 +215,24 @@ def registered_planes(case: StackCase) -> tuple[RGB, float]:
         box = Box(*case.box)
         planes = np.stack([reader.read(z, box) for z in range(stack.n_planes)])
     return planes, float(drift.max_abs())
+
+
+def raw_planes(case: StackCase, margin: int) -> tuple[RGB, tuple[int, int]]:
+    """The real case's planes **unregistered**, with up to ``margin`` px of context around its box.
+
+    Returns the (Z, H', W', 3) planes and the case box's origin in them, for
+    :func:`wsi_fusion.metrics.block_fidelity` (``offset``): its search window then reaches
+    beyond a crop's border, as ``workflows/evaluate.py`` reads them.
+    """
+    files = real_files(case.name.split(" ")[0])
+    assert case.box is not None
+    with open_stack(files) as stack:
+        h, w = stack.shape
+        box = Box(*case.box)
+        y, x = max(0, box.y - margin), max(0, box.x - margin)
+        grown = Box(y, x, min(h, box.y1 + margin) - y, min(w, box.x1 + margin) - x)
+        planes = np.stack([stack.read(z, grown) for z in range(stack.n_planes)])
+    return planes, (box.y - y, box.x - x)
 
 
 def load_rgb(path: str) -> RGB:
