@@ -143,16 +143,20 @@ class FocusMeasureFuser(Fuser):
         """Hard plane index ``(H, W)`` and the luminance planes ``(Z, H, W)`` of ``stack``.
 
         ``votes`` (``(Z, H, W)`` in [0, 1]: a network's local share of decisions per plane) scale
-        the focus measure by ``1 + votes`` as the evidence that moves a pixel off the depth
-        surface: a network can tip a pixel to a plane the focus measure nearly prefers, but not
-        to one it clearly rejects.
+        the focus measure by up to ``clearly_sharper`` as the evidence that moves a pixel off the
+        depth surface: a unanimous network is worth one plane of distance, so it can move a
+        pixel to a neighbouring plane (which looks alike) that the focus measure does not
+        reject, but farther only with the focus measure's own clear support.
         """
         p = self.params
         lum = _luma(stack)
         focus = focus_map(lum, p.measure, p.radius, p.step)
         # Blank/saturated glass: every plane is flat, the argmax would pick noise (or plane 0 on
         # exact ties); the middle plane is the neutral choice.
-        fine = focus if votes is None else focus * (1.0 + votes)
+        if votes is None:
+            fine = focus
+        else:
+            fine = focus * (1.0 + (np.float32(p.clearly_sharper) - 1.0) * votes)
         return depth_decision(focus, fine, p, p.blank_threshold), lum
 
     def fuse(self, stack: TileStack) -> FusionResult:
