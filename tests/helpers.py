@@ -18,6 +18,19 @@ from wsi_fusion.cli import main
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+#: Run settings for tests about files (outputs, locks, publication), not fusion: the cheapest
+#: fuser, no tissue detection or registration, the synchronous scheduler.
+FILES_ONLY_RUN = {
+    "fuser": "plane",
+    "tile": 128,
+    "overlap": 64,
+    "chunk": 128,
+    "tissue": {"enabled": False},
+    "registration": {"mode": "off"},
+    "scheduler": "sync",
+}
+
+
 def run_cli(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
 ) -> tuple[int, str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from helpers import run_cli
+from helpers import FILES_ONLY_RUN, run_cli
 
 from wsi_fusion.config import RunConfig
 from wsi_fusion.errors import ConfigError, ForeignPath, OutputExists, OverlapsInput
@@ -24,15 +24,7 @@ from wsi_fusion.io.input_guard import refuse_overlap
 from wsi_fusion.pipeline import fuse_slide
 from wsi_fusion.scheduling.tile_cache import TileCache
 
-FAST = {
-    "fuser": "plane",  # these tests are about files, not fusion: the cheapest fuser
-    "tile": 128,
-    "overlap": 64,
-    "chunk": 128,
-    "tissue": {"enabled": False},
-    "registration": {"mode": "off"},
-    "scheduler": "sync",
-}
+FAST = FILES_ONLY_RUN
 CLI_FAST = [
     "--fuser",
     "plane",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from helpers import run_cli
+from helpers import FILES_ONLY_RUN, run_cli
 
 import wsi_fusion.io.output_lock as output_lock_module
 from wsi_fusion.batch import collect_slides, run_batch
@@ -23,15 +23,7 @@ from wsi_fusion.errors import OutputBusy, StorageError
 from wsi_fusion.io.output_lock import STALE_AFTER_S, output_lock
 from wsi_fusion.pipeline import fuse_slide
 
-FAST = {
-    "fuser": "plane",  # these tests are about files, not fusion: the cheapest fuser
-    "tile": 128,
-    "overlap": 64,
-    "chunk": 128,
-    "tissue": {"enabled": False},
-    "registration": {"mode": "off"},
-    "scheduler": "sync",
-}
+FAST = FILES_ONLY_RUN
 
 
 @pytest.fixture

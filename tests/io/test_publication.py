@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from helpers import FILES_ONLY_RUN
 
 import wsi_fusion.io.destination as destination
 import wsi_fusion.io.publication as publication
@@ -26,15 +27,7 @@ from wsi_fusion.errors import OutputExists
 from wsi_fusion.io.publication import trusted_record
 from wsi_fusion.pipeline import fuse_slide
 
-FAST = {
-    "fuser": "plane",  # these tests are about files, not fusion: the cheapest fuser
-    "tile": 128,
-    "overlap": 64,
-    "chunk": 128,
-    "tissue": {"enabled": False},
-    "registration": {"mode": "off"},
-    "scheduler": "sync",
-}
+FAST = FILES_ONLY_RUN
 
 
 @pytest.fixture
