@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from wsi_fusion._resources import shipped_configs_dir
 from wsi_fusion.errors import ConfigError
 
-OutputFormat = Literal["ome-zarr", "ome-tiff", "tiff"]
+OutputFormat = Literal["ome-zarr", "ome-tiff", "tiff", "dicom"]
 
 
 class TissueConfig(BaseModel):

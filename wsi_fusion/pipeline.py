@@ -665,6 +665,8 @@ def _write_final(
     if dest.format == "ome-tiff":
         # The final name, not the .partial one it is written under, goes into the OME-XML.
         write_ome_tiff(group, dest.partial, name=dest.output.name, associated=associated, **options)
+    elif dest.format == "dicom":
+        _write_dicom(dest, group, mpp, config, provenance)
     else:
         write_generic_tiff(group, dest.partial, associated=associated, **options)
     if config.focus_map:
@@ -680,6 +682,34 @@ def _write_final(
         )
         sidecars.append((partial, final))
     return sidecars
+
+
+def _write_dicom(
+    dest: Destination, group: Any, mpp: float | None, config: RunConfig, provenance: dict[str, Any]
+) -> None:
+    """The DICOM WSI output: a folder of instances, marked as this tool's (its publication record
+    goes into that marker, :func:`~wsi_fusion.io.publication.publish_run`)."""
+    from wsi_fusion.io.writers.dicom import write_dicom
+
+    ownership.remove_ours(
+        dest.partial, "partial output", "move it away yourself or choose another -o"
+    )
+    dest.partial.mkdir()
+    ownership.mark(dest.partial, "dicom output")
+    stack = provenance.get("stack", {})
+    z = [float(v) for v in stack.get("z_positions_um") or [] if v is not None]
+    known = len(z) == int(stack.get("planes") or 0) and len(z) > 1
+    write_dicom(
+        group,
+        dest.partial,
+        mpp=mpp,
+        compression=config.compression,
+        jpeg_quality=config.jpeg_quality,
+        focal_planes=int(stack.get("planes") or 1),
+        focal_plane_distance_um=abs(z[-1] - z[0]) / (len(z) - 1) if known else None,
+        name=dest.output.name,
+        description=provenance,
+    )
 
 
 def extra_tiff_path(dest: Destination, name: str) -> Path:

@@ -38,7 +38,12 @@ SUMMARY_NAME = "batch_summary.json"
 #: Held by the batch writing into OUTDIR (one batch per output folder).
 LOCK_NAME = "batch.lock"
 LOG_FOLDER = "logs"
-_SUFFIX: dict[OutputFormat, str] = {"ome-zarr": ".ome.zarr", "ome-tiff": ".ome.tif", "tiff": ".tif"}
+_SUFFIX: dict[OutputFormat, str] = {
+    "ome-zarr": ".ome.zarr",
+    "ome-tiff": ".ome.tif",
+    "tiff": ".tif",
+    "dicom": ".dicom",
+}
 
 Status = Literal["done", "skipped", "failed", "pending"]
 

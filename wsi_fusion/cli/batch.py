@@ -84,7 +84,7 @@ class BatchBars:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["ome-zarr", "ome-tiff", "tiff"]),
+    type=click.Choice(["ome-zarr", "ome-tiff", "tiff", "dicom"]),
     default=None,
     help="Output format of every slide (default ome-zarr).",
 )

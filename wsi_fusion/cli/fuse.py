@@ -19,7 +19,8 @@ from wsi_fusion.cli._run_options import run_config, run_options
     "--output",
     required=True,
     type=click.Path(path_type=Path),
-    help="Output path: .ome.zarr, .ome.tif or .tif (format follows the suffix).",
+    help="Output path: .ome.zarr, .ome.tif, .tif or .dicom (a folder of DICOM WSI instances); "
+    "the format follows the suffix.",
 )
 @click.option(
     "--fuser", default=None, help="Fusion method (see `wsi-fusion fusers`); default focus_measure."
@@ -27,7 +28,7 @@ from wsi_fusion.cli._run_options import run_config, run_options
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["ome-zarr", "ome-tiff", "tiff"]),
+    type=click.Choice(["ome-zarr", "ome-tiff", "tiff", "dicom"]),
     default=None,
     help="Output format when the suffix does not say.",
 )

@@ -22,6 +22,7 @@ _SUFFIXES: tuple[tuple[str, OutputFormat], ...] = (
     (".ome.tif", "ome-tiff"),
     (".tiff", "tiff"),
     (".tif", "tiff"),
+    (".dicom", "dicom"),
 )
 
 
@@ -121,8 +122,8 @@ def resolve_destination(
     chosen = fmt or format_from_suffix(path)
     if chosen is None:
         raise ConfigError(
-            f"cannot tell the output format from {path.name!r}; end it in .ome.zarr, .ome.tif or "
-            ".tif, or pass --format ome-zarr|ome-tiff|tiff"
+            f"cannot tell the output format from {path.name!r}; end it in .ome.zarr, .ome.tif, "
+            ".tif or .dicom, or pass --format ome-zarr|ome-tiff|tiff|dicom"
         )
     if path.exists() and not overwrite:
         raise OutputExists(f"output {path} already exists; pass --overwrite to replace it")

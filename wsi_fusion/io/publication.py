@@ -8,6 +8,10 @@ skips the slide as up to date. So the record is the *commit* of a publication:
   ``OUTPUT``, so the image, its labels and its record appear together. The copy beside it
   (``OUTPUT.run.json``, for people and older tools) is removed before the swap and rewritten
   after it, so it is either missing or right.
+- **DICOM** (a folder of instances): like OME-Zarr, one atomic rename of the folder. Its record
+  goes inside it, into the folder's ownership marker (``.wsi_fusion``, ``record``), after its
+  sidecars (focus map TIFFs) are renamed into place and listed in it with size and modification
+  time, which a record is trusted only while they keep.
 - **TIFF**: several files cannot be renamed at once. The old ``OUTPUT.run.json`` is removed
   first, the sidecars and then the image are renamed into place, and the new record, written
   beforehand as ``OUTPUT.run.json.partial``, is renamed last. It lists every file of the
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_fusion.io.destination import Destination, publish
-from wsi_fusion.io.ownership import TOOL, ome_zarr_attributes
+from wsi_fusion.io.ownership import MARKER_NAME, TOOL, marker, ome_zarr_attributes
 
 
 def publish_run(
@@ -38,6 +42,15 @@ def publish_run(
     if dest.format == "ome-zarr":
         _record_in_attributes(dest.partial, record)
         _unlink(dest.run_json)
+        publish(dest.partial, dest.output)
+        _write_atomically(dest.run_json, record)
+        return
+    if dest.format == "dicom":
+        _unlink(dest.run_json)
+        for partial, final in sidecars:
+            publish(partial, final)
+        record = {**record, "publication": {"files": [_describe(f, f.name) for _, f in sidecars]}}
+        _record_in_marker(dest.partial, record)
         publish(dest.partial, dest.output)
         _write_atomically(dest.run_json, record)
         return
@@ -54,13 +67,19 @@ def trusted_record(output: Path) -> dict[str, Any] | None:
     """The run record of a complete publication at ``output``; ``None`` if there is none."""
     if output.is_dir():
         inside = ome_zarr_attributes(output)
-        return inside if inside is not None and "report" in inside else None
-    record = _read_json(output.with_name(output.name + ".run.json"))
-    if record is None:
-        return None
-    files = record.get("publication", {}).get("files")
-    if not isinstance(files, list) or output.name not in {f.get("name") for f in files}:
-        return None
+        if inside is not None:
+            return inside if "report" in inside else None
+        record = (marker(output) or {}).get("record")
+        if not isinstance(record, dict) or "report" not in record:
+            return None
+        files = record.get("publication", {}).get("files", [])  # a DICOM folder's sidecars
+    else:
+        record = _read_json(output.with_name(output.name + ".run.json"))
+        if record is None:
+            return None
+        files = record.get("publication", {}).get("files")
+        if not isinstance(files, list) or output.name not in {f.get("name") for f in files}:
+            return None
     for entry in files:
         path = output.with_name(str(entry.get("name")))
         try:
@@ -79,6 +98,12 @@ def _record_in_attributes(store: Path, record: dict[str, Any]) -> None:
     group = zarr.open_group(store, mode="r+")
     # A JSON round trip turns Paths and numpy scalars into plain values, as create_image does.
     group.attrs[TOOL] = json.loads(json.dumps(record, default=str))
+
+
+def _record_in_marker(folder: Path, record: dict[str, Any]) -> None:
+    """Put the whole record into the ownership marker of a folder output (DICOM)."""
+    claim = {**(marker(folder) or {}), "record": json.loads(json.dumps(record, default=str))}
+    _write_atomically(folder / MARKER_NAME, claim)
 
 
 def _describe(path: Path, name: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Output writers: OME-Zarr (the working format) and TIFF files streamed from it.
+"""Output writers: OME-Zarr (the working format), and TIFF files and DICOM WSI instances
+streamed from it.
 
 Writers write where they are told; the caller writes to ``OUTPUT.partial`` paths and renames
 them into place once complete.
@@ -6,6 +7,7 @@ them into place once complete.
 
 from __future__ import annotations
 
+from wsi_fusion.io.writers.dicom import write_dicom
 from wsi_fusion.io.writers.ome_tiff import write_generic_tiff, write_label_tiff, write_ome_tiff
 from wsi_fusion.io.writers.ome_zarr import (
     add_label,
@@ -23,6 +25,7 @@ __all__ = [
     "create_image",
     "image_levels",
     "label_levels",
+    "write_dicom",
     "write_generic_tiff",
     "write_label_tiff",
     "write_ome_tiff",
