@@ -266,3 +266,26 @@ def test_multifocal_dicom_inputs(tmp_path: Path, codec: str, organization: str) 
             assert min(e for k, e in enumerate(errors) if k != z) > 10 * max(errors[z], 1)
             thumb = stack.thumbnail(z, 64)
             assert abs(float(thumb.mean()) - float(planes[z].mean())) < 4
+
+
+def test_cli_batch_writes_dicom_and_skips_it_when_up_to_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from helpers import run_cli
+
+    source = tmp_path / "src"
+    source.mkdir()
+    tifffile.imwrite(
+        source / "a.ome.tif",
+        smooth_planes(3, 200, 260),
+        photometric="rgb",
+        tile=(128, 128),
+        metadata={"axes": "ZYXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5},
+    )
+    args = ("batch", str(source), "-o", str(tmp_path / "out"), "--format", "dicom", "--no-tissue")
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert (tmp_path / "out" / "a.dicom" / "level_0.dcm").is_file()
+    assert (tmp_path / "out" / "a.dicom.run.json").is_file()
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0 and "1 up to date" in out + err
