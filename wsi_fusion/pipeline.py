@@ -250,6 +250,11 @@ def _fuse(
                 f"{', '.join(stack.sources)} has {stack.n_planes}; give more planes or use "
                 "--fuser plane"
             )
+        if dest.format == "dicom" and stack.mpp is None:
+            raise UnsupportedInput(
+                f"{', '.join(stack.sources)} records no pixel size (mpp), which a DICOM WSI "
+                "requires; write OME-Zarr or TIFF instead (-o NAME.ome.zarr)"
+            )
         reference = _reference_plane(config, stack.n_planes)
         plan = make_plan(stack.shape, config.tile, config.overlap, fuser.margin)
         fuse_mask = _fuse_mask(

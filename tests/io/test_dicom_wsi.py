@@ -289,3 +289,15 @@ def test_cli_batch_writes_dicom_and_skips_it_when_up_to_date(
     assert (tmp_path / "out" / "a.dicom.run.json").is_file()
     code, out, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0 and "1 up to date" in out + err
+
+
+def test_dicom_output_of_an_input_without_mpp_is_refused_before_fusing(tmp_path: Path) -> None:
+    from wsi_fusion.errors import UnsupportedInput
+
+    stack = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(
+        stack, smooth_planes(2, 100, 120), photometric="rgb", metadata={"axes": "ZYXS"}
+    )
+    with pytest.raises(UnsupportedInput, match="no pixel size"):
+        fuse_slide([stack], tmp_path / "x.dicom", RunConfig(fuser="plane"))
+    assert not list(tmp_path.glob("x.dicom*"))

@@ -7,7 +7,6 @@ them into place once complete.
 
 from __future__ import annotations
 
-from wsi_fusion.io.writers.dicom import write_dicom
 from wsi_fusion.io.writers.ome_tiff import write_generic_tiff, write_label_tiff, write_ome_tiff
 from wsi_fusion.io.writers.ome_zarr import (
     add_label,
@@ -30,3 +29,12 @@ __all__ = [
     "write_label_tiff",
     "write_ome_tiff",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # write_dicom imports wsidicom (~0.3 s): only when asked for.
+    if name == "write_dicom":
+        from wsi_fusion.io.writers.dicom import write_dicom
+
+        return write_dicom
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,21 +1,20 @@
 """DICOM whole-slide output: the fused pyramid as VL Whole Slide Microscopy Image instances.
 
-One instance (one ``.dcm`` file) per pyramid level, all of one series, streamed tile by tile from
-the finished OME-Zarr levels like the TIFF writers (memory: one band of tiles). Datasets are built
-with pydicom, tiles are encoded with imagecodecs (JPEG baseline 8-bit, or JPEG 2000 lossless),
-and the result is what wsidicom, OpenSlide (libdicom) and DICOM image management systems read:
+:func:`write_dicom` is built on wsidicom: each finished OME-Zarr level is a wsidicom image data
+read tile by tile (memory: one frame per worker), the datasets come from wsidicom's metadata model
+and ``WsiDicom.save`` encodes (JPEG baseline 8-bit 4:2:2, or JPEG 2000 lossless) and writes one
+instance per level, ``TILED_FULL``, 512 px frames, one brightfield optical path, with:
 
-* SOP class VL Whole Slide Microscopy Image Storage, Modality SM, ``TILED_FULL`` frames of
-  512 px (columns fastest, then rows, then focal planes), one optical path (brightfield);
-* Image Type ``DERIVED\\PRIMARY\\VOLUME\\NONE`` for level 0 and ``…\\RESAMPLED`` for the reduced
-  levels; Pixel Spacing in mm from the mpp (``mpp * 2**level / 1000``);
+* Image Type ``DERIVED\\PRIMARY\\VOLUME\\NONE`` for level 0 and ``…\\RESAMPLED`` for the
+  reduced levels; Pixel Spacing in mm from the mpp (``mpp * 2**level / 1000``);
 * the focal-plane attributes of an extended-depth-of-field image (PS3.3 C.8.12.4, Whole Slide
   Microscopy Image module): Extended Depth of Field ``YES``, Number of Focal Planes (the planes
   fused), Distance Between Focal Planes (mm) when the input's plane positions are known, and one
   focal plane in the pixel matrix (Total Pixel Matrix Focal Planes 1).
 
-:func:`write_dicom_instance` also writes several focal planes per instance and ``TILED_SPARSE``
-(per-frame positions), which the tests use to write multi-focal inputs as scanners do.
+:func:`write_dicom_instance` writes one instance with pydicom directly, with several focal planes
+and ``TILED_FULL`` or ``TILED_SPARSE`` (per-frame positions; wsidicom's writer makes every
+instance TILED_FULL): the tests write multi-focal inputs as scanners do with it.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ import numpy.typing as npt
 import zarr
 
 from wsi_fusion import __version__
-from wsi_fusion.errors import OutputNotWritable
+from wsi_fusion.errors import OutputNotWritable, UnsupportedInput
 from wsi_fusion.io.storage_errors import write_error
 
 __all__ = ["DicomCodec", "write_dicom", "write_dicom_instance"]
@@ -69,8 +68,17 @@ def write_dicom(
     name: str | None = None,
     source: Mapping[str, Any] | None = None,
     description: Mapping[str, Any] | None = None,
+    workers: int | None = None,
 ) -> list[Path]:
-    """Write an OME-Zarr image pyramid as a DICOM WSI: ``folder/level_<k>.dcm`` per level.
+    """Write an OME-Zarr image pyramid as a DICOM WSI: one instance per level in ``folder``.
+
+    Built on wsidicom: each zarr level is a wsidicom ``ImageData`` read tile by tile, the
+    datasets come from wsidicom's metadata model (``WsiMetadata``: study, series, equipment,
+    slide and specimen, pyramid, image), and ``WsiDicom.save`` encodes and writes the instances
+    (Basic Offset Table), renamed ``level_<k>.dcm``. Two attributes wsidicom sets otherwise are
+    corrected on each instance: Image Type starts with ``DERIVED`` on every level (wsidicom
+    marks its level 0 ``ORIGINAL``), and Extended Depth of Field is ``YES`` when planes were
+    fused (wsidicom 0.36 writes ``NO`` beside the number of planes).
 
     Parameters
     ----------
@@ -79,38 +87,51 @@ def write_dicom(
     folder
         Folder to write into (created if missing; the caller's ``.partial`` name is fine).
     mpp
-        Microns per pixel at level 0; ``None`` writes no Pixel Spacing (viewers then show no
-        scale).
+        Microns per pixel at level 0 (DICOM WSI requires the pixel spacing).
     compression
-        ``"jpeg"`` (JPEG baseline at ``jpeg_quality``); any lossless TIFF choice (``deflate``,
-        ``zstd``, ``lzw``, ``none`` — what ``--lossless`` sets) writes JPEG 2000 lossless tiles.
+        ``"jpeg"`` (JPEG baseline at ``jpeg_quality``, 4:2:2); any lossless TIFF choice
+        (``deflate``, ``zstd``, ``lzw``, ``none`` — what ``--lossless`` sets) writes JPEG 2000
+        lossless tiles.
+    tile
+        Frame side in pixels.
     focal_planes
         How many focal planes were fused into this image (Number of Focal Planes).
     focal_plane_distance_um
         Distance between those planes in µm, if known (Distance Between Focal Planes, in mm).
     name
-        Container / series description (the output's file name).
+        Series and pyramid description (the output's file name).
     source
-        What the inputs said about the slide (``stack.source``): its ``vendor`` is named in Image
-        Comments (Manufacturer is this tool: it made the fused image).
+        What the inputs said about the slide (``stack.source``): its ``vendor`` is named in the
+        pyramid's comments (Manufacturer is this tool: it made the fused image).
     description
         Provenance; only its ``stack.source`` is used (as ``source``).
+    workers
+        Threads wsidicom encodes with (default: its own choice).
 
     Returns
     -------
     list of pathlib.Path
         The instance files, level 0 first.
+
+    Raises
+    ------
+    UnsupportedInput
+        When ``mpp`` is unknown or the image is not RGB.
     """
-    from pydicom.uid import generate_uid
+    from wsidicom import WsiDicom
 
     if not isinstance(group, zarr.Group):
         group = zarr.open_group(str(group), mode="r")
-    from wsi_fusion.io.writers.ome_tiff import _iter_tiles, _levels_of
+    from wsi_fusion.io.writers.ome_tiff import _levels_of
 
     levels = _levels_of(group)
     if levels[0].shape[0] != 3:
-        raise ValueError("DICOM WSI output needs an RGB (3-channel) image")
-    codec: DicomCodec = "jpeg" if compression == "jpeg" else "jpeg2000-lossless"
+        raise UnsupportedInput("DICOM WSI output needs an RGB (3-channel) image")
+    if mpp is None or not mpp > 0:
+        raise UnsupportedInput(
+            "DICOM WSI output needs the pixel size, and the input records no mpp; write "
+            "OME-Zarr or TIFF instead"
+        )
     folder = Path(folder)
     parent = folder.absolute().parent
     if not parent.is_dir():
@@ -124,42 +145,282 @@ def write_dicom(
         raise write_error(err, str(folder)) from err
     if source is None and description is not None:
         source = (description.get("stack") or {}).get("source")
-    uids = {k: str(generate_uid()) for k in ("study", "series", "frame", "dimension")}
-    # Number of / Distance Between Focal Planes are required only (type 1C) with EDF YES.
-    edf: dict[str, Any] = {"ExtendedDepthOfField": "YES" if focal_planes > 1 else "NO"}
-    if focal_planes > 1:
-        edf["NumberOfFocalPlanes"] = int(focal_planes)
-    if focal_planes > 1 and focal_plane_distance_um is not None and focal_plane_distance_um > 0:
-        edf["DistanceBetweenFocalPlanes"] = float(focal_plane_distance_um) / 1000
-    extra: dict[str, Any] = {
-        "SeriesDescription": (name or folder.name.removesuffix(".partial"))[:64],
-        **edf,
-    }
-    if (source or {}).get("vendor"):
-        # The fused image's equipment is this tool; the scanner's vendor goes in the free text.
-        extra["ImageComments"] = f"fused from a {source['vendor']} scan"[:10240]  # type: ignore[index]
-    paths = []
-    for level, arr in enumerate(levels):
-        h, w = (int(s) for s in arr.shape[-2:])
-        rows, cols = -(-h // tile), -(-w // tile)
-        path = folder / f"level_{level}.dcm"
-        write_dicom_instance(
-            path,
-            _iter_tiles(arr, tile),
-            size_hw=(h, w),
-            tile=tile,
-            n_frames=rows * cols,
-            codec=codec,
-            jpeg_quality=jpeg_quality,
-            mpp=None if mpp is None else mpp * 2**level,
-            uids=uids,
-            image_type=["DERIVED", "PRIMARY", "VOLUME", "NONE" if level == 0 else "RESAMPLED"],
-            instance_number=level + 1,
-            extra=extra,
-        )
-        paths.append(path)
-    logger.info("wrote DICOM WSI %s (%d levels, %s)", folder, len(levels), codec)
+    title = (name or folder.name.removesuffix(".partial"))[:64]
+    edf = focal_planes > 1
+    distance_mm = (
+        float(focal_plane_distance_um) / 1000
+        if edf and focal_plane_distance_um is not None and focal_plane_distance_um > 0
+        else None
+    )
+    encoder = _wsidicom_encoder(compression, jpeg_quality)
+    data = [_ZarrLevel(arr, mpp * 2**k, tile, encoder) for k, arr in enumerate(levels)]
+    metadata = _metadata(title, (source or {}).get("vendor"), focal_planes, distance_mm, data[0])
+    slide_source = _ZarrSource(metadata, data, focal_planes, distance_mm)
+    # wsidicom writes only into an empty folder, and ``folder`` may hold its owner's marker:
+    # write into a fresh subfolder and move the instances up (renames on one file system).
+    staging = folder / ".instances.partial"
+    try:
+        staging.mkdir()
+        with WsiDicom(slide_source) as slide:
+            written = slide.save(staging, workers=workers, include_labels=False)
+        paths = []
+        # Named by level (wsidicom names them by SOP Instance UID), level 0 first.
+        for level, instance in enumerate(sorted((Path(str(p)) for p in written), key=_level_order)):
+            paths.append(folder / f"level_{level}.dcm")
+            os.replace(instance, paths[-1])
+        staging.rmdir()
+    except OSError as err:
+        raise write_error(err, str(folder)) from err
+    logger.info("wrote DICOM WSI %s (%d levels, %s)", folder, len(paths), encoder.transfer_syntax)
     return paths
+
+
+def _level_order(path: Path) -> int:
+    """Sort key of an instance file: larger pixel matrices (lower levels) first."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return -int(ds.TotalPixelMatrixColumns) * int(ds.TotalPixelMatrixRows)
+
+
+def _wsidicom_encoder(compression: str, quality: int) -> Any:
+    from wsidicom.codec import Encoder, Jpeg2kSettings, JpegSettings
+    from wsidicom.codec.settings import Subsampling
+
+    if compression == "jpeg":
+        if not 1 <= quality <= 100:
+            raise ValueError(f"jpeg_quality {quality} must be between 1 and 100")
+        return Encoder.create_for_settings(
+            JpegSettings(quality=quality, subsampling=Subsampling.R422)
+        )
+    return Encoder.create_for_settings(Jpeg2kSettings(levels=0))  # reversible: lossless
+
+
+def _metadata(title: str, vendor: Any, planes: int, distance_mm: float | None, level0: Any) -> Any:
+    """wsidicom ``WsiMetadata`` of the fused slide: new UIDs, empty patient and study fields
+    (the IMS fills them in), this tool as the equipment, one unidentified specimen."""
+    import datetime
+
+    from pydicom.uid import generate_uid
+    from wsidicom.metadata import (
+        Equipment,
+        ExtendedDepthOfField,
+        FocusMethod,
+        Image,
+        Label,
+        OpticalPath,
+        Patient,
+        Pyramid,
+        Series,
+        Slide,
+        SlideSample,
+        Study,
+        WsiMetadata,
+    )
+
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    image = Image(
+        acquisition_datetime=now,
+        content_datetime=now,
+        focus_method=FocusMethod.AUTO,
+        extended_depth_of_field=ExtendedDepthOfField(planes, distance_mm or 0.0)
+        if planes > 1
+        else None,
+        lossy_compressions=level0.lossy_compression,
+    )
+    return WsiMetadata(
+        study=Study(uid=generate_uid()),
+        series=Series(uid=generate_uid(), number=1, description=title),
+        patient=Patient(),
+        equipment=Equipment(
+            manufacturer="wsi_fusion",
+            model_name="wsi_fusion",
+            device_serial_number="0",
+            software_versions=[f"wsi_fusion {__version__}"],
+        ),
+        slide=Slide(
+            identifier="UNKNOWN", samples=[SlideSample(identifier="UNKNOWN", uid=generate_uid())]
+        ),
+        pyramid=Pyramid(
+            image=image,
+            optical_paths=[OpticalPath()],
+            uid=generate_uid(),
+            description=title,
+            comments=f"extended depth of field: {planes} focal planes fused by wsi_fusion"
+            + (f" from a {vendor} scan" if vendor else ""),
+        ),
+        label=Label(),
+        frame_of_reference_uid=generate_uid(),
+        dimension_organization_uids=[generate_uid()],
+    )
+
+
+def _wsidicom_image_data() -> Any:
+    from wsidicom.instance import ImageData
+
+    return ImageData
+
+
+class _ZarrLevel(_wsidicom_image_data()):  # type: ignore[misc]
+    """One zarr pyramid level as wsidicom image data: ``tile`` × ``tile`` RGB frames, edge
+    frames padded by repeating the edge (as the TIFF writers do)."""
+
+    def __init__(self, arr: Any, mpp_um: float, tile: int, encoder: Any) -> None:
+        super().__init__(encoder)
+        self._arr, self._mpp, self._tile = arr, mpp_um, tile
+        self._ratio: float | None = None
+
+    @property
+    def transfer_syntax(self) -> Any:
+        return self.encoder.transfer_syntax
+
+    @property
+    def image_size(self) -> Any:
+        from wsidicom.geometry import Size
+
+        return Size(int(self._arr.shape[-1]), int(self._arr.shape[-2]))
+
+    @property
+    def tile_size(self) -> Any:
+        from wsidicom.geometry import Size
+
+        return Size(self._tile, self._tile)
+
+    @property
+    def pixel_spacing(self) -> Any:
+        from wsidicom.geometry import SizeMm
+
+        return SizeMm(self._mpp / 1000, self._mpp / 1000)
+
+    @property
+    def imaged_size(self) -> None:
+        return None
+
+    @property
+    def samples_per_pixel(self) -> int:
+        return 3
+
+    @property
+    def photometric_interpretation(self) -> str:
+        return str(self.encoder.photometric_interpretation)
+
+    @property
+    def bits(self) -> int:
+        return 8
+
+    @property
+    def image_coordinate_system(self) -> None:
+        return None
+
+    @property
+    def thread_safe(self) -> bool:
+        return True
+
+    @property
+    def lossy_compression(self) -> Any:
+        from wsidicom.metadata import LossyCompression
+
+        method = self.encoder.lossy_method
+        if method is None:
+            return None
+        if self._ratio is None:
+            # Lossy Image Compression Ratio, estimated from up to 16 frames across the level.
+            h, w = (int(s) for s in self._arr.shape[-2:])
+            rows, cols = -(-h // self._tile), -(-w // self._tile)
+            picks = {(r * rows // 4, c * cols // 4) for r in range(4) for c in range(4)}
+            raw = encoded = 0
+            for r, c in sorted(picks):
+                frame = self._frame(r, c)
+                raw += frame.nbytes
+                encoded += len(self.encoder.encode(frame))
+            self._ratio = round(raw / max(encoded, 1), 1)
+        return [LossyCompression(method, self._ratio)]
+
+    @property
+    def transcoder(self) -> None:
+        return None
+
+    def _frame(self, row: int, col: int) -> npt.NDArray[np.uint8]:
+        t = self._tile
+        block = np.moveaxis(
+            np.asarray(self._arr[:, row * t : (row + 1) * t, col * t : (col + 1) * t]), 0, -1
+        )
+        if block.shape[:2] != (t, t):
+            pad = [(0, t - block.shape[0]), (0, t - block.shape[1]), (0, 0)]
+            block = np.pad(block, pad, mode="edge")
+        return np.ascontiguousarray(block, dtype=np.uint8)
+
+    def get_decoded_tile(
+        self, tile_point: Any, z: float, path: str, cache: bool = True
+    ) -> npt.NDArray[np.uint8]:
+        return self._frame(int(tile_point.y), int(tile_point.x))
+
+    def get_encoded_tile(self, tile: Any, z: float, path: str) -> bytes:
+        return bytes(self.encoder.encode(self._frame(int(tile.y), int(tile.x))))
+
+
+def _wsidicom_source() -> Any:
+    from wsidicom.source import Source
+
+    return Source
+
+
+class _ZarrSource(_wsidicom_source()):  # type: ignore[misc]
+    """A wsidicom source whose only series is the fused pyramid."""
+
+    def __init__(
+        self, metadata: Any, levels: Sequence[Any], planes: int, distance_mm: float | None
+    ) -> None:
+        import copy
+
+        from wsidicom.instance import WsiDataset, WsiInstance
+        from wsidicom.instance.dataset import ImageType
+        from wsidicom.metadata.schema.dicom.wsi import WsiMetadataDicomSchema
+
+        super().__init__()
+        base = WsiMetadataDicomSchema().dump(metadata, ImageType.VOLUME)
+        self._levels = []
+        if distance_mm is None and "DistanceBetweenFocalPlanes" in base:
+            # Type 1C with EDF YES, but only "if known": left out rather than written as 0.
+            del base.DistanceBetweenFocalPlanes
+        self._base = WsiDataset(base)
+        for index, data in enumerate(levels):
+            dataset = WsiDataset.create_instance_dataset(
+                copy.deepcopy(base), ImageType.VOLUME, data, index
+            )
+            # A fused image is derived on every level (wsidicom marks level 0 ORIGINAL), and
+            # wsidicom 0.36 writes Extended Depth of Field NO whatever the metadata says.
+            kind = ["DERIVED", "PRIMARY", "VOLUME", "NONE" if index == 0 else "RESAMPLED"]
+            edf = "YES" if planes > 1 else "NO"
+            dataset = dataset.replace({"ImageType": kind, "ExtendedDepthOfField": edf})
+            self._levels.append(WsiInstance(dataset, data))
+
+    @property
+    def base_dataset(self) -> Any:
+        return self._base
+
+    @property
+    def level_instances(self) -> list[Any]:
+        return self._levels
+
+    @property
+    def label_instances(self) -> list[Any]:
+        return []
+
+    @property
+    def overview_instances(self) -> list[Any]:
+        return []
+
+    @property
+    def thumbnail_instances(self) -> list[Any]:
+        return []
+
+    @property
+    def annotation_instances(self) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        pass
 
 
 def write_dicom_instance(
