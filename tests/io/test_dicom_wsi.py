@@ -200,6 +200,7 @@ def _write_multifocal(
     organization: str,
     tile: int = 128,
     mpp: float = 0.5,
+    missing: frozenset[tuple[int, int, int]] = frozenset(),
 ) -> None:
     """One instance per level (2 levels), every focal plane in each; frames in the order of
     ``z_um`` (TILED_SPARSE may list planes in any order: each frame says its own depth)."""
@@ -219,13 +220,14 @@ def _write_multifocal(
             for z in range(len(planes))
             for r in range(rows)
             for c in range(cols)
+            if level or (z, r, c) not in missing
         )
         write_dicom_instance(
             folder / f"level_{level}.dcm",
             frames,
             size_hw=(h, w),
             tile=tile,
-            n_frames=rows * cols * len(planes),
+            n_frames=rows * cols * len(planes) - (0 if level else len(missing)),
             codec=codec,  # type: ignore[arg-type]
             mpp=mpp * 2**level,
             uids=uids,
@@ -233,6 +235,7 @@ def _write_multifocal(
             organization=organization,  # type: ignore[arg-type]
             image_type=["ORIGINAL", "PRIMARY", "VOLUME", "NONE" if level == 0 else "RESAMPLED"],
             instance_number=level + 1,
+            missing=frozenset() if level else missing,
         )
 
 
@@ -301,3 +304,25 @@ def test_dicom_output_of_an_input_without_mpp_is_refused_before_fusing(tmp_path:
     with pytest.raises(UnsupportedInput, match="no pixel size"):
         fuse_slide([stack], tmp_path / "x.dicom", RunConfig(fuser="plane"))
     assert not list(tmp_path.glob("x.dicom*"))
+
+
+def test_sparse_dicom_input_with_tiles_left_out_reads_them_as_blank(tmp_path: Path) -> None:
+    """Scanners leave empty glass out of a TILED_SPARSE instance: those tiles read as blank
+    (what wsidicom fills in), and every other tile of every plane is still in place."""
+    planes = smooth_planes(3, 300, 420)
+    _write_multifocal(
+        tmp_path / "slide",
+        planes,
+        [0.0, 1.5, 3.0],
+        codec="jpeg",
+        organization="TILED_SPARSE",
+        missing=frozenset({(1, 0, 1)}),  # plane 1, tile row 0, tile column 1
+    )
+    with open_stack([tmp_path / "slide"]) as stack:
+        assert stack.n_planes == 3
+        hole = stack.read(1, Box(0, 128, 128, 128))
+        assert hole.std() == 0, "a left-out tile reads as one blank colour"
+        for z in range(3):
+            got = stack.read(z, Box(128, 0, 172, 420))  # the tile rows below the hole
+            assert _diff(got, planes[z][128:])[0] < 3
+        assert _diff(stack.read(0, Box(0, 128, 128, 128)), planes[0][:128, 128:256])[0] < 3

@@ -439,6 +439,7 @@ def write_dicom_instance(
     organization: Literal["TILED_FULL", "TILED_SPARSE"] = "TILED_FULL",
     instance_number: int = 1,
     extra: Mapping[str, Any] | None = None,
+    missing: frozenset[tuple[int, int, int]] = frozenset(),
 ) -> Path:
     """Write one VL Whole Slide Microscopy Image instance from ``(tile, tile, 3)`` frames.
 
@@ -446,7 +447,9 @@ def write_dicom_instance(
     of ``z_positions_um`` (µm); edge tiles are padded to ``tile``. ``uids`` holds ``study``,
     ``series``, ``frame`` (frame of reference) and ``dimension`` (organization) UIDs shared by
     the instances of one slide. ``TILED_SPARSE`` writes the same frames with a per-frame
-    position (Plane Position (Slide) and Dimension Index Values) for each.
+    position (Plane Position (Slide) and Dimension Index Values) for each, leaving out the
+    ``missing`` ``(plane, row, column)`` tiles (as scanners leave out empty glass); ``frames``
+    and ``n_frames`` then exclude them.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence as DicomSequence
@@ -456,12 +459,13 @@ def write_dicom_instance(
     h, w = size_hw
     rows, cols = -(-h // tile), -(-w // tile)
     nz = len(z_positions_um)
-    if n_frames != rows * cols * nz:
+    if missing and organization != "TILED_SPARSE":
+        raise ValueError("only a TILED_SPARSE instance can leave tiles out")
+    if n_frames != rows * cols * nz - len(missing):
         raise ValueError(f"{n_frames} frames given for {nz} plane(s) of {rows} x {cols} tiles")
     syntax, photometric = _SYNTAX[codec]
-    z_step_mm = (
-        float(np.mean(np.diff(z_positions_um))) / 1000 if nz > 1 else None
-    )  # SpacingBetweenSlices
+    # SpacingBetweenSlices (a sparse instance may list its planes in any order).
+    z_step_mm = (max(z_positions_um) - min(z_positions_um)) / (nz - 1) / 1000 if nz > 1 else None
 
     def item(**values: Any) -> Dataset:
         ds = Dataset()
@@ -592,6 +596,8 @@ def write_dicom_instance(
         for z in range(nz):
             for r in range(rows):
                 for c in range(cols):
+                    if (z, r, c) in missing:
+                        continue
                     position = item(
                         ColumnPositionInTotalImagePixelMatrix=c * tile + 1,
                         RowPositionInTotalImagePixelMatrix=r * tile + 1,
