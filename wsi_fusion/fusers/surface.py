@@ -37,10 +37,10 @@ def surface_margin(decision_margin: int, params: DepthParams) -> int:
     if params.depth_radius == 0:
         return decision_margin
     surface = FocusMeasureFuser(depth_radius=params.depth_radius)
-    p = surface.params
-    votes = decision_margin + VOTE_RADIUS
-    focus = p.radius + p.step + 2 * p.depth_radius
-    return max(votes, focus) + 2 * p.guided_radius
+    # The votes reach as far as the network plus the vote window; the focus measure and its
+    # surface as far as the default fuser; the guided filter adds its reach to both.
+    votes = decision_margin + VOTE_RADIUS + 2 * surface.params.guided_radius
+    return max(votes, surface.margin)
 
 
 def on_depth_surface(
