@@ -188,131 +188,26 @@ def _dicom_instance(
     """One VL Whole Slide Microscopy Image instance, TILED_FULL, uncompressed, all planes.
 
     Frames run columns fastest, then rows, then focal planes; focal plane ``i`` lies at
-    ``i * SpacingBetweenSlices`` from the origin's z offset.
+    ``i * z_step_um`` (written by the package's own :func:`write_dicom_instance`).
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import (
-        ExplicitVRLittleEndian,
-        VLWholeSlideMicroscopyImageStorage,
-        generate_uid,
-    )
+    from wsi_fusion.io.writers.dicom import write_dicom_instance
 
     nz, h, w, _ = planes.shape
     rows, cols = -(-h // tile), -(-w // tile)
     padded = np.zeros((nz, rows * tile, cols * tile, 3), np.uint8)
     padded[:, :h, :w] = planes
     frames = padded.reshape(nz, rows, tile, cols, tile, 3).transpose(0, 1, 3, 2, 4, 5)
-
-    def item(**values: Any) -> Dataset:
-        ds = Dataset()
-        for key, value in values.items():
-            setattr(ds, key, value)
-        return ds
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = VLWholeSlideMicroscopyImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    frame_type = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
-    ds = item(
-        SOPClassUID=VLWholeSlideMicroscopyImageStorage,
-        SOPInstanceUID=meta.MediaStorageSOPInstanceUID,
-        StudyInstanceUID=uids["study"],
-        SeriesInstanceUID=uids["series"],
-        FrameOfReferenceUID=uids["frame"],
-        Modality="SM",
-        ImageType=frame_type,
-        Manufacturer="wsi_fusion tests",
-        PatientName="",
-        PatientID="",
-        StudyDate="20260101",
-        StudyTime="000000",
-        ContentDate="20260101",
-        ContentTime="000000",
-        AcquisitionDateTime="20260101000000",
-        InstanceNumber=1,
-        SeriesNumber=1,
-        ContainerIdentifier="SLIDE_1",
-        VolumetricProperties="VOLUME",
-        SamplesPerPixel=3,
-        PhotometricInterpretation="RGB",
-        PlanarConfiguration=0,
-        NumberOfFrames=nz * rows * cols,
-        Rows=tile,
-        Columns=tile,
-        BitsAllocated=8,
-        BitsStored=8,
-        HighBit=7,
-        PixelRepresentation=0,
-        TotalPixelMatrixColumns=w,
-        TotalPixelMatrixRows=h,
-        TotalPixelMatrixFocalPlanes=nz,
-        NumberOfOpticalPaths=1,
-        ImagedVolumeWidth=w * mpp / 1000,
-        ImagedVolumeHeight=h * mpp / 1000,
-        ImagedVolumeDepth=nz * z_step_um / 1000,
-        DimensionOrganizationType="TILED_FULL",
-        DimensionOrganizationSequence=DicomSequence(
-            [item(DimensionOrganizationUID=uids["dimension"])]
-        ),
-        TotalPixelMatrixOriginSequence=DicomSequence(
-            [
-                item(
-                    XOffsetInSlideCoordinateSystem=0,
-                    YOffsetInSlideCoordinateSystem=0,
-                    ZOffsetInSlideCoordinateSystem=0,
-                )
-            ]
-        ),
-        ImageOrientationSlide=[0, -1, 0, -1, 0, 0],
-        OpticalPathSequence=DicomSequence(
-            [
-                item(
-                    OpticalPathIdentifier="0",
-                    IlluminationTypeCodeSequence=DicomSequence(
-                        [
-                            item(
-                                CodeValue="111744",
-                                CodingSchemeDesignator="DCM",
-                                CodeMeaning="Brightfield illumination",
-                            )
-                        ]
-                    ),
-                    IlluminationColorCodeSequence=DicomSequence(
-                        [
-                            item(
-                                CodeValue="414298005",
-                                CodingSchemeDesignator="SCT",
-                                CodeMeaning="Full Spectrum",
-                            )
-                        ]
-                    ),
-                )
-            ]
-        ),
-        SharedFunctionalGroupsSequence=DicomSequence(
-            [
-                item(
-                    PixelMeasuresSequence=DicomSequence(
-                        [
-                            item(
-                                PixelSpacing=[mpp / 1000, mpp / 1000],
-                                SliceThickness=z_step_um / 1000,
-                                SpacingBetweenSlices=z_step_um / 1000,
-                            )
-                        ]
-                    ),
-                    WholeSlideMicroscopyImageFrameTypeSequence=DicomSequence(
-                        [item(FrameType=frame_type)]
-                    ),
-                )
-            ]
-        ),
+    write_dicom_instance(
+        path,
+        frames.reshape(-1, tile, tile, 3),
+        size_hw=(h, w),
+        tile=tile,
+        n_frames=nz * rows * cols,
+        codec="none",
+        mpp=mpp,
+        uids=uids,
+        z_positions_um=[i * z_step_um for i in range(nz)],
     )
-    ds.file_meta = meta
-    ds.PixelData = np.ascontiguousarray(frames).tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 @pytest.fixture
