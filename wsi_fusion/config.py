@@ -37,7 +37,9 @@ class RegistrationConfig(BaseModel):
     mode: Literal["auto", "on", "off"] = "auto"
     #: Largest shift (px) that ``auto`` leaves uncorrected.
     threshold_px: float = Field(0.5, ge=0.0)
-    #: Regions per side of the slide on which the drift is measured.
+    #: Regions per side of the slide on which the drift is measured. In ``auto`` mode the four
+    #: corner regions are measured first; when every shift there is below ``threshold_px / 2``
+    #: the stack is not registered and the other regions are not measured (2 x 2 field).
     grid: int = Field(4, ge=1, le=64)
 
 

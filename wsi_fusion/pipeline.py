@@ -419,7 +419,10 @@ def _registration(
     settings = config.registration
     if settings.mode == "off" or stack.n_planes < 2:
         return None, {"mode": settings.mode, "applied": False}
-    field = estimate_drift(stack, reference=reference, grid=settings.grid)
+    # In auto mode a stack whose drift stays below half the threshold on a 2 x 2 grid is taken
+    # as still and not registered: the full grid is not measured (its record has a 2 x 2 grid).
+    early_stop = settings.threshold_px / 2 if settings.mode == "auto" else None
+    field = estimate_drift(stack, reference=reference, grid=settings.grid, early_stop_px=early_stop)
     applied = should_apply(field, settings.mode, settings.threshold_px)
     logger.info(
         "plane drift vs plane %d, max |shift| px per plane: %s; %s",

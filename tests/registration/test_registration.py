@@ -312,3 +312,53 @@ def test_field_json_round_trip(
         DriftField.from_json({**record, "shifts_px": [[[[0.0, 0.0]]]]}, stack.shape)
     with pytest.raises(ConfigError, match="malformed"):
         DriftField.from_json({"reference_plane": 0}, stack.shape)
+
+
+def _fields_with_and_without_early_stop(
+    planes: np.ndarray,
+) -> tuple[DriftField, DriftField, int, int]:
+    """(field with early stop, field without, reads with, reads without) on a 4 x 4 grid."""
+    fast_stack, full_stack = ArrayStack(planes), ArrayStack(planes)
+    kwargs = {"reference": 2, "grid": 4, "sample_side": 256}
+    fast = estimate_drift(fast_stack, early_stop_px=0.25, **kwargs)  # type: ignore[arg-type]
+    full = estimate_drift(full_stack, **kwargs)  # type: ignore[arg-type]
+    return fast, full, fast_stack.reads, full_stack.reads
+
+
+def test_early_stop_measures_only_a_2x2_grid_when_the_planes_are_still() -> None:
+    planes, _ = drifted_stack(
+        sharp_rgb("immunohistochemistry"), BLURS, lambda z, yy, xx: (0.0, 0.0)
+    )
+    fast, full, fast_reads, full_reads = _fields_with_and_without_early_stop(planes)
+    assert len(fast.centres_y) == len(fast.centres_x) == 2 and fast.measured.all()
+    assert len(full.centres_y) == 4
+    # the 2 x 2 nodes are the full grid's corner nodes
+    np.testing.assert_array_equal(fast.centres_y, full.centres_y[[0, 3]])
+    np.testing.assert_array_equal(fast.centres_x, full.centres_x[[0, 3]])
+    assert fast.max_abs() < 0.25 and full.max_abs() < 0.25
+    # The same decision in auto mode, from 5 crops per plane instead of 17.
+    assert not should_apply(fast, "auto", 0.5) and not should_apply(full, "auto", 0.5)
+    assert fast_reads < full_reads / 2
+
+
+def test_early_stop_changes_nothing_when_the_planes_drift() -> None:
+    planes, _ = drifted_stack(sharp_rgb(), BLURS, _constant)
+    fast, full, fast_reads, full_reads = _fields_with_and_without_early_stop(planes)
+    assert fast.digest() == full.digest()
+    np.testing.assert_array_equal(fast.global_shifts, full.global_shifts)
+    np.testing.assert_array_equal(fast.measured, full.measured)
+    # The corner crops are reused by the full grid: no extra reads.
+    assert fast_reads == full_reads
+
+
+@pytest.mark.parametrize("case", ["drift between the stop and the auto threshold", "glass"])
+def test_early_stop_measures_the_full_grid_unless_the_2x2_grid_is_measured_and_still(
+    case: str,
+) -> None:
+    if case == "glass":  # nothing is correlated on the 2 x 2 grid: no evidence of stillness
+        sharp = np.full((512, 512, 3), 240, dtype=np.uint8)
+        planes, _ = drifted_stack(sharp, BLURS, lambda z, yy, xx: (0.0, 0.0))
+    else:  # 0.4 px per plane step: above the 0.25 px stop
+        planes, _ = drifted_stack(sharp_rgb(), BLURS, lambda z, yy, xx: (0.4 * (z - 2), 0.0))
+    fast, full, _, _ = _fields_with_and_without_early_stop(planes)
+    assert len(fast.centres_y) == 4 and fast.digest() == full.digest()

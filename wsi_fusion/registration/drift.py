@@ -15,6 +15,10 @@ plane, the translation of its content relative to the reference plane:
 3. *Chaining*: each plane is compared with its neighbour toward the reference (z vs z-1 above it,
    z vs z+1 below), never with a far plane directly: far planes differ so much in defocus that
    their correlation peak is weak and biased. The steps are summed along the chain.
+4. *Early stop* (``early_stop_px``, set by the pipeline in ``auto`` mode): the grid's four corner
+   regions are measured first; when every shift there is below half the ``auto`` threshold the
+   stack is taken as still (it would not be registered) and that 2 x 2 field is returned without
+   measuring the rest of the grid. Otherwise the whole grid is measured, reusing those crops.
 
 The result, :class:`DriftField`, is plain picklable data (numpy arrays and tuples), interpolated
 bilinearly between the region centres and held constant beyond the outermost ones.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,6 +208,7 @@ def estimate_drift(
     min_texture: float = 1.5,
     min_psr: float = 10.0,
     outlier_px: float = 1.0,
+    early_stop_px: float | None = None,
 ) -> DriftField:
     """Measure each plane's lateral drift relative to ``reference`` (see the module docstring).
 
@@ -228,6 +234,13 @@ def estimate_drift(
     outlier_px
         A region's step is an outlier when it differs from the median of the regions by more than
         this or 3 robust standard deviations, whichever is larger.
+    early_stop_px
+        When set and ``grid > 2``: measure the four corner regions of the grid first (a 2 x 2
+        field on their centres) and return that field when every step of the chain was measured
+        in at least one crop and every shift (nodes and global) is below this many px; otherwise
+        measure the whole grid as without it, reusing those crops (same result, same cost). The
+        pipeline sets it to half the ``auto`` threshold, so a still stack, which would not be
+        registered anyway, measures 5 of the 17 crops of the default 4 x 4 grid.
 
     Returns
     -------
@@ -249,20 +262,81 @@ def estimate_drift(
     thumbs = [grey(stack.thumbnail(z, thumbnail_side)) for z in range(n)]
     coarse = _coarse_offsets(thumbs, order, (h, w), upsample, min_psr, min_texture)
 
+    textured = _textured_box(thumbs[reference], (h, w), sample_side)
+    measured_boxes: dict[Box, FloatArray] = {}
+
+    def measure(box: Box) -> FloatArray:
+        if box not in measured_boxes:
+            measured_boxes[box] = _measure_box(
+                stack, box, reference, order, coarse, upsample, min_texture, min_psr
+            )
+        return measured_boxes[box]
+
     regions_y = _regions(h, grid)
     regions_x = _regions(w, grid)
+
+    def field_of(
+        rows: list[tuple[int, int]], cols: list[tuple[int, int]], quiet: bool
+    ) -> tuple[DriftField, bool]:
+        return _field(
+            (h, w),
+            rows,
+            cols,
+            sample_side,
+            textured,
+            measure,
+            reference,
+            order,
+            coarse,
+            outlier_px,
+            quiet=quiet,
+        )
+
+    if early_stop_px is not None and max(len(regions_y), len(regions_x)) > 2:
+        # The four corner regions of the full grid: their crops are reused when it is measured.
+        first, every_step_measured = field_of(_ends(regions_y), _ends(regions_x), quiet=True)
+        largest = max(first.max_abs(), float(np.abs(first.global_shifts).max()))
+        if every_step_measured and largest < early_stop_px:
+            logger.debug(
+                "drift below %.2f px on a 2 x 2 grid (max %.3f px): not measuring the %d x %d grid",
+                early_stop_px,
+                largest,
+                grid,
+                grid,
+            )
+            return first
+    return field_of(regions_y, regions_x, quiet=False)[0]
+
+
+def _field(
+    shape: tuple[int, int],
+    regions_y: list[tuple[int, int]],
+    regions_x: list[tuple[int, int]],
+    sample_side: int,
+    textured: Box,
+    measure: Callable[[Box], FloatArray],
+    reference: int,
+    order: list[tuple[int, int]],
+    coarse: FloatArray,
+    outlier_px: float,
+    *,
+    quiet: bool,
+) -> tuple[DriftField, bool]:
+    """The field on the regions ``regions_y x regions_x`` (plus the ``textured`` crop for the
+    global estimate), and whether every step of the chain was measured in at least one crop."""
+    h, w = shape
+    n = len(coarse)
     boxes = [_sample_box(ry, rx, sample_side) for ry in regions_y for rx in regions_x]
-    boxes.append(_textured_box(thumbs[reference], (h, w), sample_side))
+    boxes.append(textured)
     steps = np.full((len(boxes), n, 2), np.nan)
     for b, box in enumerate(boxes):
-        steps[b] = _measure_box(
-            stack, box, reference, order, coarse, upsample, min_texture, min_psr
-        )
+        steps[b] = measure(box)
 
     n_grid = len(regions_y) * len(regions_x)
     grid_steps = np.zeros((n, len(regions_y), len(regions_x), 2))
     measured = np.ones((n, len(regions_y), len(regions_x)), dtype=bool)
     global_steps = np.zeros((n, 2))
+    every_step_measured = True
     for z, nb in order:
         values = steps[:, z]
         ok = ~np.isnan(values[:, 0])
@@ -273,8 +347,9 @@ def estimate_drift(
             ok &= np.all(np.abs(np.nan_to_num(values) - centre) <= tol, axis=1)
             global_steps[z] = np.median(values[ok], axis=0)
         else:
+            every_step_measured = False
             global_steps[z] = coarse[z] - coarse[nb]
-            logger.warning(
+            (logger.debug if quiet else logger.warning)(
                 "plane %d vs %d: no textured region correlated; using the thumbnail estimate "
                 "(%.2f, %.2f) px",
                 z,
@@ -299,7 +374,7 @@ def estimate_drift(
     for z, nb in order:
         shifts[z] = shifts[nb] + grid_steps[z]
         global_shifts[z] = global_shifts[nb] + global_steps[z]
-    return DriftField(
+    field = DriftField(
         reference=reference,
         shape=(h, w),
         centres_y=np.array([(a + b) / 2.0 for a, b in regions_y]),
@@ -308,6 +383,7 @@ def estimate_drift(
         global_shifts=global_shifts,
         measured=measured,
     )
+    return field, every_step_measured
 
 
 def _chain(n: int, reference: int) -> list[tuple[int, int]]:
@@ -348,6 +424,11 @@ def _regions(length: int, grid: int) -> list[tuple[int, int]]:
     parts = max(1, min(grid, length // _MIN_SIDE))
     edges = [round(i * length / parts) for i in range(parts + 1)]
     return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def _ends(regions: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The first and the last of ``regions`` (the one region when there is one)."""
+    return [regions[0], regions[-1]] if len(regions) > 1 else regions
 
 
 def _sample_box(ry: tuple[int, int], rx: tuple[int, int], side: int) -> Box:
