@@ -70,6 +70,8 @@ def test_driver_runs_a_batch_on_slurm_worker_jobs(tmp_path: Path) -> None:
         "128",
         "--overlap",
         "64",
+        "--fuser",
+        "plane",  # the test is about the driver and the workers, not fusion
         "--no-tissue",
         "-q",
     ]
