@@ -10,7 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 
 from wsi_fusion.cli import main
 
@@ -29,6 +31,18 @@ FILES_ONLY_RUN = {
     "registration": {"mode": "off"},
     "scheduler": "sync",
 }
+
+
+def write_random_planes(folder: Path, stem: str, n: int, size_hw: tuple[int, int]) -> list[str]:
+    """``n`` tiled RGB TIFF planes ``{stem}_z{k}.tif`` of seeded noise in ``folder``: paths."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for z in range(n):
+        path = folder / f"{stem}_z{z}.tif"
+        pixels = rng.integers(0, 256, size=(*size_hw, 3), dtype=np.uint8)
+        tifffile.imwrite(path, pixels, photometric="rgb", tile=(128, 128))
+        paths.append(str(path))
+    return paths
 
 
 def run_cli(

@@ -7,10 +7,9 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tifffile
-from helpers import run_cli
+from helpers import run_cli, write_random_planes
 
 from wsi_fusion.io.privacy import redact_config, redact_fuser
 
@@ -24,14 +23,7 @@ ACCESSION = "S24-012345"
 def planes(tmp_path: Path) -> list[str]:
     folder = tmp_path / ACCESSION
     folder.mkdir()
-    rng = np.random.default_rng(0)
-    paths = []
-    for k in range(3):
-        path = folder / f"case_z{k}.tif"
-        pixels = rng.integers(0, 256, size=(300, 400, 3), dtype=np.uint8)
-        tifffile.imwrite(path, pixels, photometric="rgb", tile=(128, 128))
-        paths.append(str(path))
-    return paths
+    return write_random_planes(folder, "case", 3, (300, 400))
 
 
 def machine_paths(tmp_path: Path) -> list[bytes]:

@@ -13,6 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from helpers import write_random_planes  # noqa: E402
+
 from wsi_fusion.config import RunConfig  # noqa: E402
 from wsi_fusion.errors import WeightsError  # noqa: E402
 from wsi_fusion.fusers import fuser_class  # noqa: E402
@@ -99,16 +101,7 @@ def test_workers_refuse_weights_other_than_the_recorded_ones(weights: tuple[Path
 
 
 def _planes(folder: Path) -> list[str]:
-    import tifffile
-
-    rng = np.random.default_rng(0)
-    paths = []
-    for z in range(2):
-        path = folder / f"p_z{z}.tif"
-        pixels = rng.integers(0, 256, size=(160, 200, 3), dtype=np.uint8)
-        tifffile.imwrite(path, pixels, photometric="rgb", tile=(128, 128))
-        paths.append(str(path))
-    return paths
+    return write_random_planes(folder, "p", 2, (160, 200))
 
 
 @pytest.mark.parametrize("pinned", [True, False])
