@@ -66,9 +66,7 @@ from wsi_fusion.fusers.pairwise import (
     PairwiseParams,
     PairwiseTorchFuser,
     baseline_plane,
-    serial_margin,
 )
-from wsi_fusion.fusers.surface import surface_margin
 
 if TYPE_CHECKING:
     import torch
@@ -132,12 +130,9 @@ class ACNNFuser(PairwiseTorchFuser):
         return FOCUS_HALO + 4 * self.params.morph_radius
 
     @property
-    def margin(self) -> int:
-        if self.params.strategy == "serial":
-            reach = serial_margin(self.pair_margin, self.params.max_planes)
-        else:
-            reach = FOCUS_HALO
-        return surface_margin(reach, self.params)
+    def combined_reach(self) -> int:
+        """The round robin and the calibration use the graded focus maps, without morphology."""
+        return FOCUS_HALO
 
     def build_model(self) -> torch.nn.Module:
         from wsi_fusion.nets.acnn import ACNN, SMALL

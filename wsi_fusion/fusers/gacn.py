@@ -67,9 +67,7 @@ from wsi_fusion.fusers.pairwise import (
     PairwiseTorchFuser,
     Weighting,
     baseline_plane,
-    serial_margin,
 )
-from wsi_fusion.fusers.surface import surface_margin
 
 if TYPE_CHECKING:
     import torch
@@ -125,14 +123,6 @@ class GACNFuser(PairwiseTorchFuser):
         p = self.params
         smoothing = max(max(int(round(2 * p.smooth_sigma)), 1), 2 * p.guided_radius)
         return DM_HALO + (smoothing if p.smooth else 0)
-
-    @property
-    def margin(self) -> int:
-        if self.params.strategy == "serial":
-            reach = serial_margin(self.pair_margin, self.params.max_planes)
-        else:
-            reach = self.pair_margin
-        return surface_margin(reach, self.params)
 
     def build_model(self) -> torch.nn.Module:
         import torch

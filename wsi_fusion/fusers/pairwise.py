@@ -67,7 +67,7 @@ from wsi_fusion.errors import ConfigError
 from wsi_fusion.fusers._depth import DepthParams
 from wsi_fusion.fusers._torch import TorchFuser, TorchParams
 from wsi_fusion.fusers.base import FusionResult, one_hot_weights, weighted_sum
-from wsi_fusion.fusers.surface import on_depth_surface
+from wsi_fusion.fusers.surface import on_depth_surface, surface_margin
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -292,6 +292,20 @@ class PairwiseTorchFuser(TorchFuser):
     @abstractmethod
     def batch_deciders(self, arrays: list[Float32Array]) -> list[PairwiseDecider]:
         """One decider per equal-sized tile, their per-plane network work done in one pass."""
+
+    @property
+    def combined_reach(self) -> int:
+        """Reach of the decisions the round robin and the calibration combine."""
+        return self.pair_margin
+
+    @property
+    def margin(self) -> int:
+        p = self.params
+        if p.strategy == "serial":
+            reach = serial_margin(self.pair_margin, p.max_planes)
+        else:
+            reach = self.combined_reach
+        return surface_margin(reach, p)
 
     def weighting(self) -> Weighting:
         """How the calibration turns the decision volume into weights."""
