@@ -18,6 +18,7 @@ from wsi_fusion.io.readers._base import BaseStack, check_pixel_type
 from wsi_fusion.io.readers._duplicates import refuse_duplicate_planes
 from wsi_fusion.io.readers.dicom import dicom_files_in, dicom_header, open_dicom
 from wsi_fusion.io.readers.layers import open_layers
+from wsi_fusion.io.readers.mrxs import refuse_mrxs_zstack
 from wsi_fusion.io.readers.ndpi import open_ndpi_stack
 from wsi_fusion.io.readers.ome_files import referenced_files
 from wsi_fusion.io.readers.ome_tiff import TiffLayout, inspect_tiff, open_tiff_stack
@@ -75,6 +76,9 @@ def _open_single(path: str, kind: Kind) -> BaseStack:
         layout = _inspect_checked(path)
         if layout is not None and layout.n_planes > 1:
             return open_ndpi_stack(path) if layout.is_ndpi else open_tiff_stack(path)
+    else:
+        # OpenSlide would read one plane of an MRXS z-stack without a word.
+        refuse_mrxs_zstack(path)
     return open_layers([path])
 
 
@@ -92,6 +96,8 @@ def _check_single_plane(path: str, kind: Kind) -> None:
             planes = layout.n_planes
     elif kind == "dicom":
         planes = int(dicom_header(path)["focal_planes"])
+    else:
+        refuse_mrxs_zstack(path)
     if planes > 1:
         raise UnsupportedInput(
             f"{path} holds {planes} focal planes itself, so it cannot be one plane of a "
