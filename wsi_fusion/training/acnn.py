@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
-from wsi_fusion.nets.acnn import ACNN
+from wsi_fusion.nets.acnn import ACNN, SMALL, ACNNConfig
 from wsi_fusion.training.data import (
     augment,
     gaussian_blur,
@@ -42,12 +43,20 @@ Image = npt.NDArray[np.uint8]
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
+#: Network sizes by ``width``: the shipped reduced one and CNN-Fuse's (64, 128, 256, FC 256).
+WIDTHS: dict[str, ACNNConfig] = {
+    "small": SMALL,
+    "paper": ACNNConfig(c1=64, c2=128, c3=256, hidden=256),
+}
+
 
 class ACNNTrainConfig(BaseModel):
     """The run config of ``workflows/train_acnn.py`` (``configs/train_acnn.yaml``)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    #: Network size (:data:`WIDTHS`); "small" is the shipped ``acnn.small``.
+    width: Literal["small", "paper"] = "small"
     seed: int = 0
     steps: int = Field(default=2000, ge=1)
     batch: int = Field(default=128, ge=1)
@@ -121,12 +130,11 @@ def train(
 
     The sha256 is empty when the time budget stopped the run before ``cfg.steps``.
     """
-    from wsi_fusion.nets.acnn import SMALL
     from wsi_fusion.training.data import sharp_sources
     from wsi_fusion.training.run import Built, train_and_save
 
     def build() -> Built:
-        net = ACNN(SMALL)
+        net = ACNN(WIDTHS[cfg.width])
         sources = sharp_sources([root / d for d in cfg.extra_sources])
         step, optimizer, scheduler = build_training(cfg, sources, net)
         return net, step, optimizer, scheduler

@@ -38,6 +38,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +46,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
-from wsi_fusion.nets.gacn import GACN, BoundarySmoothing, smooth_boundary
+from wsi_fusion.nets.gacn import GACN, SMALL, BoundarySmoothing, GACNConfig, smooth_boundary
 from wsi_fusion.training.data import augment, mask_pair_sample, random_crop
 from wsi_fusion.training.loop import step_rng
 
@@ -60,6 +61,8 @@ class GACNTrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: Network size: "small" (the shipped ``gacn.small``) or "paper" (``GACNConfig()``).
+    width: Literal["small", "paper"] = "small"
     seed: int = 0
     steps: int = Field(default=400, ge=1)
     batch: int = Field(default=8, ge=1)
@@ -261,12 +264,11 @@ def train(
 
     The sha256 is empty when the time budget stopped the run before ``cfg.steps``.
     """
-    from wsi_fusion.nets.gacn import SMALL
     from wsi_fusion.training.data import sharp_sources
     from wsi_fusion.training.run import Built, train_and_save
 
     def build() -> Built:
-        net = GACN(SMALL)
+        net = GACN(SMALL if cfg.width == "small" else GACNConfig())
         sources = sharp_sources([root / d for d in cfg.extra_sources])
         step, optimizer, scheduler = build_training(cfg, sources, net)
         return net, step, optimizer, scheduler
