@@ -124,6 +124,62 @@ def test_lossless_dicom_output_is_exact(tmp_path: Path) -> None:
     assert ds.ExtendedDepthOfField == "NO" and "NumberOfFocalPlanes" not in ds  # one plane
 
 
+def _label_and_macro() -> dict[str, npt.NDArray[np.uint8]]:
+    rng = np.random.default_rng(3)
+    label = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)  # noise: any loss would show
+    macro = smooth_planes(1, 80, 220)[0]
+    return {"label": label, "macro": macro, "thumbnail": macro[:40, :40]}
+
+
+def test_label_and_macro_become_label_and_overview_instances(tmp_path: Path) -> None:
+    from wsidicom import WsiDicom
+
+    group, _ = _pyramid(tmp_path)
+    folder = tmp_path / "out.dicom"
+    images = _label_and_macro()
+    files = write_dicom(group, folder, mpp=MPP, focal_planes=3, associated=images)
+    # No thumbnail instance: the smallest level is one.
+    levels = [f"level_{k}.dcm" for k in range(4)]
+    assert [f.name for f in files] == [*levels, "label.dcm", "overview.dcm"]
+    series = {pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID for f in files}
+    assert len(series) == 1
+    for name, kind in (("label.dcm", "LABEL"), ("overview.dcm", "OVERVIEW")):
+        ds = pydicom.dcmread(folder / name, stop_before_pixels=True)
+        # The scanner's own image, copied losslessly (the fused levels are DERIVED).
+        assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY", kind, "NONE"]
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"  # J2K lossless
+        assert ds.NumberOfFrames == 1
+    with WsiDicom.open(folder) as slide:
+        assert len(slide.levels) == 4
+        np.testing.assert_array_equal(np.asarray(slide.read_label())[..., :3], images["label"])
+        np.testing.assert_array_equal(np.asarray(slide.read_overview())[..., :3], images["macro"])
+    with open_stack([folder]) as stack:  # still read back as the one fused plane
+        assert stack.n_planes == 1 and tuple(stack.shape[:2]) == (600, 700)
+
+    openslide = pytest.importorskip("openslide")
+    try:
+        slide = openslide.OpenSlide(str(files[0]))
+    except openslide.OpenSlideUnsupportedFormatError:
+        pytest.skip(f"OpenSlide {openslide.__library_version__} does not read DICOM WSI")
+    with slide:
+        assert slide.level_count == 4
+        assoc = slide.associated_images
+        assert set(assoc) >= {"label", "macro"}
+        np.testing.assert_array_equal(np.asarray(assoc["label"])[..., :3], images["label"])
+        np.testing.assert_array_equal(np.asarray(assoc["macro"])[..., :3], images["macro"])
+
+
+def test_no_label_image_writes_only_the_overview(tmp_path: Path) -> None:
+    """What the pipeline passes with --no-label (associated images without ``label``)."""
+    group, _ = _pyramid(tmp_path)
+    images = _label_and_macro()
+    del images["label"]
+    files = write_dicom(group, tmp_path / "out.dicom", mpp=MPP, associated=images)
+    assert [f.name for f in files][-2:] == ["level_3.dcm", "overview.dcm"]
+    kinds = [pydicom.dcmread(f, stop_before_pixels=True).ImageType[2] for f in files]
+    assert "LABEL" not in kinds
+
+
 def test_fuse_slide_to_dicom_publishes_a_folder_with_its_record(tmp_path: Path) -> None:
     from wsidicom import WsiDicom
 

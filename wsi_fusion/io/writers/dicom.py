@@ -68,6 +68,7 @@ def write_dicom(
     name: str | None = None,
     source: Mapping[str, Any] | None = None,
     description: Mapping[str, Any] | None = None,
+    associated: Mapping[str, npt.NDArray[np.uint8]] | None = None,
     workers: int | None = None,
 ) -> list[Path]:
     """Write an OME-Zarr image pyramid as a DICOM WSI: one instance per level in ``folder``.
@@ -105,13 +106,19 @@ def write_dicom(
         pyramid's comments (Manufacturer is this tool: it made the fused image).
     description
         Provenance; only its ``stack.source`` is used (as ``source``).
+    associated
+        The slide's associated images by name ((h, w, 3) uint8, as
+        :func:`wsi_fusion.io.source_metadata.associated_images` gives them, without the label
+        when it is to be left out): ``label`` becomes a LABEL instance (``label.dcm``),
+        ``macro`` an OVERVIEW instance (``overview.dcm``), both one JPEG 2000 lossless frame
+        (a barcode stays exact); other names are ignored (the smallest level is the thumbnail).
     workers
         Threads wsidicom encodes with (default: its own choice).
 
     Returns
     -------
     list of pathlib.Path
-        The instance files, level 0 first.
+        The instance files, level 0 first, then ``label.dcm`` and ``overview.dcm`` if written.
 
     Raises
     ------
@@ -155,24 +162,45 @@ def write_dicom(
     encoder = _wsidicom_encoder(compression, jpeg_quality)
     data = [_ZarrLevel(arr, mpp * 2**k, tile, encoder) for k, arr in enumerate(levels)]
     metadata = _metadata(title, (source or {}).get("vendor"), focal_planes, distance_mm, data[0])
-    slide_source = _ZarrSource(metadata, data, focal_planes, distance_mm)
+    extra = {
+        _ASSOCIATED_TYPES[key]: _AssociatedImage(image)
+        for key, image in (associated or {}).items()
+        if key in _ASSOCIATED_TYPES
+    }
+    slide_source = _ZarrSource(metadata, data, focal_planes, distance_mm, extra)
     # wsidicom writes only into an empty folder, and ``folder`` may hold its owner's marker:
     # write into a fresh subfolder and move the instances up (renames on one file system).
     staging = folder / ".instances.partial"
     try:
         staging.mkdir()
         with WsiDicom(slide_source) as slide:
-            written = slide.save(staging, workers=workers, include_labels=False)
+            written = slide.save(staging, workers=workers, include_thumbnails=False)
         paths = []
-        # Named by level (wsidicom names them by SOP Instance UID), level 0 first.
-        for level, instance in enumerate(sorted((Path(str(p)) for p in written), key=_level_order)):
-            paths.append(folder / f"level_{level}.dcm")
+        # Named by level (wsidicom names them by SOP Instance UID), level 0 first, then the
+        # label and the overview.
+        kinds = {Path(str(p)): _image_kind(Path(str(p))) for p in written}
+        volumes = sorted((p for p, kind in kinds.items() if kind == "VOLUME"), key=_level_order)
+        names = {p: f"level_{level}.dcm" for level, p in enumerate(volumes)}
+        names.update({p: f"{kind.lower()}.dcm" for p, kind in kinds.items() if kind != "VOLUME"})
+        for instance in [*volumes, *sorted(set(kinds) - set(volumes), key=lambda p: names[p])]:
+            paths.append(folder / names[instance])
             os.replace(instance, paths[-1])
         staging.rmdir()
     except OSError as err:
         raise write_error(err, str(folder)) from err
     logger.info("wrote DICOM WSI %s (%d levels, %s)", folder, len(paths), encoder.transfer_syntax)
     return paths
+
+
+#: DICOM image type of each associated image carried (the macro is DICOM's OVERVIEW).
+_ASSOCIATED_TYPES = {"label": "LABEL", "macro": "OVERVIEW"}
+
+
+def _image_kind(path: Path) -> str:
+    """Third value of an instance's Image Type: ``VOLUME``, ``LABEL`` or ``OVERVIEW``."""
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).ImageType[2])
 
 
 def _level_order(path: Path) -> int:
@@ -359,6 +387,26 @@ class _ZarrLevel(_wsidicom_image_data()):  # type: ignore[misc]
         return bytes(self.encoder.encode(self._frame(int(tile.y), int(tile.x))))
 
 
+class _AssociatedImage(_ZarrLevel):
+    """A label or overview image as wsidicom image data: one JPEG 2000 lossless frame, no
+    pixel spacing (it is a photograph of the slide, not of the imaged area)."""
+
+    def __init__(self, image: npt.NDArray[np.uint8]) -> None:
+        pixels = np.moveaxis(np.asarray(image, dtype=np.uint8)[..., :3], -1, 0)
+        super().__init__(pixels, 0.0, max(pixels.shape[1:]), _wsidicom_encoder("lossless", 0))
+
+    @property
+    def tile_size(self) -> Any:
+        return self.image_size
+
+    def _frame(self, row: int, col: int) -> npt.NDArray[np.uint8]:
+        return np.ascontiguousarray(np.moveaxis(np.asarray(self._arr), 0, -1))
+
+    @property
+    def pixel_spacing(self) -> None:
+        return None
+
+
 def _wsidicom_source() -> Any:
     from wsidicom.source import Source
 
@@ -369,7 +417,12 @@ class _ZarrSource(_wsidicom_source()):  # type: ignore[misc]
     """A wsidicom source whose only series is the fused pyramid."""
 
     def __init__(
-        self, metadata: Any, levels: Sequence[Any], planes: int, distance_mm: float | None
+        self,
+        metadata: Any,
+        levels: Sequence[Any],
+        planes: int,
+        distance_mm: float | None,
+        associated: Mapping[str, Any] | None = None,
     ) -> None:
         import copy
 
@@ -394,6 +447,14 @@ class _ZarrSource(_wsidicom_source()):  # type: ignore[misc]
             edf = "YES" if planes > 1 else "NO"
             dataset = dataset.replace({"ImageType": kind, "ExtendedDepthOfField": edf})
             self._levels.append(WsiInstance(dataset, data))
+        self._associated: dict[str, list[Any]] = {"LABEL": [], "OVERVIEW": []}
+        # The scanner's label and overview, copied losslessly: wsidicom marks them ORIGINAL.
+        for image_kind, data in (associated or {}).items():
+            image_type = ImageType[image_kind]
+            dataset = WsiDataset.create_instance_dataset(
+                WsiMetadataDicomSchema().dump(metadata, image_type), image_type, data, 0
+            )
+            self._associated[image_kind].append(WsiInstance(dataset, data))
 
     @property
     def base_dataset(self) -> Any:
@@ -405,11 +466,11 @@ class _ZarrSource(_wsidicom_source()):  # type: ignore[misc]
 
     @property
     def label_instances(self) -> list[Any]:
-        return []
+        return self._associated["LABEL"]
 
     @property
     def overview_instances(self) -> list[Any]:
-        return []
+        return self._associated["OVERVIEW"]
 
     @property
     def thumbnail_instances(self) -> list[Any]:
