@@ -5,10 +5,15 @@ from ``step``, so a resumed run draws the same batches an uninterrupted one woul
 forward/backward passes and optimiser steps. The loop handles seeding, progress, periodic
 checkpoints (modules + optimisers + schedulers + history, loaded back with ``weights_only=True``)
 and a JSON log beside the checkpoint.
+
+It also applies the process's training session (:mod:`wsi_fusion.training.session`): the
+modules on the session's device, each step under its autocast, and the batches drawn ahead in
+worker processes when the preset names the recipe's batch function.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -85,6 +90,8 @@ def train_loop(
     import torch
     from tqdm import tqdm
 
+    from wsi_fusion.training import session
+
     checkpoint_path = Path(checkpoint_path)
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     log_path = checkpoint_path.with_suffix(".log.json")
@@ -119,31 +126,57 @@ def train_loop(
         tmp.replace(checkpoint_path)  # atomic: a kill never leaves a half-written checkpoint
         log_path.write_text(json.dumps(history, indent=1))
 
+    run = session.current()
     for module in modules.values():
+        module.to(run.device)  # in place: the optimisers keep their parameters
         module.train()
+    prefetcher: session.BatchPrefetcher | None = None
+    stack = contextlib.ExitStack()
+    if run.run.batch_fn and run.run.prefetch_workers > 0 and start < n_steps:
+        prefetcher = stack.enter_context(
+            session.BatchPrefetcher(
+                run.run.batch_fn,
+                seed,
+                start,
+                n_steps,
+                run.run.prefetch_workers,
+                run.run.prefetch_ahead,
+            )
+        )
     sums: dict[str, float] = {}
     count = 0
     began = time.perf_counter() - elapsed
     bar = tqdm(range(start, n_steps), initial=start, total=n_steps, disable=not progress)
     step = start
-    for step in bar:
-        for key, value in step_fn(step).items():
-            sums[key] = sums.get(key, 0.0) + float(value)
-        count += 1
-        elapsed = time.perf_counter() - began
-        if count == log_every or step == n_steps - 1:
-            record = {"step": step + 1, "seconds": round(elapsed, 1)}
-            record.update({k: round(v / count, 5) for k, v in sums.items()})
-            history.append(record)
-            bar.set_postfix({k: f"{v / count:.4f}" for k, v in sums.items()})
-            sums, count = {}, 0
-        out_of_time = max_seconds is not None and elapsed > max_seconds
-        if (step + 1) % checkpoint_every == 0 or step == n_steps - 1 or out_of_time:
-            save(step + 1)
-        if out_of_time:
-            log.warning("stopping at step %d: time budget of %.0f s used", step + 1, max_seconds)
-            break
+    with stack:
+        for step in bar:
+            if prefetcher is not None:
+                prefetcher.step = step
+            with session.autocast():
+                losses = step_fn(step)
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            count += 1
+            elapsed = time.perf_counter() - began
+            if count == log_every or step == n_steps - 1:
+                record = {"step": step + 1, "seconds": round(elapsed, 1)}
+                record.update({k: round(v / count, 5) for k, v in sums.items()})
+                history.append(record)
+                bar.set_postfix({k: f"{v / count:.4f}" for k, v in sums.items()})
+                sums, count = {}, 0
+            out_of_time = max_seconds is not None and elapsed > max_seconds
+            if (step + 1) % checkpoint_every == 0 or step == n_steps - 1 or out_of_time:
+                save(step + 1)
+            if out_of_time:
+                log.warning(
+                    "stopping at step %d: time budget of %.0f s used", step + 1, max_seconds
+                )
+                break
     bar.close()
+    if prefetcher is not None:
+        run.stats["data_wait_seconds"] = round(prefetcher.wait_seconds, 2)
+        run.stats["batches_drawn_in_step"] = prefetcher.direct_calls
+    session.record_peak_memory()
     for module in modules.values():
         module.eval()
     return history

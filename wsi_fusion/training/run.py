@@ -3,6 +3,13 @@
 A workflow is then its config model, its network and its model-card comparison; the plumbing
 (command-line options, resuming, writing the weights and a JSON summary next to the checkpoint,
 the held-out / validation comparison) lives here once.
+
+The options ``--device``, ``--preset`` and ``--dry-run`` start the process's training session
+(:mod:`wsi_fusion.training.session`) when the command line is parsed, so every workflow gets
+them from :func:`train_parser` alone::
+
+    .venv/bin/python workflows/train_msegnet.py --device cuda --preset h100-8min
+    OMP_NUM_THREADS=1 .venv/bin/python workflows/train_msegnet.py --preset h100-8min --dry-run
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from wsi_fusion.training.config import DRY_RUN_STEPS
 
 if TYPE_CHECKING:  # torch stays lazy for importers of this module
     import torch
@@ -58,14 +67,43 @@ class TrainRun(RunRecord, Protocol):
 Built = tuple["torch.nn.Module", "StepFn", "torch.optim.Optimizer", Any]
 
 
+class TrainParser(argparse.ArgumentParser):
+    """An argument parser that starts the training session from the options it parsed."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        from wsi_fusion.training import session
+
+        parsed, rest = super().parse_known_args(args, namespace)
+        session.start(parsed.device, parsed.preset, parsed.dry_run)
+        return parsed, rest
+
+
 def train_parser(doc: str | None, default_config: Path) -> argparse.ArgumentParser:
     """The options every training workflow has: ``--config``, ``--steps``, ``--max-seconds``,
-    ``--no-progress``; the description is the first line of the workflow's docstring."""
-    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    ``--no-progress``, ``--device``, ``--preset``, ``--dry-run``; the description is the first
+    line of the workflow's docstring. Parsing starts the training session."""
+    parser = TrainParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--config", default=str(default_config))
     parser.add_argument("--steps", type=int, default=None, help="override the config's steps")
     parser.add_argument("--max-seconds", type=float, default=None, help="override the budget")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default cpu)"
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="overlay configs/presets/PRESET/<config name> (e.g. h100-8min: the paper's width "
+        "in 8 minutes on one H100-class GPU, bf16 autocast, prefetched batches)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=f"rehearsal: {DRY_RUN_STEPS} steps at the preset's tiny sizes, checkpoint and "
+        "weights under scratch/dry_run/",
+    )
     return parser
 
 
@@ -144,15 +182,26 @@ def train_and_save(
     )
     seconds = time.perf_counter() - started
     sha = ""
-    if history and history[-1]["step"] >= cfg.steps:
+    if history and (history[-1]["step"] >= cfg.steps or _save_at_budget()):
         sha = save_weights(net, root / cfg.output)
         log.info("wrote %s (sha256 %s)", cfg.output, sha)
     return history, sha, seconds
 
 
+def _save_at_budget() -> bool:
+    """The session's preset writes the weights of a run its time budget stopped."""
+    from wsi_fusion.training import session
+
+    return session.current().run.save_at_budget
+
+
 def hardware(threads: int) -> str:
-    """The processor and thread count, for summaries and model cards."""
-    return f"{platform.processor() or platform.machine()}, {threads} thread(s), CPU"
+    """The processor and thread count (and the GPU on a CUDA session), for summaries and cards."""
+    from wsi_fusion.training import session
+
+    cpu = f"{platform.processor() or platform.machine()}, {threads} thread(s)"
+    gpu = session.device_name()
+    return f"{gpu}, {cpu}" if gpu else f"{cpu}, CPU"
 
 
 def training_summary(
@@ -167,10 +216,16 @@ def training_summary(
     """The JSON summary of one invocation: config, progress, final losses, sha256, hardware.
 
     ``steps_done`` defaults to the last logged step; ``extra`` entries go before the sha256.
+    A run with a device, preset or dry run also records its session (device, preset, AMP,
+    prefetching, data wait, peak GPU memory), the steps per second and whether the time budget
+    stopped it before ``cfg.steps``.
     """
-    return {
+    from wsi_fusion.training import session
+
+    done = steps_done if steps_done is not None else _last_step(history)
+    summary = {
         "config": cfg.model_dump(),
-        "steps_done": steps_done if steps_done is not None else _last_step(history),
+        "steps_done": done,
         "train_seconds_total": history[-1]["seconds"] if history else 0.0,
         "this_invocation_seconds": round(seconds, 1),
         "final": history[-1] if history else None,
@@ -178,6 +233,13 @@ def training_summary(
         "sha256": sha,
         "hardware": hardware(cfg.threads),
     }
+    run = session.current()
+    if not run.is_default:
+        total = summary["train_seconds_total"]
+        summary["session"] = run.describe()
+        summary["steps_per_second"] = round(float(done) / total, 3) if total else None
+        summary["stopped_at_budget"] = bool(done < cfg.steps)
+    return summary
 
 
 def _last_step(history: list[dict[str, float]]) -> Any:
@@ -281,7 +343,7 @@ def save_and_finish(
     """
     from wsi_fusion.fusers._weights import save_weights
 
-    done = steps_done >= cfg.steps
+    done = steps_done >= cfg.steps or (steps_done > 0 and _save_at_budget())
     sha = save_weights(net, Path(cfg.output)) if done else None
     output = cfg.output if done else None
     summary = training_summary(cfg, history, seconds, sha, steps_done=steps_done, output=output)

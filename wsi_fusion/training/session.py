@@ -1,0 +1,321 @@
+"""The training session of a process: device, preset, dry run, AMP and batch prefetching.
+
+A training workflow is one process that trains one network. Its command line
+(``--device``, ``--preset``, ``--dry-run``; :func:`wsi_fusion.training.run.train_parser`) starts
+the session once; the shared pieces read it from there, so no recipe needs its own device code:
+
+- :func:`wsi_fusion.training.config.load_train_config` merges the preset's overlay
+  (``configs/presets/<preset>/<config name>``) and the dry-run shrink over the run config, and
+  hands the preset's ``run:`` options (AMP, prefetching, save at the budget) to the session;
+- :func:`wsi_fusion.training.loop.train_loop` runs each step under the session's autocast and,
+  when a batch function is named, draws the steps' batches ahead in worker processes
+  (:class:`BatchPrefetcher`).
+
+Device placement without per-recipe code
+----------------------------------------
+The recipes build their networks with plain constructors and their batches with
+``torch.from_numpy``. On a CUDA session, :func:`start` makes CUDA the default device of torch's
+constructors (``torch.set_default_device``, the public switch) and routes ``torch.from_numpy``
+through a copy to the device. Both are process-wide, which is why only the command line of a
+training process starts a session; :func:`stop` undoes them (tests). A recipe that prefers to
+be explicit can call :func:`to_device` on its arrays: the result is the same.
+
+bf16 autocast, no GradScaler: bf16 has fp32's exponent range, so gradients cannot underflow;
+fp16 would need a scaler around each recipe's own ``backward``/``step`` calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+log = logging.getLogger(__name__)
+
+Device = Literal["cpu", "cuda"]
+
+
+class RunOptions(BaseModel):
+    """The ``run:`` section of a preset: how to run, not what to train (no model fields)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Autocast dtype of the training steps ("none": fp32; TF32 matmuls/convs on CUDA anyway).
+    amp: Literal["bf16", "none"] = "none"
+    #: ``"module:function"`` that draws one step's batch as ``fn(sources, rng, cfg, *rest)``
+    #: with ``rng = step_rng(seed, step)``; drawn ahead in ``prefetch_workers`` processes.
+    batch_fn: str | None = None
+    prefetch_workers: int = Field(default=0, ge=0)
+    #: Batches each worker keeps ready (DataLoader ``prefetch_factor``).
+    prefetch_ahead: int = Field(default=4, ge=1)
+    #: Write the weights when ``max_seconds`` stops the run before ``steps`` (a time-boxed
+    #: run); the summary then says ``stopped_at_budget``.
+    save_at_budget: bool = False
+
+
+@dataclass
+class Session:
+    """What the command line chose, the preset's run options, and what the run measured."""
+
+    device: Device = "cpu"
+    preset: str | None = None
+    dry_run: bool = False
+    run: RunOptions = field(default_factory=RunOptions)
+    #: Measurements for the summary (data wait, peak GPU memory, prefetch workers used).
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """The session as it goes into a training summary."""
+        return {
+            "device": self.device,
+            "preset": self.preset,
+            "dry_run": self.dry_run,
+            **self.run.model_dump(),
+            **self.stats,
+        }
+
+    @property
+    def is_default(self) -> bool:
+        """A plain CPU run with no preset and no dry run (summaries stay as they were)."""
+        return self.device == "cpu" and self.preset is None and not self.dry_run
+
+
+_session = Session()
+_from_numpy: Callable[..., Any] | None = None  # the original, while patched
+
+
+def current() -> Session:
+    """The session of this process (a plain CPU one until :func:`start`)."""
+    return _session
+
+
+def start(device: Device = "cpu", preset: str | None = None, dry_run: bool = False) -> Session:
+    """Start this process's training session and place torch on ``device``.
+
+    Raises
+    ------
+    ConfigError
+        ``device`` is ``"cuda"`` and torch sees no CUDA device.
+    """
+    global _session
+    stop()
+    if device == "cuda":
+        _place_on_cuda()
+    _session = Session(device=device, preset=preset, dry_run=dry_run)
+    log.info("training session: device %s, preset %s, dry run %s", device, preset, dry_run)
+    return _session
+
+
+def stop() -> None:
+    """Back to a plain CPU session; undo the device placement of :func:`start`."""
+    global _session, _from_numpy
+    if _from_numpy is not None:
+        import torch
+
+        torch.from_numpy = _from_numpy  # type: ignore[assignment]
+        _from_numpy = None
+        torch.set_default_device(None)
+    _session = Session()
+
+
+def use_run_options(run: RunOptions) -> None:
+    """Take the loaded preset's ``run:`` options (called by the config loader)."""
+    _session.run = run
+
+
+def _place_on_cuda() -> None:
+    import torch
+
+    from wsi_fusion.errors import ConfigError
+
+    global _from_numpy
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda: torch sees no CUDA device "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+            "run on a GPU machine with a CUDA build of torch, or use --device cpu"
+        )
+    # TF32 for fp32 matmuls and convolutions; cuDNN picks the fastest algorithms per shape.
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    torch.set_default_device("cuda")
+    original = torch.from_numpy
+    _from_numpy = original
+
+    def from_numpy_to_cuda(array: np.ndarray) -> torch.Tensor:
+        return original(array).to("cuda", non_blocking=True)
+
+    torch.from_numpy = from_numpy_to_cuda  # type: ignore[assignment]
+
+
+def to_device(array: np.ndarray) -> torch.Tensor:
+    """``array`` as a tensor on the session's device (explicit form of the placement)."""
+    import torch
+
+    return torch.from_numpy(array).to(_session.device)
+
+
+def autocast() -> contextlib.AbstractContextManager[Any]:
+    """The session's autocast for one training step (a no-op without ``amp``)."""
+    if _session.run.amp == "none":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(_session.device, dtype=torch.bfloat16)
+
+
+def record_peak_memory() -> None:
+    """Peak GPU memory of the run so far, into the session's stats (CUDA only)."""
+    if _session.device == "cuda":
+        import torch
+
+        _session.stats["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def device_name() -> str | None:
+    """The GPU's name on a CUDA session, else ``None``."""
+    if _session.device != "cuda":
+        return None
+    import torch
+
+    return str(torch.cuda.get_device_name(0))
+
+
+# -- batch prefetching ---------------------------------------------------------------------------
+
+
+def _worker_init(_: int) -> None:
+    """A prefetch worker draws batches on its CPU core only: no CUDA, one thread."""
+    import torch
+
+    if _from_numpy is not None:  # forked from a CUDA session: undo the placement here
+        torch.from_numpy = _from_numpy  # type: ignore[assignment]
+        torch.set_default_device(None)
+    torch.set_num_threads(1)
+
+
+class _StepBatches:
+    """Map-style dataset: item ``i`` is the batch of step ``i``, exactly as the step draws it."""
+
+    def __init__(self, fn: Callable[..., Any], seed: int, args: tuple[Any, ...]) -> None:
+        self.fn, self.seed, self.args = fn, seed, args
+
+    def __getitem__(self, step: int) -> tuple[int, Any]:
+        from wsi_fusion.training.loop import step_rng
+
+        sources, cfg, *rest = self.args
+        return step, self.fn(sources, step_rng(self.seed, step), cfg, *rest)
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+class BatchPrefetcher:
+    """Stands in for a recipe's batch function during :func:`train_loop`; draws ahead.
+
+    The recipe's step calls ``fn(sources, step_rng(seed, i), cfg, *rest)``; the batch of step
+    ``i`` is a pure function of ``(seed, i)``, so worker processes (a torch ``DataLoader``
+    over the step indices, forked so the sources are shared) can draw steps ``i+1, i+2, …``
+    while the GPU trains on step ``i``, and the run trains on the same batches as without
+    prefetching. A call for any other step than the loop's current one (or a second call in
+    one step) is computed directly. Tensors in a prefetched batch are moved to the device;
+    arrays stay arrays (the step converts them).
+    """
+
+    def __init__(
+        self, spec: str, seed: int, start: int, stop: int, workers: int, ahead: int
+    ) -> None:
+        module_name, _, name = spec.partition(":")
+        self.module = importlib.import_module(module_name)
+        self.name = name
+        self.fn: Callable[..., Any] = getattr(self.module, name)
+        self.seed, self.start_step, self.stop_step = seed, start, stop
+        self.workers, self.ahead = workers, ahead
+        self.step = start  # set by the loop before each step
+        self._served_step = -1
+        self._iter: Iterator[tuple[int, Any]] | None = None
+        self._ready: tuple[int, Any] | None = None
+        self.wait_seconds = 0.0
+        self.direct_calls = 0
+
+    def __enter__(self) -> BatchPrefetcher:
+        setattr(self.module, self.name, self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        setattr(self.module, self.name, self.fn)
+        self._iter = None  # shuts the workers down
+
+    def __call__(self, sources: Any, rng: np.random.Generator, cfg: Any, *rest: Any) -> Any:
+        if self._served_step == self.step:  # a second batch in one step: not prefetched
+            return self._direct(sources, rng, cfg, *rest)
+        if self._iter is None:
+            self._iter = self._loader(sources, cfg, rest)
+        began = time.perf_counter()
+        while self._ready is None or self._ready[0] < self.step:
+            try:
+                self._ready = next(self._iter)
+            except StopIteration:
+                self._ready = (self.stop_step, None)
+                break
+        self.wait_seconds += time.perf_counter() - began
+        if self._ready[0] != self.step:
+            return self._direct(sources, rng, cfg, *rest)
+        batch = self._ready[1]
+        self._ready, self._served_step = None, self.step
+        return _to_session_device(batch)
+
+    def _direct(self, *args: Any) -> Any:
+        self.direct_calls += 1
+        return self.fn(*args)
+
+    def _loader(self, sources: Any, cfg: Any, rest: tuple[Any, ...]) -> Iterator[Any]:
+        from torch.utils.data import DataLoader
+
+        steps = list(range(self.step, self.stop_step))
+        loader = DataLoader(
+            _StepBatches(self.fn, self.seed, (sources, cfg, *rest)),  # type: ignore[arg-type]
+            batch_size=None,
+            sampler=steps,
+            num_workers=self.workers,
+            prefetch_factor=self.ahead,
+            collate_fn=_identity,
+            worker_init_fn=_worker_init,
+            multiprocessing_context="fork",
+            generator=_cpu_generator(),
+        )
+        log.info("prefetching batches of steps %d..%d in %d workers", steps[0], steps[-1],
+                 self.workers)  # fmt: skip
+        return iter(loader)
+
+
+def _cpu_generator() -> torch.Generator:
+    import torch
+
+    return torch.Generator(device="cpu")
+
+
+def _to_session_device(batch: Any) -> Any:
+    """Tensors of a prefetched batch (top level or in a tuple/list) on the session's device."""
+    if _session.device == "cpu":
+        return batch
+    import torch
+
+    def move(x: Any) -> Any:
+        return x.to(_session.device, non_blocking=True) if isinstance(x, torch.Tensor) else x
+
+    if isinstance(batch, tuple | list):
+        return type(batch)(move(x) for x in batch)
+    return move(batch)
