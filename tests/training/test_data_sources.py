@@ -109,3 +109,48 @@ def test_extended_heldout_stacks_have_one_set_per_stain(
     ]
     # The default set is unchanged (every existing model card was measured on it).
     assert [n for n, _ in data.heldout_stacks(n=2, size=128, n_planes=3)] == ["he_1001", "ihc_1002"]
+
+
+def test_real_stack_split_is_by_stack_and_refuses_the_heldout_ones() -> None:
+    assert set(data.REAL_TRAIN_STACKS).isdisjoint(data.REAL_HELDOUT_STACKS)
+    assert set(data.REAL_HELDOUT_STACKS) == {"wbc", "smear"}
+    with pytest.raises(ValueError, match="held out"):
+        data.real_stack_pairs(["algae", "wbc"])
+
+
+def test_real_pair_sample_picks_planes_near_the_best_and_the_fused_target() -> None:
+    rng = np.random.default_rng(7)
+    planes = np.stack([np.full((40, 50, 3), 10 * z, np.uint8) for z in range(7)])
+    crop = data.RealStackCrop("toy", planes, np.full((40, 50, 3), 200, np.uint8), best=3)
+    seen = set()
+    for _ in range(40):
+        x, y = data.real_pair_sample([crop], rng, 32, "single", max_offset=2)
+        assert x.shape == (1, 32, 32, 3) and y.shape == (32, 32, 3)
+        assert np.all(y == np.float32(200 / 255))
+        seen.add(round(float(x[0, 0, 0, 0]) * 255 / 10))
+    assert seen == {1, 2, 3, 4, 5}  # best +- 2, each plane drawn
+    x, _ = data.real_pair_sample([crop], rng, 32, "few", max_offset=0)
+    np.testing.assert_allclose(x[:, 0, 0, 0] * 255, [20, 30, 40], atol=1e-3)
+
+
+@pytest.mark.realdata
+def test_prepared_real_stack_is_registered_fused_and_cached(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    crops = data.prepare_real_stack(
+        "skeleton", max_crops=1, shared_data=shared_data, cache_dir=tmp_path
+    )
+    assert len(crops) == 1
+    c = crops[0]
+    assert c.planes.shape == (3, 116, 170, 3) and c.target.shape == (116, 170, 3)
+    assert c.best == 1  # the README's sharpest plane
+
+    def detail(image: np.ndarray) -> float:
+        return float(np.abs(ndi.laplace(image.astype(float).mean(axis=2))).mean())
+
+    # The fusion is at least as detailed as the best plane and close to it in colour.
+    assert detail(c.target) >= 0.95 * detail(c.planes[c.best])
+    assert np.abs(c.target.astype(int) - c.planes[c.best]).mean() < 8
+    again = data.prepare_real_stack("skeleton", max_crops=1, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again[0].target, c.target)
+    assert data.prepare_real_stack("skeleton", shared_data=tmp_path, cache_dir=tmp_path) == []

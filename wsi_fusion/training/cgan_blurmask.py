@@ -44,11 +44,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from wsi_fusion.fusers.cgan_blurmask import few_plane_indices, reference_plane
 from wsi_fusion.training.data import (
     Image,
+    RealStackCrop,
     augment,
     focal_stack_sample,
     local_blur_sample,
     random_crop,
+    real_pair_sample,
+    real_stack_pairs,
     sharp_sources,
+    stain_augment,
+    training_images,
 )
 from wsi_fusion.training.heldout import planes_to_tile, to_image
 from wsi_fusion.training.loop import step_rng, train_loop
@@ -113,6 +118,24 @@ class CganTrainConfig(BaseModel):
     gated: bool = False
     #: Start from these generator weights (own file or the packed model) instead of random init.
     init: str | None = None
+    #: Sharp sources: ``cmu1`` (the training rows of the bundled region, rounds 1-2) or
+    #: ``shared`` (:func:`~wsi_fusion.training.data.training_images`: plus the licensed H&E tiles
+    #: of ``../shared/data/train_tiles`` on the train side of the source-level split).
+    sources: Literal["cmu1", "shared"] = "cmu1"
+    #: Probability that a synthetic sample is re-stained by colour deconvolution
+    #: (:func:`~wsi_fusion.training.data.stain_augment`: H&E, IHC, Giemsa, Pap, grey palettes).
+    restain: float = Field(default=0.0, ge=0, le=1)
+    #: Share of each batch drawn from real z-stacks (``training.data.real_pair_sample``: a plane
+    #: near the best one as input, the default fuser's fusion of the registered stack as
+    #: target); the rest is the synthetic-defocus recipe. 0 = synthetic only.
+    real_fraction: float = Field(default=0.0, ge=0, le=1)
+    #: Real stacks trained on (never the held-out ``wbc``/``smear``).
+    real_stacks: tuple[str, ...] = ("algae", "unstained", "skeleton")
+    #: Input planes of real pairs are within this many planes of the best plane.
+    real_max_offset: int = Field(default=2, ge=0)
+    #: Save the generator every this many steps (``<checkpoint>.snapshots/step_NNNNN``) for the
+    #: learning curve; 0 = never.
+    snapshot_every: int = Field(default=0, ge=0)
     max_seconds: float | None = None
     threads: int = Field(default=1, ge=1)
     extra_dirs: tuple[str, ...] = ()
@@ -207,13 +230,29 @@ def input_indices(planes_zchw: np.ndarray, mode: Literal["single", "few"]) -> li
 
 
 def cgan_batch(
-    sources: Sequence[Image], rng: np.random.Generator, cfg: CganTrainConfig
+    sources: Sequence[Image],
+    rng: np.random.Generator,
+    cfg: CganTrainConfig,
+    real: Sequence[RealStackCrop] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Generator inputs ``(B, P, 3, H, W)`` and ground truth ``(B, 3, H, W)``, float32."""
+    """Generator inputs ``(B, P, 3, H, W)`` and ground truth ``(B, 3, H, W)``, float32.
+
+    Each sample is, with probability ``cfg.real_fraction`` (when ``real`` crops are given), a
+    real-stack pair, else the synthetic-defocus recipe on a (re-stained) sharp crop.
+    """
     inputs, truths = [], []
     for _ in range(cfg.batch):
+        if real and rng.random() < cfg.real_fraction:
+            planes_in, truth = real_pair_sample(
+                real, rng, cfg.crop, cfg.mode, max_offset=cfg.real_max_offset
+            )
+            inputs.append(np.moveaxis(planes_in, -1, 1))
+            truths.append(np.moveaxis(truth, -1, 0))
+            continue
         src = sources[int(rng.integers(len(sources)))]
         sharp = augment(random_crop(src, cfg.crop, rng), rng, stain=cfg.stain)
+        if rng.random() < cfg.restain:
+            sharp = stain_augment(sharp, rng)
         synth = focal_stack_sample(sharp, rng, n_planes=cfg.stack_planes)
         planes = np.moveaxis(synth.planes, -1, 1).astype(np.float32) / 255.0  # (Z, 3, H, W)
         inputs.append(planes[input_indices(planes, cfg.mode)])
@@ -250,10 +289,21 @@ def train_cgan(
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_g * cfg.d_lr_ratio, betas=(0.5, 0.999))
     sched_g = torch.optim.lr_scheduler.StepLR(opt_g, cfg.epoch_steps, cfg.lr_decay)
     sched_d = torch.optim.lr_scheduler.StepLR(opt_d, cfg.epoch_steps, cfg.lr_decay)
-    sources = sharp_sources(cfg.extra_dirs)
+    sources = (
+        training_images("train", cfg.extra_dirs)
+        if cfg.sources == "shared"
+        else sharp_sources(cfg.extra_dirs)
+    )
+    real = real_stack_pairs(cfg.real_stacks) if cfg.real_fraction > 0 else []
+    if cfg.real_fraction > 0 and not real:
+        log.warning(
+            "real_fraction %.2f but no real stacks found: synthetic only", cfg.real_fraction
+        )
+    log.info("training G on %d sharp sources and %d real-stack crops", len(sources), len(real))
+    snapshots = Path(cfg.checkpoint).with_suffix(".snapshots")
 
     def step(i: int) -> dict[str, float]:
-        x, y = cgan_batch(sources, step_rng(cfg.seed, i), cfg)
+        x, y = cgan_batch(sources, step_rng(cfg.seed, i), cfg, real)
         planes, truth = torch.from_numpy(x), torch.from_numpy(y)
         with torch.no_grad():
             masks = blur_masks(bm, planes)
@@ -279,6 +329,12 @@ def train_cgan(
         sched_d.step()
         with torch.no_grad():
             l1_input = F.l1_loss(planes[:, n_planes // 2], truth)
+        if cfg.snapshot_every and (i + 1) % cfg.snapshot_every == 0:
+            from wsi_fusion.fusers._weights import save_weights
+
+            snapshots.mkdir(parents=True, exist_ok=True)
+            save_weights(gen, snapshots / f"step_{i + 1:05d}.safetensors")
+            gen.train()
         return {"l1": l1.item(), "l1_input": l1_input.item(), "adv": adv.item(), "d": loss_d.item()}
 
     history = train_loop(

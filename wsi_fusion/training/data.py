@@ -607,3 +607,235 @@ def heldout_stacks(
             (f"{name}_{stack_seed}", make_stack(crop, n_planes, seed=stack_seed, noise_sigma=noise))
         )
     return out
+
+
+# -- real focal stacks as training signal (issue 13) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class RealStackSpec:
+    """A real z-stack of ``../shared/data`` used for training pairs or held-out evaluation.
+
+    ``best`` is the known best-focus plane (index in file order), ``None`` to take the sharpest
+    plane of each crop; ``register`` says whether phase-correlation registration is safe;
+    ``depth_radius`` is passed to the target fuser (0 where file order is not focal order).
+    """
+
+    pattern: str
+    best: int | None = None
+    register: bool = True
+    depth_radius: int | None = None
+    licence: str = ""
+
+
+#: Real stacks by short name (the same names as ``workflows/evaluate.py``).
+REAL_STACKS: dict[str, RealStackSpec] = {
+    "algae": RealStackSpec("zstack_algae/layer_*.jpg", licence="MIT"),
+    "pseudoscorpion": RealStackSpec(
+        "zstack_pseudoscorpion/frame_*.png", depth_radius=0, licence="Apache-2.0"
+    ),
+    "unstained": RealStackSpec(
+        "zstack_unstained_cells/plane_*.png", register=False, licence="research use only"
+    ),
+    "skeleton": RealStackSpec("zstack_skeleton_zeiss/plane_*.png", licence="GPL-3.0 (data)"),
+    "wbc": RealStackSpec("zstack_wbc_0054/*.jpg", best=5, licence="none: never commit"),
+    "smear": RealStackSpec("zstack_smear_cc0/plane_*.png", best=9, licence="CC0"),
+}
+#: Source-level split of the real stacks: the generator trains on these... The pseudoscorpion
+#: is prepared but not trained on: its frames are in capture order (focus goes through and
+#: back), its registration falls back to thumbnail estimates with 12-px jumps, and its fused
+#: target is a patchwork of blobs from different depths of a thick object (checked by eye).
+REAL_TRAIN_STACKS: tuple[str, ...] = ("algae", "unstained", "skeleton")
+#: ...and is tested on these (known best plane: blood smear 005, CC0 smear defocus+0).
+REAL_HELDOUT_STACKS: tuple[str, ...] = ("wbc", "smear")
+
+
+@dataclass(frozen=True)
+class RealStackCrop:
+    """A registered crop of a real stack and the default fuser's fusion of all its planes.
+
+    Attributes
+    ----------
+    name : str
+        ``<stack>_<y>_<x>``.
+    planes : (Z, H, W, 3) uint8
+        The planes registered onto ``best`` (grey stacks replicated to RGB).
+    target : (H, W, 3) uint8
+        ``focus_measure`` (default parameters; depth surface) of all planes: the training target.
+    best : int
+        The best-focus plane (known, or the sharpest of this crop).
+    """
+
+    name: str
+    planes: Image
+    target: Image
+    best: int
+
+
+def default_cache_dir() -> Path:
+    """``scratch/real_stacks`` in the repository (git-ignored): prepared real-stack crops."""
+    return Path(__file__).resolve().parents[2] / "scratch" / "real_stacks"
+
+
+def _crop_boxes(grey: npt.NDArray[np.float32], side: int, n: int) -> list[Box]:
+    """Up to ``n`` ``side`` px boxes with the most Laplacian detail, overlapping by < half."""
+    h, w = grey.shape
+    side_h, side_w = min(side, h), min(side, w)
+    energy = np.abs(ndi.laplace(ndi.gaussian_filter(grey, 1.0)))
+    step = max(side // 2, 1)
+    candidates = []
+    for y in sorted({*range(0, h - side_h + 1, step), h - side_h}):
+        for x in sorted({*range(0, w - side_w + 1, step), w - side_w}):
+            candidates.append((float(energy[y : y + side_h, x : x + side_w].mean()), y, x))
+    boxes: list[Box] = []
+    for _, y, x in sorted(candidates, reverse=True):
+        box = Box(y, x, side_h, side_w)
+        if all(2 * abs(b.y - y) >= side_h or 2 * abs(b.x - x) >= side_w for b in boxes):
+            boxes.append(box)
+        if len(boxes) == n:
+            break
+    return boxes
+
+
+def prepare_real_stack(
+    name: str,
+    crop: int = 512,
+    max_crops: int = 4,
+    shared_data: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> list[RealStackCrop]:
+    """Registered crops of the real stack ``name`` with their fused targets (cached).
+
+    The planes are registered onto the best plane (:mod:`wsi_fusion.registration`, where the
+    stack allows it), up to ``max_crops`` of the most detailed ``crop`` px boxes are read, and
+    each is fused by ``focus_measure`` with its default depth surface; the fuser's margin is cut
+    off every cut side. The result is cached as ``<cache_dir>/<name>_<crop>_<max_crops>.npz``
+    (git-ignored; never commit it: some stacks may not be redistributed). Returns ``[]`` when
+    the stack's files are absent.
+    """
+    import glob
+
+    from wsi_fusion.fusers import create_fuser
+    from wsi_fusion.fusers.cgan_blurmask import reference_plane
+    from wsi_fusion.io.readers import open_stack
+
+    spec = REAL_STACKS[name]
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / f"{name}_{crop}_{max_crops}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            n = int(z["n"])
+            return [
+                RealStackCrop(
+                    str(z[f"name{i}"]), z[f"planes{i}"], z[f"target{i}"], int(z[f"best{i}"])
+                )
+                for i in range(n)
+            ]
+    root = Path(shared_data) if shared_data is not None else shared_data_dir()
+    files = sorted(glob.glob(str(root / spec.pattern)))
+    if not files:
+        return []
+    params = {} if spec.depth_radius is None else {"depth_radius": spec.depth_radius}
+    fuser = create_fuser("focus_measure", **params)
+    margin = int(fuser.margin)
+    with open_stack(files) as stack:
+        h, w = stack.shape
+        full = Box(0, 0, h, w)
+        if spec.best is not None:
+            best = spec.best
+        else:  # the sharpest plane of a central region (cheap: no full-plane reads of all)
+            side = min(1024, h, w)
+            centre = Box((h - side) // 2, (w - side) // 2, side, side)
+            planes = np.stack([stack.read(z, centre) for z in range(stack.n_planes)])
+            best = reference_plane(planes.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+        reader: object = stack
+        if spec.register:
+            from wsi_fusion.registration import RegisteredStack, estimate_drift
+
+            reader = RegisteredStack(stack, estimate_drift(stack, reference=best))
+        grey = stack.read(best, full).astype(np.float32).mean(axis=2)
+        out = []
+        for box in _crop_boxes(grey, crop + 2 * margin, max_crops):
+            planes = np.stack([reader.read(z, box) for z in range(stack.n_planes)])  # type: ignore[attr-defined]
+            tile = planes.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+            fused = fuser.fuse(tile).fused.transpose(1, 2, 0)
+            target = np.clip(np.rint(fused * 255), 0, 255).astype(np.uint8)
+            # Trim the fuser's margin on cut sides only: at the image's own edge there is no
+            # missing context to be unreliable about.
+            top, left = (margin if box.y > 0 else 0), (margin if box.x > 0 else 0)
+            bottom = box.h - (margin if box.y1 < h else 0)
+            right = box.w - (margin if box.x1 < w else 0)
+            inner = (slice(top, bottom), slice(left, right))
+            out.append(
+                RealStackCrop(
+                    f"{name}_{box.y}_{box.x}",
+                    np.ascontiguousarray(planes[:, inner[0], inner[1]]),
+                    np.ascontiguousarray(target[inner]),
+                    best,
+                )
+            )
+    cache.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, npt.NDArray[np.generic]] = {"n": np.array(len(out))}
+    for i, c in enumerate(out):
+        arrays.update(
+            {
+                f"name{i}": np.array(c.name),
+                f"planes{i}": c.planes,
+                f"target{i}": c.target,
+                f"best{i}": np.array(c.best),
+            }
+        )
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return out
+
+
+def real_stack_pairs(
+    names: Sequence[str] = REAL_TRAIN_STACKS, crop: int = 512, max_crops: int = 8
+) -> list[RealStackCrop]:
+    """The prepared crops of the real stacks ``names`` that are present (see
+    :func:`prepare_real_stack`); refuses the held-out stacks so they cannot leak into training.
+    """
+    leaked = set(names) & set(REAL_HELDOUT_STACKS)
+    if leaked:
+        raise ValueError(
+            f"real stacks {sorted(leaked)} are held out for testing; do not train on them"
+        )
+    out: list[RealStackCrop] = []
+    for name in names:
+        out.extend(prepare_real_stack(name, crop=crop, max_crops=max_crops))
+    return out
+
+
+def real_pair_sample(
+    crops: Sequence[RealStackCrop],
+    rng: np.random.Generator,
+    size: int,
+    mode: Literal["single", "few"] = "single",
+    max_offset: int = 2,
+) -> tuple[FloatImage, FloatImage]:
+    """A random training pair from real stacks: input plane(s) and the fused target.
+
+    The input is a plane within ``max_offset`` planes of the crop's best plane (single), or
+    that plane and its two neighbours (few); the target is the fusion of all planes. Same random
+    ``size`` px window, flip and rotation for both. Returns ``(P, size, size, 3)`` and
+    ``(size, size, 3)`` float32 in [0, 1].
+    """
+    c = crops[int(rng.integers(len(crops)))]
+    z = c.planes.shape[0]
+    centre = int(np.clip(c.best + rng.integers(-max_offset, max_offset + 1), 0, z - 1))
+    if mode == "single":
+        idx = [centre]
+    else:
+        centre = int(np.clip(centre, 1, z - 2))
+        idx = [centre - 1, centre, centre + 1]
+    h, w = c.target.shape[:2]
+    s = min(size, h, w)
+    y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+    stacked = np.concatenate(
+        [c.planes[idx, y : y + s, x : x + s], c.target[None, y : y + s, x : x + s]]
+    )
+    stacked = np.rot90(stacked, int(rng.integers(4)), axes=(1, 2))
+    if rng.random() < 0.5:
+        stacked = stacked[:, :, ::-1]
+    out = np.ascontiguousarray(stacked).astype(np.float32) / 255.0
+    return out[:-1], out[-1]
