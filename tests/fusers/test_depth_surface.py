@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from wsi_fusion.fusers import create_fuser
-from wsi_fusion.fusers._depth import DepthParams, depth_decision
+from wsi_fusion.fusers._depth import DepthParams, cell_means, depth_decision, depth_reach, to_pixels
 from wsi_fusion.metrics import block_fidelity
 
 FOCUS = 2  # the in-focus plane of the cell stack
@@ -91,3 +91,39 @@ def test_depth_decision_known_answers() -> None:
     # Blank: nothing above the threshold takes the middle plane.
     blank = depth_decision(np.zeros_like(coarse), np.zeros_like(fine), params, 1e-3)
     assert (blank == z // 2).all()
+
+
+def test_cell_means_known_answers() -> None:
+    values = np.arange(36, dtype=np.float32).reshape(1, 6, 6)
+    cells = cell_means(values, 4)
+    assert cells.shape == (1, 2, 2)
+    assert cells[0, 0, 0] == values[0, :4, :4].mean()
+    # The partial last cell is completed by mirroring (rows 4 5 | 5 4), as the filters do.
+    mirrored = np.pad(values[0], ((0, 2), (0, 2)), mode="symmetric")
+    assert cells[0, 1, 1] == mirrored[4:8, 4:8].mean()
+    # Each pixel takes its cell's value: rows/columns 3 | 4 straddle a cell boundary.
+    np.testing.assert_array_equal(to_pixels(cells[0], 4, (6, 6))[3:5, 3:5], cells[0])
+
+
+def test_surface_on_a_grid_matches_full_resolution_pooling() -> None:
+    """A 4-px grid under a ~100-px pooling window keeps the plane choice (it only saves time)."""
+    stack, _ = cell_stack()
+    full = create_fuser("focus_measure", pool_step=1).fuse(stack)
+    grid = create_fuser("focus_measure").fuse(stack)
+    assert full.weights is not None and grid.weights is not None
+    assert (full.weights.argmax(0) == grid.weights.argmax(0)).mean() > 0.99
+    assert np.abs(full.fused - grid.fused).max() < 0.05
+
+
+def test_depth_reach_is_exact() -> None:
+    """Scores ``depth_reach`` px away still move the surface; one px farther, nothing does."""
+    params = DepthParams()
+    coarse = np.ones((2, 200, 200), np.float32)
+    coarse[1] = 0.9  # plane 0 everywhere
+    reach = depth_reach(params)
+    for distance, moves in ((reach, True), (reach + 1, False)):
+        far = coarse.copy()
+        far[1, 100 + distance :] = 100.0  # overwhelming focus on plane 1 from that row on
+        index = depth_decision(far, coarse, params)
+        assert bool((index[100] == 1).all()) is moves
+        assert (index[:100] == 0).all()

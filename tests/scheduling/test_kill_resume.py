@@ -49,9 +49,9 @@ main()
 
 CONFIG = """
 fuser: focus_measure
-# A narrower depth surface (margin 31 px) keeps 128/64 tiles, so the small stack has enough
+# A narrower depth surface (margin 28 px) keeps 128/64 tiles, so the small stack has enough
 # tiles and blocks to kill the run between them.
-fuser_params: {depth_radius: 11}
+fuser_params: {depth_radius: 9}
 tile: 128
 overlap: 64
 chunk: 128

@@ -18,6 +18,9 @@ Method (shape from focus with a smoothness prior, coarse to fine)
    default, about the size of a few nuclei or red cells) and its argmax is the coarse plane
    ``d_c`` at every pixel. A cell's interior and its rim fall in the same window, so the whole
    cell takes the plane that focuses its rim; glass takes the plane of the cells around it.
+   The pooling runs on a grid of 4-px cells (``pool_step``): a window ~100 px wide needs no
+   finer grid (same real-stack fidelity, -0.01 dB on synthetic stacks), and at full resolution
+   it took half of the fuser's time.
 2. **Finer picks, only where clearly sharper.** A pixel leaves the surface for another plane only
    where that plane's fine-scale score beats the surface plane's by ``clearly_sharper ** n``
    (1.3 per plane), ``n`` planes away in stack order (readers give planes in focal order). Noise
@@ -38,7 +41,11 @@ with the multi-scale regularisation of the decision map that Li, Kang & Hu (2013
 filter replaced by an explicit smoothness prior, because a guided filter steered by the image
 keeps exactly the edges that a patchwork creates.
 
-Reach: a decision depends on scores within ``2R`` px (:func:`depth_reach`).
+Reach: a decision depends on scores within ``2R + pool_step - 1`` px (:func:`depth_reach`). The
+grid starts at the tile's first pixel, so two overlapping tiles whose origins differ by other than
+a multiple of ``pool_step`` may place a boundary between two near-tied planes a few px apart; the
+blend ramp mixes the two (both are picks of a plane in focus there). Blocks of one image
+(``focus_measure.fuse``) start on the grid and are exact.
 """
 
 from __future__ import annotations
@@ -63,11 +70,24 @@ class DepthParams(FuserParams):
     #: A pixel leaves the surface only for a plane whose score is this many times the surface
     #: plane's, raised to the number of planes between them (stack order).
     clearly_sharper: float = Field(default=1.3, ge=1.0)
+    #: The surface is pooled on a grid of ``pool_step``-px cells (the energy averaged per cell,
+    #: the radius rounded to whole cells) and each pixel takes its cell's plane; 1 pools at full
+    #: resolution. The pooling window is ~100 px wide, so a 4-px grid changes no decision that
+    #: matters, at a sixteenth of the cost (the pooling was half of the fuser's time).
+    pool_step: int = Field(default=4, ge=1, le=8)
+
+
+def pooled_radius(params: DepthParams) -> int:
+    """The pooling radius in grid cells: ``depth_radius / pool_step`` rounded, at least 1."""
+    k = params.pool_step
+    return max(1, (params.depth_radius + k // 2) // k) if params.depth_radius else 0
 
 
 def depth_reach(params: DepthParams) -> int:
-    """How far (px) the depth decision looks: the pooling reach ``2R``."""
-    return 2 * params.depth_radius
+    """How far (px) the depth decision looks: two box passes of ``pooled_radius`` cells, from
+    anywhere in a ``pool_step``-px cell (``2R`` at full resolution, 0 without a surface)."""
+    k = params.pool_step
+    return 2 * pooled_radius(params) * k + (k - 1 if params.depth_radius else 0)
 
 
 def first_argmax(values: Float32Array) -> tuple[IndexMap, Float32Array]:
@@ -111,16 +131,47 @@ def depth_decision(
     if params.depth_radius == 0:
         index, best = first_argmax(fine)
     else:
-        r = params.depth_radius
         # Pooling the *energy* (squared scores) lets the strong in-focus edges that define an
         # object's depth (cell rims, nuclei) outvote the weak, widespread texture of defocus
         # haze and noise: blood-smear fidelity p10 0.90 -> 0.91, algae median 0.70 -> 0.73.
-        energy = np.square(coarse)
-        surface, best = first_argmax(box_mean(box_mean(energy, r), r))
+        cells = cell_means(np.square(coarse), params.pool_step)
+        r = pooled_radius(params)
+        surface, best = first_argmax(box_mean(box_mean(cells, r), r))
         np.sqrt(best, out=best)
+        surface = to_pixels(surface, params.pool_step, coarse.shape[1:])
+        best = to_pixels(best, params.pool_step, coarse.shape[1:])
         index = _leave_surface(surface, fine, params)
     index[~(best > blank_threshold)] = z // 2
     return index
+
+
+def cell_means(values: Float32Array, k: int) -> Float32Array:
+    """Means of ``k x k`` cells of ``(Z, H, W)`` values, ``(Z, ceil(H/k), ceil(W/k))``.
+
+    The cells start at the tile's first pixel; a partial last cell is completed by mirroring, as
+    the filters treat borders. The ``k**2`` shifted views are summed in a fixed order, so the
+    torch port gets the same float32 values.
+    """
+    if k == 1:
+        return values
+    z, h, w = values.shape
+    pad = ((0, 0), (0, -h % k), (0, -w % k))
+    if any(p[1] for p in pad):
+        values = np.pad(values, pad, mode="symmetric")
+    out = values[:, ::k, ::k].copy()
+    for dy in range(k):
+        for dx in range(k):
+            if dy or dx:
+                out += values[:, dy::k, dx::k]
+    out *= np.float32(1.0 / (k * k))
+    return out
+
+
+def to_pixels(cells: npt.NDArray[np.generic], k: int, shape: tuple[int, ...]) -> npt.NDArray:
+    """Each pixel of an ``(H, W)`` tile takes the value of its ``k x k`` cell."""
+    if k == 1:
+        return cells
+    return np.repeat(np.repeat(cells, k, axis=0), k, axis=1)[: shape[0], : shape[1]]
 
 
 def _leave_surface(surface: IndexMap, fine: Float32Array, params: DepthParams) -> IndexMap:

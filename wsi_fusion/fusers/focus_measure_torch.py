@@ -2,7 +2,7 @@
 
 The same algorithm as :mod:`.focus_measure` (the numpy reference), step for step: BT.601 luma,
 sum-modified-Laplacian (or Laplacian energy) with mirrored borders, the depth surface of
-:mod:`._depth` (squared focus pooled by two passes of a ``(2R + 1)²`` box, first argmax, pixels
+:mod:`._depth` (squared focus averaged over 4-px cells, two box passes, first argmax, pixels
 leave the surface only for a plane ``clearly_sharper ** n`` sharper, blank glass to the middle
 plane), the guided-filter refinement with ``hard_above`` snapping, and the weighted sum. It is
 reached through the default fuser's ``device`` parameter (:func:`select_class`):
@@ -22,7 +22,8 @@ Equality with the reference
 Every operation is float32 and in the reference's order (shifted-slice window sums, plane by
 plane sums and argmaxes with the first maximum on ties, the same constants rounded to float32),
 so on the CPU the result is bit-identical to numpy wherever the reference uses numpy arithmetic.
-The one exception is the wide depth-surface box (``R > 8``): the reference runs
+The one exception is a wide depth-surface box (more than 8 cells: only with ``pool_step``
+below the default 4), where the reference runs
 ``scipy.ndimage.uniform_filter1d`` (a running sum in float64, rounded to float32 per pass); here
 each pass is a float64 prefix sum, rounded to float32 per pass, which agrees to the last float32
 bit except in rare rounding ties. Measured on the test stacks: identical plane decisions on
@@ -58,6 +59,7 @@ from pydantic import Field, field_validator
 
 from wsi_fusion._types import TileStack
 from wsi_fusion.fusers import focus_measure as _reference
+from wsi_fusion.fusers._depth import pooled_radius
 from wsi_fusion.fusers._filters import _LUMA
 from wsi_fusion.fusers.base import Fuser, FusionResult
 from wsi_fusion.fusers.focus_measure import FocusMeasureFuser, FocusMeasureParams
@@ -137,9 +139,9 @@ class FocusMeasureTorchFuser(FocusMeasureFuser):
         block = _reference._BLOCK
         if h * w <= block * block * 2:
             return self.fuse_batch([stack])[0]
-        # As the reference: blocks with a ``margin`` halo (exactly margin-bounded), so device
+        # As the reference: blocks with a margin halo (exactly margin-bounded), so device
         # memory stays bounded; interior blocks share one shape and go through in batches.
-        m = self.margin
+        m = self.block_halo
         fused = np.empty((c, h, w), dtype=np.float32)
         weights = np.empty((z, h, w), dtype=np.float32)
         parts: list[TileStack] = []
@@ -362,13 +364,43 @@ def _depth_decision(
     if params.depth_radius == 0:
         index, best = _first_argmax(fine)
     else:
-        r = params.depth_radius
-        energy = coarse * coarse
-        index, best = _first_argmax(_box_mean(_box_mean(energy, r), r))
+        k = params.pool_step
+        r = pooled_radius(params)
+        cells = _cell_means(coarse * coarse, k)
+        index, best = _first_argmax(_box_mean(_box_mean(cells, r), r))
         best = torch.sqrt(best)
+        h, w = coarse.shape[-2:]
+        index = _to_pixels(index, k, h, w)
+        best = _to_pixels(best, k, h, w)
         index = _leave_surface(index, fine, params)
     index.masked_fill_(~(best > _f32(blank)), z // 2)
     return index
+
+
+def _cell_means(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``_depth.cell_means`` on ``(B, Z, H, W)``: means of ``k x k`` cells, same summing order."""
+    if k == 1:
+        return x
+    h, w = x.shape[-2:]
+    if h % k:
+        x = x.index_select(-2, _mirror_index(h, 0, -h % k, x.device))
+    if w % k:
+        x = x.index_select(-1, _mirror_index(w, 0, -w % k, x.device))
+    out = x[..., ::k, ::k].clone()
+    for dy in range(k):
+        for dx in range(k):
+            if dy or dx:
+                out += x[..., dy::k, dx::k]
+    out *= _f32(1.0 / (k * k))
+    return out
+
+
+def _to_pixels(cells: torch.Tensor, k: int, h: int, w: int) -> torch.Tensor:
+    """Each pixel takes its ``k x k`` cell's value: ``(B, h/k, w/k)`` -> ``(B, h, w)``."""
+    if k == 1:
+        return cells
+    full = cells.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+    return full[..., :h, :w].contiguous()
 
 
 def _leave_surface(
