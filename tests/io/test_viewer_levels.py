@@ -117,19 +117,29 @@ def test_bioformats_sees_every_level(pyramid: zarr.Group, tmp_path: Path) -> Non
     from wsi_fusion.io.writers.ome_tiff import write_generic_tiff
 
     svs = write_generic_tiff(pyramid, tmp_path / "x.tif", mpp=MPP, tile=128)
-    for path in (image, label, svs):
-        with tifffile.TiffFile(path) as tif:
-            n = len(tif.series[0].levels)
-        assert n >= 3
-        info = subprocess.run(
-            ["java", "-cp", jar, "loci.formats.tools.ImageInfo", "-nopix", "-noflat", str(path)],
+
+    def image_info(path: Path, *flags: str) -> str:
+        return subprocess.run(
+            ["java", "-cp", jar, "loci.formats.tools.ImageInfo", "-nopix", *flags, str(path)],
             capture_output=True, text=True, timeout=300, check=True,
         ).stdout  # fmt: skip
+
+    for path in (image, label, svs):
+        with tifffile.TiffFile(path) as tif:
+            sizes = [(lv.shape[1], lv.shape[0]) for lv in tif.series[0].levels]  # (w, h)
+        n = len(sizes)
+        assert n >= 3
+        info = image_info(path, "-noflat")
         # one image (the .tif adds its label page: a blank one here, as there is no label)
         assert f"Series count = {2 if path == svs else 1}" in info, info
         first = info.split("Series #0 :", 1)[1].split("Series #1", 1)[0]
         assert re.search(rf"Resolutions = {n}\b", first), info
         assert "untangling" not in info and "malformed" not in info
+        # and they are the levels, in order (flattened, each resolution is a series): a
+        # thumbnail the size of a level once took the smallest level's place in the .tif
+        flat = image_info(path)
+        seen = re.findall(r"Width = (\d+)\s+Height = (\d+)", flat)[:n]
+        assert [(int(w), int(h)) for w, h in seen] == sizes, flat
 
 
 def test_tif_is_an_aperio_slide_in_openslide_and_tiffslide(
@@ -162,6 +172,27 @@ def test_tif_is_an_aperio_slide_in_openslide_and_tiffslide(
         assert slide.level_count == n
         assert slide.properties["tiffslide.objective-power"] == 40
         assert {"thumbnail", "label", "macro"} <= set(slide.associated_images)
+    assert_svs_layout_for_bioformats(path, n)
+
+
+def assert_svs_layout_for_bioformats(path: Path, n: int) -> None:
+    """What Bio-Formats' SVSReader needs to see exactly the ``n`` pyramid levels (tifffile
+    structural check, so it runs without Java; the slow test runs Bio-Formats itself): every
+    main-chain page has an Aperio description; the pages that are not label or macro are the
+    resolutions, so the last two are ``label`` and ``macro``; it then drops the smallest
+    resolution if stripped, so the stripped thumbnail (page 1) must be smaller than every
+    tiled level, else it replaces the smallest level (measured with Bio-Formats 7.3)."""
+    with tifffile.TiffFile(path) as tif:
+        pages = [tif.pages[i] for i in range(len(tif.pages))]
+        assert all(p.description.startswith("Aperio Image Library") for p in pages)
+        assert "label" in pages[-2].description and "macro" in pages[-1].description
+        levels = [pages[0], *pages[2:-2]]
+        assert len(levels) == n and all(p.is_tiled and p.subfiletype == 0 for p in levels)
+        thumb = pages[1]
+        assert not thumb.is_tiled
+        assert all(thumb.shape[0] * thumb.shape[1] < p.shape[0] * p.shape[1] for p in levels)
+        sides = [p.shape[1] for p in levels]
+        assert sides == sorted(sides, reverse=True)  # one pyramid, largest first
 
 
 def test_fused_svs_keeps_objective_mpp_and_images_in_openslide(tmp_path: Path) -> None:
