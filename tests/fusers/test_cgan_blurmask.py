@@ -101,6 +101,29 @@ def test_gated_generator_keeps_the_plane_where_the_mask_says_sharp() -> None:
     assert (free[..., :16, :] - planes[:, 0, :, :16, :]).abs().max() > 0.01
 
 
+def test_gate_threshold_keeps_the_plane_below_it_and_rescales_above() -> None:
+    from wsi_fusion.nets.cgan_blurmask import DenseUNetGenerator
+
+    torch.manual_seed(1)
+    gen = DenseUNetGenerator(1, gated=True)
+    torch.nn.init.normal_(gen.tail.weight, std=0.1)
+    planes = torch.rand(1, 1, 3, 32, 48)
+    masks = torch.full((1, 1, 1, 32, 48), 0.6)
+    masks[..., 16:, :] = 0.9
+    with torch.no_grad():
+        gen.gate_threshold = 0.0
+        soft = gen(planes, masks)
+        gen.gate_threshold = 0.7
+        calibrated = gen(planes, masks)
+    # Below the threshold: the input exactly, although BM said 0.6 "blurred".
+    assert torch.equal(calibrated[..., :16, :], planes[:, 0, :, :16, :])
+    assert (soft[..., :16, :] - planes[:, 0, :, :16, :]).abs().max() > 0.005
+    # Above it: the same generated image blended with weight (0.9 - 0.7) / 0.3 instead of 0.9.
+    ref = planes[:, 0, :, 16:, :]
+    full = ref + (soft[..., 16:, :] - ref) / 0.9
+    torch.testing.assert_close(calibrated[..., 16:, :], ref + (full - ref) * (0.2 / 0.3))
+
+
 def test_deeplab_variants_build_and_lite_is_local() -> None:
     from wsi_fusion.nets.deeplab import build_deeplab
 

@@ -114,6 +114,9 @@ class DenseUNetGenerator(nn.Module):
         c0, c1, c2, c3, growth = _WIDTHS[width]
         self.n_planes = n_planes
         self.gated = gated
+        #: Gate calibration: the blend weight is ``clamp((m - t) / (1 - t), 0, 1)``, so a blur
+        #: probability at or below ``t`` keeps the input plane exactly (0 = BM's mask as is).
+        self.gate_threshold = 0.0
         self.head = nn.Sequential(nn.Conv2d(4 * n_planes, c0, 9, 1, 4), nn.PReLU(c0))
         self.enc1 = DenseBlocks(c0, c1, growth)
         self.enc2 = DenseBlocks(c1, c2, growth)
@@ -152,6 +155,9 @@ class DenseUNetGenerator(nn.Module):
         out = (torch.tanh(z + prior) + 1.0) * 0.5
         if self.gated:
             gate = x[:, 4 * (p // 2) + 3 : 4 * (p // 2) + 4]
+            if self.gate_threshold > 0:
+                t = self.gate_threshold
+                gate = ((gate - t) / (1.0 - t)).clamp(0.0, 1.0)
             out = ref + gate * (out - ref)
         return out[..., :h, :w]
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from wsi_fusion._types import Box
 from wsi_fusion.fusers.cgan_blurmask import few_plane_indices, reference_plane
 from wsi_fusion.training.data import (
     Image,
@@ -534,3 +535,177 @@ def evaluate_cgan(
         "torch_threads": torch.get_num_threads(),
         "tiled_vs_whole": tiled,
     }
+
+
+# -- real defocused planes (issue 13) -------------------------------------------------------------
+
+#: Held-out real planes with a known best plane: stack -> (best plane, defocused planes), as
+#: indices in file order. Blood smear: planes 002, 003, 007, 008 against 005; CC0 smear:
+#: defocus -3..-1 and +1..+3 against defocus+0 (plane_09).
+REAL_PLANE_TESTS: dict[str, tuple[int, tuple[int, ...]]] = {
+    "wbc": (5, (2, 3, 7, 8)),
+    "smear": (9, (6, 7, 8, 10, 11, 12)),
+}
+
+
+def register_onto(moving: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """``moving`` ``(H, W, 3)`` float shifted onto ``fixed`` by sub-pixel phase correlation.
+
+    The shift is measured on luminance (skimage ``phase_cross_correlation``, 1/20 px) and
+    applied with cubic-spline ``scipy.ndimage.shift`` (reflecting edges).
+    """
+    from scipy import ndimage as ndi
+    from skimage.registration import phase_cross_correlation
+
+    weights = np.array([0.299, 0.587, 0.114], np.float32)
+    shift, _, _ = phase_cross_correlation(fixed @ weights, moving @ weights, upsample_factor=20)
+    moved = ndi.shift(moving, (float(shift[0]), float(shift[1]), 0.0), order=3, mode="reflect")
+    return np.clip(moved, 0.0, 1.0).astype(np.float32), (float(shift[0]), float(shift[1]))
+
+
+def single_plane_fuser(
+    weights: str | Path | None = None,
+    generator: str | Path | None = None,
+    gate_threshold: float | None = None,
+) -> Any:
+    """A single-plane :class:`~wsi_fusion.fusers.cgan_blurmask.CganBlurMaskFuser` (CPU) that
+    also returns the blur mask: the packed ``weights`` (default: the shipped file), its
+    single-plane generator replaced by ``generator`` (a training snapshot or output) when given,
+    and its gate calibrated by ``gate_threshold`` when given."""
+    from wsi_fusion.fusers.cgan_blurmask import CganBlurMaskFuser
+
+    kwargs: dict[str, Any] = {"device": "cpu", "mode": "single"}
+    if weights is not None:
+        kwargs["weights"] = str(weights)
+    fuser = CganBlurMaskFuser(**kwargs)
+    fuser.request_extras(["blur_mask"])
+    model = fuser.model
+    if generator is not None:
+        gen = load_generator(generator, "single")
+        model.single.load_state_dict(gen.state_dict())  # type: ignore[union-attr]
+    if gate_threshold is not None:
+        model.single.gate_threshold = gate_threshold  # type: ignore[union-attr]
+    return fuser
+
+
+def evaluate_single_heldout(
+    weights: str | Path | None = None,
+    generator: str | Path | None = None,
+    gate_threshold: float | None = None,
+    n: int = 8,
+    size: int = 256,
+    n_planes: int = 5,
+) -> dict[str, Any]:
+    """Cheap held-out check of the single-plane model for learning curves: PSNR gain over the
+    input plane on ``heldout_stacks(extended=True)`` (H&E rows, IHC, held-out H&E tiles,
+    frozen section), per stain and on average."""
+    from wsi_fusion.metrics.full_reference import psnr
+    from wsi_fusion.training.data import heldout_stacks
+
+    fuser = single_plane_fuser(weights, generator, gate_threshold)
+    gains: dict[str, list[float]] = {}
+    for name, synth in heldout_stacks(n=n, size=size, n_planes=n_planes, extended=True):
+        stack, gt = planes_to_tile(synth.planes), synth.ground_truth
+        ref = fuser.input_planes(stack)[0]
+        fused = fuser.fuse(stack).fused
+        gain = psnr(to_image(fused), gt) - psnr(to_image(stack[ref]), gt)
+        gains.setdefault(name.split("_")[0], []).append(gain)
+    by_stain = {k: round(float(np.mean(v)), 3) for k, v in sorted(gains.items())}
+    every = [g for v in gains.values() for g in v]
+    return {"gain_db_by_stain": by_stain, "gain_db_mean": round(float(np.mean(every)), 3)}
+
+
+def evaluate_real_planes(
+    weights: str | Path | None = None,
+    crop: int = 768,
+    border: int = 16,
+    sheet_dir: str | Path | None = None,
+    mask_threshold: float | None = None,
+    generator: str | Path | None = None,
+) -> dict[str, Any]:
+    """The single-plane generator on real defocused planes of the held-out stacks.
+
+    For every plane of :data:`REAL_PLANE_TESTS` (a central ``crop`` px crop), the generator's
+    output and its input are each registered onto the best plane (:func:`register_onto`) and
+    compared with it by PSNR / SSIM (luminance, ``border`` px cut off after the shift). Also
+    recorded: BM's mean blur probability, and the largest change the output makes where the
+    mask is below 0.05 (the gate's promise: unchanged where BM calls the plane sharp).
+
+    ``sheet_dir``: write ``<stack>_plane<NN>.png`` contact sheets there (input | output |
+    best plane, 100 %, 256 px from the centre). Never commit the wbc sheets (no licence).
+    ``weights`` / ``generator`` / ``mask_threshold``: see :func:`single_plane_fuser`.
+    """
+    import glob
+
+    from PIL import Image as PILImage
+
+    from wsi_fusion.io.readers import open_stack
+    from wsi_fusion.metrics.full_reference import psnr, ssim
+    from wsi_fusion.training.data import REAL_STACKS, shared_data_dir
+
+    fuser = single_plane_fuser(weights, generator, mask_threshold)
+    rows: list[dict[str, Any]] = []
+    for name, (best, planes) in REAL_PLANE_TESTS.items():
+        files = sorted(glob.glob(str(shared_data_dir() / REAL_STACKS[name].pattern)))
+        if not files:
+            log.warning("real stack %s not found: skipped", name)
+            continue
+        with open_stack(files) as stack:
+            h, w = stack.shape
+            side_h, side_w = min(crop, h), min(crop, w)
+            box = Box((h - side_h) // 2, (w - side_w) // 2, side_h, side_w)
+            read = {z: stack.read(z, box).astype(np.float32) / 255.0 for z in (best, *planes)}
+        ref = read[best]
+        inner = (slice(border, -border), slice(border, -border))
+        for z in planes:
+            x = read[z]
+            tile = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+            result = fuser.fuse(tile)
+            fused = result.fused.transpose(1, 2, 0)
+            mask = np.asarray(result.extras["blur_mask"])
+            x_reg, shift_in = register_onto(x, ref)
+            y_reg, shift_out = register_onto(fused, ref)
+            calm = mask < 0.05
+            row = {
+                "stack": name,
+                "plane": z,
+                "best": best,
+                "shift_input": [round(v, 2) for v in shift_in],
+                "shift_output": [round(v, 2) for v in shift_out],
+                "input": {
+                    "psnr": round(psnr(x_reg[inner], ref[inner]), 3),
+                    "ssim": round(ssim(x_reg[inner], ref[inner]), 4),
+                },
+                "output": {
+                    "psnr": round(psnr(y_reg[inner], ref[inner]), 3),
+                    "ssim": round(ssim(y_reg[inner], ref[inner]), 4),
+                },
+                "mask_mean": round(float(mask.mean()), 4),
+                "mask_above_0.5": round(float((mask > 0.5).mean()), 4),
+                "max_change_where_mask_below_0.05": round(
+                    float(np.abs(fused - x).max(axis=2)[calm].max()) if calm.any() else 0.0, 5
+                ),
+                "mean_abs_change": round(float(np.abs(fused - x).mean()), 5),
+            }
+            row["gain_psnr_db"] = round(row["output"]["psnr"] - row["input"]["psnr"], 3)
+            row["gain_ssim"] = round(row["output"]["ssim"] - row["input"]["ssim"], 4)
+            rows.append(row)
+            if sheet_dir is not None:
+                c = 128
+                cy, cx = ref.shape[0] // 2, ref.shape[1] // 2
+                win = (slice(max(cy - c, 0), cy + c), slice(max(cx - c, 0), cx + c))
+                sheet = np.concatenate([x_reg[win], y_reg[win], ref[win]], axis=1)
+                out = Path(sheet_dir) / f"{name}_plane{z:02d}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                PILImage.fromarray(np.clip(np.rint(sheet * 255), 0, 255).astype(np.uint8)).save(out)
+    by_stack: dict[str, dict[str, float]] = {}
+    for name in REAL_PLANE_TESTS:
+        group = [r for r in rows if r["stack"] == name]
+        if group:
+            by_stack[name] = {
+                "gain_psnr_db": round(float(np.mean([r["gain_psnr_db"] for r in group])), 3),
+                "gain_ssim": round(float(np.mean([r["gain_ssim"] for r in group])), 4),
+                "planes_worse_psnr": sum(r["gain_psnr_db"] < 0 for r in group),
+                "planes_worse_ssim": sum(r["gain_ssim"] < 0 for r in group),
+            }
+    return {"crop": crop, "border": border, "per_plane": rows, "by_stack": by_stack}
