@@ -106,6 +106,25 @@ def test_ome_zarr_validates_against_spec_models(pyramid: zarr.Group) -> None:
     ImageLabel.from_zarr(pyramid["labels/focus_map"])
 
 
+def test_ome_zarr_metadata_is_what_the_spec_models_build(pyramid: zarr.Group) -> None:
+    """The hand-built NGFF metadata is exactly what ome_zarr_models' own models give back
+    (parsed and dumped again), for the image and the label, 0.4 and 0.5: building it with the
+    library at run time would change nothing in the file (docs/ARCHITECTURE.md, "Format
+    metadata")."""
+    if pyramid.metadata.zarr_format == 2:
+        from ome_zarr_models.v04.image import ImageAttrs
+        from ome_zarr_models.v04.image_label import ImageLabelAttrs
+    else:
+        from ome_zarr_models.v05.image import ImageAttrs
+        from ome_zarr_models.v05.image_label import ImageLabelAttrs
+    for group, model in ((pyramid, ImageAttrs), (pyramid["labels/focus_map"], ImageLabelAttrs)):
+        ours = {k: v for k, v in _ome(group).items() if k != "wsi_fusion"}
+        rebuilt = model.model_validate(ours).model_dump(
+            mode="json", by_alias=True, exclude_none=True
+        )
+        assert rebuilt == ours
+
+
 def test_ome_zarr_levels_and_layout(pyramid: zarr.Group) -> None:
     levels = image_levels(pyramid)
     assert [a.shape[1:] for a in levels] == level_shapes(SHAPE[1:])
