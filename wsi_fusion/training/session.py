@@ -52,8 +52,9 @@ class RunOptions(BaseModel):
 
     #: Autocast dtype of the training steps ("none": fp32; TF32 matmuls/convs on CUDA anyway).
     amp: Literal["bf16", "none"] = "none"
-    #: ``"module:function"`` that draws one step's batch as ``fn(sources, rng, cfg, *rest)``
-    #: with ``rng = step_rng(seed, step)``; drawn ahead in ``prefetch_workers`` processes.
+    #: ``"module:function"`` that draws one step's batch, called by the step with
+    #: ``step_rng(seed, step)`` among its arguments; drawn ahead in ``prefetch_workers``
+    #: processes (:class:`BatchPrefetcher`).
     batch_fn: str | None = None
     prefetch_workers: int = Field(default=0, ge=0)
     #: Batches each worker keeps ready (DataLoader ``prefetch_factor``).
@@ -206,16 +207,57 @@ def _worker_init(_: int) -> None:
 
 
 class _StepBatches:
-    """Map-style dataset: item ``i`` is the batch of step ``i``, exactly as the step draws it."""
+    """Map-style dataset: item ``i`` is the batch of step ``i``, exactly as the step draws it.
 
-    def __init__(self, fn: Callable[..., Any], seed: int, args: tuple[Any, ...]) -> None:
-        self.fn, self.seed, self.args = fn, seed, args
+    ``args``/``kwargs`` are those of the step's own call, with ``step_rng(seed, i)`` in place
+    of its generator at ``rng_at``. Arrays travel as tensors (shared memory, no pickled copy)
+    and are turned back into arrays by :func:`_unpack`.
+    """
 
-    def __getitem__(self, step: int) -> tuple[int, Any]:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        seed: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        rng_at: int | str,
+    ) -> None:
+        self.fn, self.seed, self.args, self.kwargs, self.rng_at = fn, seed, args, kwargs, rng_at
+
+    def __getitem__(self, step: int) -> tuple[int, Any, tuple[str, ...]]:
+        import numpy as np
+        import torch
+
         from wsi_fusion.training.loop import step_rng
 
-        sources, cfg, *rest = self.args
-        return step, self.fn(sources, step_rng(self.seed, step), cfg, *rest)
+        args, kwargs = list(self.args), dict(self.kwargs)
+        if isinstance(self.rng_at, int):
+            args[self.rng_at] = step_rng(self.seed, step)
+        else:
+            kwargs[self.rng_at] = step_rng(self.seed, step)
+        batch = self.fn(*args, **kwargs)
+        items = batch if isinstance(batch, tuple) else (batch,)
+        kinds = tuple("array" if isinstance(x, np.ndarray) else "other" for x in items)
+        packed = tuple(
+            torch.from_numpy(x) if k == "array" else x for x, k in zip(items, kinds, strict=True)
+        )
+        return step, packed if isinstance(batch, tuple) else packed[0], kinds
+
+
+def _unpack(batch: Any, kinds: tuple[str, ...]) -> Any:
+    """A worker's batch as the recipe returns it: arrays back, tensors on the device."""
+    import torch
+
+    def one(x: Any, kind: str) -> Any:
+        if kind == "array":
+            return x.numpy()
+        if isinstance(x, torch.Tensor) and _session.device != "cpu":
+            return x.to(_session.device, non_blocking=True)
+        return x
+
+    if isinstance(batch, tuple):
+        return tuple(one(x, k) for x, k in zip(batch, kinds, strict=True))
+    return one(batch, kinds[0])
 
 
 def _identity(item: Any) -> Any:
@@ -225,13 +267,14 @@ def _identity(item: Any) -> Any:
 class BatchPrefetcher:
     """Stands in for a recipe's batch function during :func:`train_loop`; draws ahead.
 
-    The recipe's step calls ``fn(sources, step_rng(seed, i), cfg, *rest)``; the batch of step
-    ``i`` is a pure function of ``(seed, i)``, so worker processes (a torch ``DataLoader``
-    over the step indices, forked so the sources are shared) can draw steps ``i+1, i+2, …``
-    while the GPU trains on step ``i``, and the run trains on the same batches as without
-    prefetching. A call for any other step than the loop's current one (or a second call in
-    one step) is computed directly. Tensors in a prefetched batch are moved to the device;
-    arrays stay arrays (the step converts them).
+    The recipe's step calls ``fn(..., step_rng(seed, i), ...)``; the batch of step ``i`` is a
+    pure function of ``(seed, i)`` and the call's other arguments, so worker processes (a torch
+    ``DataLoader`` over the step indices, forked so the sources are shared, not copied) can draw
+    steps ``i+1, i+2, …`` while the GPU trains on step ``i``, and the run trains on the same
+    batches as without prefetching. A call for another step than the loop's current one, a
+    second call in one step, or a call without a generator argument is computed directly.
+    Tensors in a prefetched batch are moved to the device; arrays stay arrays (the step
+    converts them).
     """
 
     def __init__(
@@ -258,35 +301,40 @@ class BatchPrefetcher:
         setattr(self.module, self.name, self.fn)
         self._iter = None  # shuts the workers down
 
-    def __call__(self, sources: Any, rng: np.random.Generator, cfg: Any, *rest: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._served_step == self.step:  # a second batch in one step: not prefetched
-            return self._direct(sources, rng, cfg, *rest)
+            return self._direct(*args, **kwargs)
         if self._iter is None:
-            self._iter = self._loader(sources, cfg, rest)
+            rng_at = _generator_position(args, kwargs)
+            if rng_at is None:  # not a step_rng-seeded call: nothing to draw ahead
+                return self._direct(*args, **kwargs)
+            self._iter = self._loader(args, kwargs, rng_at)
         began = time.perf_counter()
         while self._ready is None or self._ready[0] < self.step:
             try:
                 self._ready = next(self._iter)
             except StopIteration:
-                self._ready = (self.stop_step, None)
+                self._ready = (self.stop_step, None, ())
                 break
         self.wait_seconds += time.perf_counter() - began
         if self._ready[0] != self.step:
-            return self._direct(sources, rng, cfg, *rest)
-        batch = self._ready[1]
+            return self._direct(*args, **kwargs)
+        _, batch, kinds = self._ready
         self._ready, self._served_step = None, self.step
-        return _to_session_device(batch)
+        return _unpack(batch, kinds)
 
-    def _direct(self, *args: Any) -> Any:
+    def _direct(self, *args: Any, **kwargs: Any) -> Any:
         self.direct_calls += 1
-        return self.fn(*args)
+        return self.fn(*args, **kwargs)
 
-    def _loader(self, sources: Any, cfg: Any, rest: tuple[Any, ...]) -> Iterator[Any]:
+    def _loader(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], rng_at: int | str
+    ) -> Iterator[Any]:
         from torch.utils.data import DataLoader
 
         steps = list(range(self.step, self.stop_step))
         loader = DataLoader(
-            _StepBatches(self.fn, self.seed, (sources, cfg, *rest)),  # type: ignore[arg-type]
+            _StepBatches(self.fn, self.seed, args, kwargs, rng_at),  # type: ignore[arg-type]
             batch_size=None,
             sampler=steps,
             num_workers=self.workers,
@@ -301,21 +349,20 @@ class BatchPrefetcher:
         return iter(loader)
 
 
+def _generator_position(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | str | None:
+    """Where the call passes its NumPy generator (the step's ``step_rng``), if anywhere."""
+    import numpy as np
+
+    for i, value in enumerate(args):
+        if isinstance(value, np.random.Generator):
+            return i
+    for key, value in kwargs.items():
+        if isinstance(value, np.random.Generator):
+            return key
+    return None
+
+
 def _cpu_generator() -> torch.Generator:
     import torch
 
     return torch.Generator(device="cpu")
-
-
-def _to_session_device(batch: Any) -> Any:
-    """Tensors of a prefetched batch (top level or in a tuple/list) on the session's device."""
-    if _session.device == "cpu":
-        return batch
-    import torch
-
-    def move(x: Any) -> Any:
-        return x.to(_session.device, non_blocking=True) if isinstance(x, torch.Tensor) else x
-
-    if isinstance(batch, tuple | list):
-        return type(batch)(move(x) for x in batch)
-    return move(batch)
