@@ -61,8 +61,11 @@ class RunConfig(BaseModel):
 
     fuser: str = "focus_measure"
     fuser_params: dict[str, Any] = Field(default_factory=dict)
-    tile: int = Field(512, ge=16)
-    overlap: int = Field(128, ge=0)
+    #: Fusion tile side and overlap in px. ``None`` (default) chooses per fuser
+    #: (:func:`wsi_fusion.tiling.plan.fusion_tiling`): 512/128, the design's tiling, for learned
+    #: fusers; for the others each ``chunk`` block is fused once with a halo of the margin.
+    tile: int | None = Field(None, ge=16)
+    overlap: int | None = Field(None, ge=0)
     format: OutputFormat | None = None
     #: OME-Zarr (NGFF) version: 0.4 (Zarr v2; QuPath, OMERO) or 0.5 (Zarr v3; napari, vizarr).
     ngff_version: Literal["0.4", "0.5"] = "0.4"
@@ -109,8 +112,9 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> RunConfig:
-        if self.overlap >= self.tile:
-            raise ValueError(f"overlap {self.overlap} must be smaller than tile {self.tile}")
+        tile = 512 if self.tile is None else self.tile
+        if self.overlap is not None and self.overlap >= tile:
+            raise ValueError(f"overlap {self.overlap} must be smaller than tile {tile}")
         return self
 
 

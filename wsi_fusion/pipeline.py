@@ -46,7 +46,7 @@ from wsi_fusion.scheduling.gpu import runs_on_device
 from wsi_fusion.scheduling.graph import TaskRunner, open_runner, phase1_resources
 from wsi_fusion.scheduling.tasks import FusionJob, blend_blocks, fuse_tiles
 from wsi_fusion.scheduling.tile_cache import TileCache
-from wsi_fusion.tiling.plan import TilePlan, make_plan
+from wsi_fusion.tiling.plan import TilePlan, fusion_tiling, make_plan
 from wsi_fusion.tiling.tissue import tile_fractions, tissue_mask
 
 logger = logging.getLogger(__name__)
@@ -256,7 +256,10 @@ def _fuse(
                 "requires; write OME-Zarr or TIFF instead (-o NAME.ome.zarr)"
             )
         reference = _reference_plane(config, stack.n_planes)
-        plan = make_plan(stack.shape, config.tile, config.overlap, fuser.margin)
+        tile, overlap = fusion_tiling(
+            config.tile, config.overlap, fuser.margin, fuser.needs_weights, config.chunk
+        )
+        plan = make_plan(stack.shape, tile, overlap, fuser.margin)
         fuse_mask = _fuse_mask(
             config, plan, stack.thumbnail(reference, config.tissue.thumbnail_side)
         )

@@ -4,7 +4,7 @@ import pytest
 
 from wsi_fusion._types import Box
 from wsi_fusion.errors import ConfigError
-from wsi_fusion.tiling.plan import make_plan
+from wsi_fusion.tiling.plan import fusion_tiling, make_plan
 
 
 @pytest.mark.parametrize("shape", [(1000, 1300), (512, 512), (300, 200), (513, 2000), (5000, 384)])
@@ -46,3 +46,17 @@ def test_overlap_smaller_than_twice_the_margin_is_refused() -> None:
 def test_bad_tile_numbers_are_refused(tile: int, overlap: int) -> None:
     with pytest.raises(ConfigError):
         make_plan((1000, 1000), tile=tile, overlap=overlap)
+
+
+def test_fusion_tiling_fuses_each_block_once_for_margin_bounded_fusers() -> None:
+    # Learned fusers keep the design's 512/128 tiles; given values always win.
+    assert fusion_tiling(None, None, margin=60, learned=True, block=1024) == (512, 128)
+    assert fusion_tiling(768, None, margin=60, learned=False, block=1024) == (768, 128)
+    assert fusion_tiling(None, 64, margin=9, learned=False, block=1024) == (512, 64)
+    # Others: a 1024-px block plus a halo of the margin rounded up to the 4-px grid.
+    tile, overlap = fusion_tiling(None, None, margin=59, learned=False, block=1024)
+    assert (tile, overlap) == (1024 + 120, 120)
+    plan = make_plan((4096, 4096), tile, overlap, margin=59)
+    assert len(plan) == 16  # 4 x 4 tiles: each pixel fused (4 * 1144 / 4096)² = 1.25 times
+    assert all(y % 4 == 0 for y in plan.ys[:-1])  # on the depth surface's grid
+    assert fusion_tiling(None, None, margin=0, learned=False, block=1024) == (1024, 0)

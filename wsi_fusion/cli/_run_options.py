@@ -26,8 +26,19 @@ _OPTIONS = [
         default=None,
         help="YAML run config (see configs/); command-line options override it.",
     ),
-    click.option("--tile", type=int, default=None, help="Tile size in px (default 512)."),
-    click.option("--overlap", type=int, default=None, help="Tile overlap in px (default 128)."),
+    click.option(
+        "--tile",
+        type=int,
+        default=None,
+        help="Tile size in px (default: 512 for learned fusers; for the others the output chunk "
+        "plus twice the fuser's margin, so each output block is fused once).",
+    ),
+    click.option(
+        "--overlap",
+        type=int,
+        default=None,
+        help="Tile overlap in px (default: 128 for learned fusers, else twice the margin).",
+    ),
     click.option(
         "--lossless", is_flag=True, help="Lossless (deflate) TIFF tiles instead of JPEG q90."
     ),

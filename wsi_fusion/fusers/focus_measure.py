@@ -236,8 +236,9 @@ class FocusMeasureFuser(Fuser):
         return out, present
 
 
-#: Side of the blocks a whole image is fused in (tiles of the pipeline fit in one block).
-_BLOCK = 512
+#: Side of the blocks a whole image is fused in. The pipeline's tiles for this fuser (a 1024-px
+#: output chunk plus its halo) go through in one block: splitting them would recompute the halo.
+_BLOCK = 1024
 
 
 def _luma(stack: Float32Array) -> Float32Array:
