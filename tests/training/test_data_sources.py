@@ -154,3 +154,23 @@ def test_prepared_real_stack_is_registered_fused_and_cached(
     again = data.prepare_real_stack("skeleton", max_crops=1, cache_dir=tmp_path)
     np.testing.assert_array_equal(again[0].target, c.target)
     assert data.prepare_real_stack("skeleton", shared_data=tmp_path, cache_dir=tmp_path) == []
+
+
+def test_blur_labels_skip_regions_without_detail(he_crop: np.ndarray) -> None:
+    """min_change: a blurred flat region (glass) is not labelled blurred; tissue still is."""
+    flat = he_crop.copy()
+    flat[:, :64] = 235  # left half: blank glass
+    _, full = data.local_blur_sample(flat, np.random.default_rng(8), sigma=(4, 4))
+    _, seen = data.local_blur_sample(flat, np.random.default_rng(8), sigma=(4, 4), min_change=0.015)
+    assert full[:, :40].mean() > 0.1  # the old labels call glass "blurred"
+    assert seen[:, :40].mean() == 0.0  # the new ones do not (the blurred edge spills ~20 px)
+    assert seen[:, 72:].sum() > 0.7 * full[:, 72:].sum()  # tissue keeps its labels
+
+
+def test_real_blur_labels_mark_the_plane_with_less_detail(he_crop: np.ndarray) -> None:
+    sharp = he_crop.astype(np.float32) / 255.0
+    blurred = ndi.gaussian_filter(sharp, (2, 2, 0))
+    assert data.real_blur_labels(sharp, sharp).mean() == 0.0
+    assert data.real_blur_labels(blurred, sharp).mean() > 0.5
+    glass = np.full_like(sharp, 0.9)
+    assert data.real_blur_labels(glass, glass + 0.001).mean() == 0.0  # no detail: not "blurred"

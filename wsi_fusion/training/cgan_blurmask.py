@@ -50,6 +50,7 @@ from wsi_fusion.training.data import (
     focal_stack_sample,
     local_blur_sample,
     random_crop,
+    real_blur_labels,
     real_pair_sample,
     real_stack_pairs,
     sharp_sources,
@@ -86,6 +87,17 @@ class BlurMaskTrainConfig(BaseModel):
     stain: float = Field(default=0.0, ge=0, lt=1)
     #: Start from these BM weights (own file or the packed model) instead of random init.
     init: str | None = None
+    #: Sharp sources: ``cmu1`` (rounds 1-2) or ``shared`` (``training.data.training_images``).
+    sources: Literal["cmu1", "shared"] = "cmu1"
+    #: Probability of re-staining a crop by colour deconvolution (``data.stain_augment``).
+    restain: float = Field(default=0.0, ge=0, le=1)
+    #: Label as blurred only where the blur visibly changed the crop (local mean |Δ luminance|
+    #: above this; ``data.local_blur_sample(min_change=)``); 0 = the whole blurred region.
+    min_change: float = Field(default=0.0, ge=0)
+    #: Share of samples that are a random plane of a real training stack, labelled blurred
+    #: where it has clearly less detail than the stack's fusion (``data.real_blur_labels``).
+    real_fraction: float = Field(default=0.0, ge=0, le=1)
+    real_stacks: tuple[str, ...] = ("algae", "unstained", "skeleton")
     max_seconds: float | None = None
     threads: int = Field(default=1, ge=1)
     extra_dirs: tuple[str, ...] = ()
@@ -159,18 +171,38 @@ def checkpoint_step(path: str | Path) -> int:
 
 
 def blurmask_batch(
-    sources: Sequence[Image], rng: np.random.Generator, cfg: BlurMaskTrainConfig
+    sources: Sequence[Image],
+    rng: np.random.Generator,
+    cfg: BlurMaskTrainConfig,
+    real: Sequence[RealStackCrop] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(B, 3, H, W)`` float32 with locally blurred regions, masks ``(B, H, W)`` int64."""
     images, masks = [], []
     for _ in range(cfg.batch):
+        if real and rng.random() < cfg.real_fraction:
+            c = real[int(rng.integers(len(real)))]
+            z = int(rng.integers(c.planes.shape[0]))
+            h, w = c.target.shape[:2]
+            s = min(cfg.crop, h, w)
+            y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+            pair = np.stack([c.planes[z, y : y + s, x : x + s], c.target[y : y + s, x : x + s]])
+            pair = np.rot90(pair, int(rng.integers(4)), axes=(1, 2))
+            if s < cfg.crop:  # a tiny stack (skeleton): pad to the batch's crop size
+                pad = ((0, 0), (0, cfg.crop - pair.shape[1]), (0, cfg.crop - pair.shape[2]), (0, 0))
+                pair = np.pad(pair, pad, mode="reflect")
+            plane, target = (np.ascontiguousarray(a).astype(np.float32) / 255.0 for a in pair)
+            images.append(np.moveaxis(plane, -1, 0))
+            masks.append(real_blur_labels(plane, target))
+            continue
         src = sources[int(rng.integers(len(sources)))]
         sharp = augment(random_crop(src, cfg.crop, rng), rng, stain=cfg.stain)
+        if rng.random() < cfg.restain:
+            sharp = stain_augment(sharp, rng)
         if rng.random() < cfg.sharp_fraction:
             image = sharp.astype(np.float32) / 255.0
             mask = np.zeros(sharp.shape[:2], np.float32)
         else:
-            image, mask = local_blur_sample(sharp, rng, sigma=cfg.sigma)
+            image, mask = local_blur_sample(sharp, rng, sigma=cfg.sigma, min_change=cfg.min_change)
         images.append(np.moveaxis(image, -1, 0))
         masks.append(mask)
     return np.stack(images).astype(np.float32), np.stack(masks).astype(np.int64)
@@ -192,10 +224,16 @@ def train_blurmask(cfg: BlurMaskTrainConfig, progress: bool = True) -> tuple[Dee
             p.requires_grad_(True)
         model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sources = sharp_sources(cfg.extra_dirs)
+    sources = (
+        training_images("train", cfg.extra_dirs)
+        if cfg.sources == "shared"
+        else sharp_sources(cfg.extra_dirs)
+    )
+    real = real_stack_pairs(cfg.real_stacks) if cfg.real_fraction > 0 else []
+    log.info("training BM on %d sharp sources and %d real-stack crops", len(sources), len(real))
 
     def step(i: int) -> dict[str, float]:
-        x, y = blurmask_batch(sources, step_rng(cfg.seed, i), cfg)
+        x, y = blurmask_batch(sources, step_rng(cfg.seed, i), cfg, real)
         logits = model(torch.from_numpy(x))
         target = torch.from_numpy(y)
         loss = F.cross_entropy(logits, target)

@@ -482,8 +482,15 @@ def local_blur_sample(
     rng: np.random.Generator,
     sigma: tuple[float, float] = (2.0, 32.0),
     noise: float = 0.01,
+    min_change: float = 0.0,
 ) -> tuple[FloatImage, FloatImage]:
     """m-SegNet / blur-mask recipe: regions replaced by a blurred copy.
+
+    ``min_change`` > 0 labels as blurred only the part of the blurred regions where the blur
+    visibly changed the image (:func:`visible_change` above ``min_change``): glass, a red
+    cell's flat interior or any other region without detail is the same sharp or blurred, so
+    calling it "blurred" only teaches a blur-mask network to open its gate on smooth content
+    (what made the round-2 model rewrite in-focus smears).
 
     Returns
     -------
@@ -498,7 +505,37 @@ def local_blur_sample(
     s = float(np.exp(rng.uniform(np.log(sigma[0]), np.log(sigma[1]))))
     blurred = gaussian_blur(image, s)
     out = mask[..., None] * blurred + (1 - mask[..., None]) * image
-    return degrade(out, rng, noise), mask
+    if min_change > 0:
+        mask = mask * (visible_change(blurred, image) > min_change)
+    return degrade(out, rng, noise), mask.astype(np.float32)
+
+
+def _luma(image: FloatImage) -> npt.NDArray[np.float32]:
+    return (image @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32)
+
+
+def visible_change(a: FloatImage, b: FloatImage, radius: float = 3.0) -> npt.NDArray[np.float32]:
+    """Local mean absolute luminance difference of two (H, W, 3) float images (Gaussian window)."""
+    return ndi.gaussian_filter(np.abs(_luma(a) - _luma(b)), radius).astype(np.float32)
+
+
+def local_detail(image: FloatImage, radius: float = 4.0) -> npt.NDArray[np.float32]:
+    """Local mean |Laplacian| of the (lightly smoothed) luminance: how much fine detail is there."""
+    lap = np.abs(ndi.laplace(ndi.gaussian_filter(_luma(image), 0.7)))
+    return ndi.gaussian_filter(lap, radius).astype(np.float32)
+
+
+def real_blur_labels(
+    plane: FloatImage, target: FloatImage, ratio: float = 0.7, floor: float = 0.006
+) -> FloatImage:
+    """Blur labels of a real plane against the fusion of its stack (both registered).
+
+    1 where the plane has clearly less fine detail than the fusion (``local_detail`` below
+    ``ratio`` times the fusion's) and the fusion has detail at all (above ``floor``); 0
+    elsewhere, including smooth regions where focus cannot be told.
+    """
+    d_plane, d_target = local_detail(plane), local_detail(target)
+    return ((d_plane < ratio * d_target) & (d_target > floor)).astype(np.float32)
 
 
 def mask_pair_sample(
