@@ -677,7 +677,7 @@ def _write_final(
         # The final name, not the .partial one it is written under, goes into the OME-XML.
         write_ome_tiff(group, dest.partial, name=dest.output.name, associated=associated, **options)
     elif dest.format == "dicom":
-        _write_dicom(dest, group, mpp, config, provenance)
+        _write_dicom(dest, group, mpp, config, provenance, associated)
     else:
         write_generic_tiff(group, dest.partial, associated=associated, **options)
     if config.focus_map:
@@ -696,7 +696,12 @@ def _write_final(
 
 
 def _write_dicom(
-    dest: Destination, group: Any, mpp: float | None, config: RunConfig, provenance: dict[str, Any]
+    dest: Destination,
+    group: Any,
+    mpp: float | None,
+    config: RunConfig,
+    provenance: dict[str, Any],
+    associated: dict[str, Any],
 ) -> None:
     """The DICOM WSI output: a folder of instances, marked as this tool's (its publication record
     goes into that marker, :func:`~wsi_fusion.io.publication.publish_run`)."""
@@ -720,6 +725,7 @@ def _write_dicom(
         focal_plane_distance_um=abs(z[-1] - z[0]) / (len(z) - 1) if known else None,
         name=dest.output.name,
         description=provenance,
+        associated=associated,
     )
 
 

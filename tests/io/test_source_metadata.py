@@ -236,3 +236,20 @@ def test_tif_carries_label_and_macro_and_no_label_blanks_it(
                 assert label.shape == (64, 64, 3) and (label == 255).all()
             else:
                 np.testing.assert_array_equal(label, LABEL)
+
+
+@pytest.mark.parametrize("no_label", [False, True])
+def test_dicom_output_carries_label_and_macro_unless_no_label(
+    svs_planes: list[Path], tmp_path: Path, monkeypatch, capsys, no_label: bool
+) -> None:
+    pytest.importorskip("wsidicom")
+    import pydicom
+    from helpers import run_cli
+
+    out = tmp_path / "fused.dicom"
+    args = ["fuse", *map(str, svs_planes), "-o", str(out), "--fuser", "plane", "--tile", "128"]
+    args += ["--overlap", "64", "--lossless", "-q"] + (["--no-label"] if no_label else [])
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    kinds = {pydicom.dcmread(f, stop_before_pixels=True).ImageType[2] for f in out.glob("*.dcm")}
+    assert "OVERVIEW" in kinds and ("LABEL" in kinds) is not no_label
