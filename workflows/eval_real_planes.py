@@ -47,8 +47,8 @@ def curve(config: str, crop: int, every: int) -> list[dict]:
     points = [p for p in points if p[0] % every == 0]
     rows = []
     for step, gen in points:
-        real = evaluate_real_planes(cfg.blurmask, crop=crop, generator=gen)
-        synth = evaluate_single_heldout(cfg.blurmask, generator=gen)
+        real = evaluate_real_planes(cfg.init, crop=crop, generator=gen, blurmask=cfg.blurmask)
+        synth = evaluate_single_heldout(cfg.init, generator=gen, blurmask=cfg.blurmask)
         rows.append({"step": step, "real": real["by_stack"], "synthetic": synth})
         log.info("step %d: real %s synthetic %s", step, real["by_stack"], synth)
     return rows
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--weights", default=None, help="packed model (default: the shipped one)")
     parser.add_argument("--generator", default=None, help="single-plane generator to swap in")
+    parser.add_argument("--blurmask", default=None, help="BM weights to swap in")
     parser.add_argument("--gate-threshold", type=float, default=None)
     parser.add_argument("--crop", type=int, default=768)
     parser.add_argument("--sheets", default=None, help="folder for contact sheets")
@@ -119,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             sheet_dir=args.sheets,
             mask_threshold=args.gate_threshold,
             generator=args.generator,
+            blurmask=args.blurmask,
         )
         if args.synthetic:
             result["synthetic"] = evaluate_single_heldout(
-                args.weights, args.generator, args.gate_threshold
+                args.weights, args.generator, args.gate_threshold, blurmask=args.blurmask
             )
     text = json.dumps(result, indent=1)
     if args.out:

@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
         configs = (args.single_config, args.few_config)
         gates = tuple(load_train_config(c, CganTrainConfig).gated for c in configs)
-        metrics = evaluate_cgan(args.weights, gated=(gates[0], gates[1]))
+        # Round 3: two stacks of each held-out set (H&E rows, IHC, H&E tiles, frozen section).
+        metrics = evaluate_cgan(args.weights, n=8, gated=(gates[0], gates[1]), extended=True)
         out = PACKED.parent / "metrics.json"
         if Path(args.weights).resolve() != (ROOT / PACKED).resolve():
             out = Path(args.weights).with_suffix(".metrics.json")  # a candidate, not the shipped

@@ -213,6 +213,9 @@ def discriminator_receptive_field() -> tuple[int, int]:
 #: has no parameters, so the weights file cannot say; these must match how they were trained).
 GATED_SINGLE = True
 GATED_FEW = True
+#: Gate calibration of the shipped single-plane generator (``DenseUNetGenerator.gate_threshold``):
+#: BM blur probabilities at or below it keep the input plane exactly.
+GATE_THRESHOLD_SINGLE = 0.0
 
 
 class CganBlurMask(nn.Module):
@@ -233,6 +236,7 @@ class CganBlurMask(nn.Module):
 
         self.bm = build_deeplab("deeplab_v3_lite" if width == "lite" else "deeplab_v3_resnet50")
         self.single = DenseUNetGenerator(1, width, gated=gated_single)
+        self.single.gate_threshold = GATE_THRESHOLD_SINGLE
         self.few = DenseUNetGenerator(3, width, gated=gated_few)
 
     def masks(self, planes: torch.Tensor) -> torch.Tensor:

@@ -485,12 +485,15 @@ def evaluate_cgan(
     n_planes: int = 5,
     noise: float = 0.005,
     gated: tuple[bool, bool] | None = None,
+    extended: bool = False,
 ) -> dict[str, Any]:
     """Held-out metrics of the packed model (``heldout_stacks``, luminance PSNR/SSIM vs GT).
 
     Per stack: the reference plane itself (what a single-plane scan gives), the single-plane
     model, the few-plane model, and the classical fusers on the same three planes and on all
     planes; plus CPU speed (512-px tiles/s) and the tiled-vs-whole difference beyond the margin.
+    ``extended``: the per-stain held-out sets of ``heldout_stacks(extended=True)`` (H&E rows,
+    IHC, held-out H&E tiles, frozen section).
     """
     import time
 
@@ -509,7 +512,8 @@ def evaluate_cgan(
     classical = {name: create_fuser(name) for name in CLASSICAL}
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {"single": 0.0, "few": 0.0}
-    for name, synth in heldout_stacks(n=n, size=size, n_planes=n_planes, noise=noise):
+    stacks = heldout_stacks(n=n, size=size, n_planes=n_planes, noise=noise, extended=extended)
+    for name, synth in stacks:
         stack, gt = planes_to_tile(synth.planes), synth.ground_truth
         ref = single.input_planes(stack)[0]
         three = stack[few.input_planes(stack)]
@@ -563,7 +567,13 @@ def evaluate_cgan(
     model = single.model
     assert isinstance(model, CganBlurMask)
     return {
-        "heldout": {"n": n, "size": size, "n_planes": n_planes, "noise": noise},
+        "heldout": {
+            "n": n,
+            "size": size,
+            "n_planes": n_planes,
+            "noise": noise,
+            "sets": sorted(by_stain),
+        },
         "blurmask_heldout": evaluate_blurmask(model.bm),
         "mean": mean,
         "per_stack": rows,
@@ -605,11 +615,12 @@ def single_plane_fuser(
     weights: str | Path | None = None,
     generator: str | Path | None = None,
     gate_threshold: float | None = None,
+    blurmask: str | Path | None = None,
 ) -> Any:
     """A single-plane :class:`~wsi_fusion.fusers.cgan_blurmask.CganBlurMaskFuser` (CPU) that
     also returns the blur mask: the packed ``weights`` (default: the shipped file), its
-    single-plane generator replaced by ``generator`` (a training snapshot or output) when given,
-    and its gate calibrated by ``gate_threshold`` when given."""
+    single-plane generator replaced by ``generator`` (a training snapshot or output) and its BM
+    by ``blurmask`` when given, and its gate calibrated by ``gate_threshold`` when given."""
     from wsi_fusion.fusers.cgan_blurmask import CganBlurMaskFuser
 
     kwargs: dict[str, Any] = {"device": "cpu", "mode": "single"}
@@ -621,6 +632,8 @@ def single_plane_fuser(
     if generator is not None:
         gen = load_generator(generator, "single")
         model.single.load_state_dict(gen.state_dict())  # type: ignore[union-attr]
+    if blurmask is not None:
+        model.bm.load_state_dict(load_blurmask(blurmask).state_dict())  # type: ignore[union-attr]
     if gate_threshold is not None:
         model.single.gate_threshold = gate_threshold  # type: ignore[union-attr]
     return fuser
@@ -633,6 +646,7 @@ def evaluate_single_heldout(
     n: int = 8,
     size: int = 256,
     n_planes: int = 5,
+    blurmask: str | Path | None = None,
 ) -> dict[str, Any]:
     """Cheap held-out check of the single-plane model for learning curves: PSNR gain over the
     input plane on ``heldout_stacks(extended=True)`` (H&E rows, IHC, held-out H&E tiles,
@@ -640,7 +654,7 @@ def evaluate_single_heldout(
     from wsi_fusion.metrics.full_reference import psnr
     from wsi_fusion.training.data import heldout_stacks
 
-    fuser = single_plane_fuser(weights, generator, gate_threshold)
+    fuser = single_plane_fuser(weights, generator, gate_threshold, blurmask)
     gains: dict[str, list[float]] = {}
     for name, synth in heldout_stacks(n=n, size=size, n_planes=n_planes, extended=True):
         stack, gt = planes_to_tile(synth.planes), synth.ground_truth
@@ -660,6 +674,7 @@ def evaluate_real_planes(
     sheet_dir: str | Path | None = None,
     mask_threshold: float | None = None,
     generator: str | Path | None = None,
+    blurmask: str | Path | None = None,
 ) -> dict[str, Any]:
     """The single-plane generator on real defocused planes of the held-out stacks.
 
@@ -671,7 +686,8 @@ def evaluate_real_planes(
 
     ``sheet_dir``: write ``<stack>_plane<NN>.png`` contact sheets there (input | output |
     best plane, 100 %, 256 px from the centre). Never commit the wbc sheets (no licence).
-    ``weights`` / ``generator`` / ``mask_threshold``: see :func:`single_plane_fuser`.
+    ``weights`` / ``generator`` / ``blurmask`` / ``mask_threshold``: see
+    :func:`single_plane_fuser`.
     """
     import glob
 
@@ -681,8 +697,10 @@ def evaluate_real_planes(
     from wsi_fusion.metrics.full_reference import psnr, ssim
     from wsi_fusion.training.data import REAL_STACKS, shared_data_dir
 
-    fuser = single_plane_fuser(weights, generator, mask_threshold)
+    fuser = single_plane_fuser(weights, generator, mask_threshold, blurmask)
     rows: list[dict[str, Any]] = []
+    best_masks: dict[str, float] = {}
+    best_changes: dict[str, float] = {}
     for name, (best, planes) in REAL_PLANE_TESTS.items():
         files = sorted(glob.glob(str(shared_data_dir() / REAL_STACKS[name].pattern)))
         if not files:
@@ -694,6 +712,11 @@ def evaluate_real_planes(
             box = Box((h - side_h) // 2, (w - side_w) // 2, side_h, side_w)
             read = {z: stack.read(z, box).astype(np.float32) / 255.0 for z in (best, *planes)}
         ref = read[best]
+        best_tile = np.ascontiguousarray(ref.transpose(2, 0, 1)[None])
+        best_result = fuser.fuse(best_tile)
+        best_mask = float(np.asarray(best_result.extras["blur_mask"]).mean())
+        best_change = float(np.abs(best_result.fused - best_tile[0]).mean())
+        best_masks[name], best_changes[name] = round(best_mask, 4), round(best_change, 5)
         inner = (slice(border, -border), slice(border, -border))
         for z in planes:
             x = read[z]
@@ -741,9 +764,71 @@ def evaluate_real_planes(
         group = [r for r in rows if r["stack"] == name]
         if group:
             by_stack[name] = {
+                "mask_mean_best_plane": best_masks[name],
+                "mean_abs_change_best_plane": best_changes[name],
+                "mask_mean_defocused": round(float(np.mean([r["mask_mean"] for r in group])), 4),
                 "gain_psnr_db": round(float(np.mean([r["gain_psnr_db"] for r in group])), 3),
                 "gain_ssim": round(float(np.mean([r["gain_ssim"] for r in group])), 4),
                 "planes_worse_psnr": sum(r["gain_psnr_db"] < 0 for r in group),
                 "planes_worse_ssim": sum(r["gain_ssim"] < 0 for r in group),
             }
     return {"crop": crop, "border": border, "per_plane": rows, "by_stack": by_stack}
+
+
+def calibrate_gate(
+    weights: str | Path | None = None,
+    generator: str | Path | None = None,
+    blurmask: str | Path | None = None,
+    thresholds: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
+    offsets: Sequence[int] = (-3, -2, -1, 1, 2, 3),
+    side: int = 256,
+    tolerance_db: float = 0.1,
+) -> dict[str, Any]:
+    """Choose the gate threshold on the *training* real stacks (never the held-out ones).
+
+    For every training real crop (:func:`~wsi_fusion.training.data.real_stack_pairs`) and every
+    plane ``best + offset``, the ungated generator output ``G`` and BM's mask ``m`` are computed
+    once; the gated output for threshold ``t`` is ``x + clamp((m - t)/(1 - t), 0, 1)·(G - x)``.
+    PSNR against the crop's fusion (the training target), minus the input plane's. The chosen
+    threshold is the smallest whose worst plane loses at most ``tolerance_db`` (no harm);
+    1.0 (generator off) when none does.
+    """
+    import torch
+
+    from wsi_fusion.metrics.full_reference import psnr
+    from wsi_fusion.training.data import real_stack_pairs
+
+    fuser = single_plane_fuser(weights, generator, None, blurmask)
+    model = fuser.model
+    gains: dict[float, list[float]] = {t: [] for t in thresholds}
+    for crop in real_stack_pairs():
+        h, w = crop.target.shape[:2]
+        s_h, s_w = min(side, h), min(side, w)
+        y0, x0 = (h - s_h) // 2, (w - s_w) // 2
+        target = crop.target[y0 : y0 + s_h, x0 : x0 + s_w].astype(np.float32) / 255.0
+        for off in offsets:
+            z = crop.best + off
+            if not 0 <= z < crop.planes.shape[0]:
+                continue
+            x = crop.planes[z, y0 : y0 + s_h, x0 : x0 + s_w].astype(np.float32) / 255.0
+            planes = torch.from_numpy(np.moveaxis(x, -1, 0)[None, None].copy())
+            with torch.no_grad():
+                masks = model.masks(planes)  # type: ignore[union-attr,operator]
+                gen = model.single  # type: ignore[union-attr]
+                gated, gen.gated = gen.gated, False
+                full = gen(planes, masks)[0].numpy().transpose(1, 2, 0)
+                gen.gated = gated
+            m = masks[0, 0, 0].numpy()[..., None]
+            base = psnr(x, target)
+            for t in thresholds:
+                g = np.clip((m - t) / (1.0 - t), 0.0, 1.0) if t > 0 else m
+                out = np.clip(x + g * (full - x), 0.0, 1.0)
+                gains[t].append(psnr(out, target) - base)
+    table = {
+        str(t): {"mean_db": round(float(np.mean(v)), 3), "worst_db": round(float(np.min(v)), 3)}
+        for t, v in gains.items()
+        if v
+    }
+    ok = [t for t, v in gains.items() if v and min(v) >= -tolerance_db]
+    n_planes = len(next(iter(gains.values())))
+    return {"by_threshold": table, "chosen": min(ok) if ok else 1.0, "n_planes": n_planes}
