@@ -56,6 +56,38 @@ def test_decision_is_antisymmetric() -> None:
     torch.testing.assert_close(p_ab, 1 - p_ba, atol=1e-6, rtol=0)
 
 
+def test_fast_inference_paths_equal_the_plain_network() -> None:
+    """The CPU speed-ups compute the same function: the first decision convolution once per
+    image (``logit_projected``), the SSE projections regrouped, the shifted-sum box mean."""
+    from torch.nn import functional as F
+
+    from wsi_fusion.nets.gacn import SpatialSE, box_mean
+
+    torch.manual_seed(2)
+    net = GACN(SMALL).eval()
+    a, b = torch.rand(2, 1, 50, 60), torch.rand(2, 1, 50, 60)
+    with torch.no_grad():
+        act_a, act_b = net.activity(a), net.activity(b)
+        plain = net.logit(act_a, act_b)
+        fast = net.logit_projected(net.project(act_a), net.project(act_b))
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    for channels in (8, 1):
+        se = SpatialSE(channels, 7)
+        x = torch.randn(2, channels, 33, 41)
+        reference = F.conv2d(x, se.proj.weight, se.proj.bias, padding=3)
+        torch.testing.assert_close(se.projection(x), reference, atol=1e-5, rtol=1e-5)
+        with torch.no_grad():
+            torch.testing.assert_close(se.projection(x), reference, atol=1e-5, rtol=1e-5)
+    # Training still reaches the SSE weights through the regrouped projection.
+    se = SpatialSE(8, 7)
+    se(torch.randn(1, 8, 20, 20)).sum().backward()
+    assert se.proj.weight.grad is not None and se.proj.weight.grad.abs().sum() > 0
+    x = torch.rand(2, 3, 37, 29)
+    r = 4
+    padded = F.pad(x, (r, r, r, r), mode="reflect")
+    torch.testing.assert_close(box_mean(x, r), F.avg_pool2d(padded, 2 * r + 1, stride=1))
+
+
 def test_differentiable_qg_matches_metric() -> None:
     """1 − qg_loss equals wsi_fusion.metrics.q_abf with the paper's constants, and has gradients."""
     from wsi_fusion.metrics.gradient import QabfConstants, q_abf

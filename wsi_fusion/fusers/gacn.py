@@ -150,11 +150,12 @@ class GACNFuser(PairwiseTorchFuser):
     def _chunk(self, planes: bool) -> int:
         """Images (``planes``) or pairs per forward pass.
 
-        On CPU two at a time: larger batches of 512² maps overflow the caches and were measured
-        1.5-2x slower per image on one thread. On a GPU, ``batch_size`` tiles' worth.
+        On CPU one at a time: the 512² feature maps of a larger batch overflow the caches, and
+        one pair (two decision-path images, the antisymmetric halves) per pass was measured
+        2x faster per pair than two pairs on one thread. On a GPU, ``batch_size`` tiles' worth.
         """
         if self.device.type == "cpu":
-            return 2
+            return 1
         return max(self.params.batch_size * (5 if planes else 1), 1)
 
     def _activities(self, grey: torch.Tensor) -> torch.Tensor:
@@ -166,36 +167,56 @@ class GACNFuser(PairwiseTorchFuser):
         with self.autocast():
             return torch.cat([net.activity(g) for g in grey.split(chunk)])
 
+    def _projections(self, acts: torch.Tensor) -> torch.Tensor:
+        """Per-plane share of the first decision convolution (``GACN.project``), channels-last.
+
+        Computed once per plane instead of twice per pair (it is linear in the activity
+        difference the decision path reads).
+        """
+        import torch
+
+        net: GACN = self.model  # type: ignore[assignment]
+        chunk = self._chunk(planes=True)
+        with self.autocast():
+            return torch.cat(
+                [
+                    net.project(a.contiguous(memory_format=torch.channels_last))
+                    for a in acts.split(chunk)
+                ]
+            ).contiguous(memory_format=torch.channels_last)
+
     def _final_dm(
-        self, act_a: torch.Tensor, act_b: torch.Tensor, a: torch.Tensor, b: torch.Tensor, k: float
+        self, proj: torch.Tensor, grey: torch.Tensor, i: list[int], j: list[int], k: float
     ) -> Float32Array:
-        """Projected, boundary-smoothed DMs ``(P, H, W)``, computed a few pairs at a time."""
+        """Projected, boundary-smoothed DMs ``(P, H, W)`` of images ``i[p]`` against ``j[p]``.
+
+        ``proj`` are the :meth:`_projections` of the images, ``grey`` the grey images (the guide
+        of the boundary smoothing); pairs are gathered a chunk at a time, not all at once.
+        """
         import torch
 
         from wsi_fusion.nets.gacn import smooth_boundary
 
         net: GACN = self.model  # type: ignore[assignment]
-        out = []
+        out = np.empty((len(i), *grey.shape[2:]), dtype=np.float32)
         step = self._chunk(planes=False)
         with self.autocast():
-            for s in range(0, act_a.shape[0], step):
-                sl = slice(s, s + step)
-                cl = torch.channels_last
-                logit = net.logit(
-                    act_a[sl].contiguous(memory_format=cl), act_b[sl].contiguous(memory_format=cl)
-                )
+            for s in range(0, len(i), step):
+                ia, ib = i[s : s + step], j[s : s + step]
+                logit = net.logit_projected(proj[ia], proj[ib])
                 dm = torch.sigmoid(k * logit.float()).contiguous()
                 if self.params.smooth:
-                    dm = smooth_boundary(dm, a[sl], b[sl], self._smoothing())
-                out.append(dm[:, 0].float().cpu().numpy())
-        return np.concatenate(out)
+                    dm = smooth_boundary(dm, grey[ia], grey[ib], self._smoothing())
+                out[s : s + len(ia)] = dm[:, 0].float().cpu().numpy()
+        return out
 
     def decide(self, a: TileStack, b: TileStack) -> Float32Array:
         """Final DMs ``(P, H, W)``: probability that ``a`` is sharper than ``b`` (pairs)."""
         n = len(a)
         grey = self._grey(np.concatenate([a, b]))
-        act = self._activities(grey)
-        return self._final_dm(act[:n], act[n:], grey[:n], grey[n:], self.params.steepness)
+        proj = self._projections(self._activities(grey))
+        pairs = list(range(n)), list(range(n, 2 * n))
+        return self._final_dm(proj, grey, *pairs, self.params.steepness)
 
     def decide_against(self, base: Float32Array, others: TileStack) -> Float32Array:
         """Graded DMs of ``base`` against each of ``others``; base features computed once."""
@@ -215,44 +236,47 @@ class GACNFuser(PairwiseTorchFuser):
         """
         z = arrays[0].shape[0]
         grey = self._grey(np.concatenate(arrays))
-        acts = self._activities(grey)
+        proj = self._projections(self._activities(grey))
         return [
-            _CachedPlanes(self, stack, grey[i * z : (i + 1) * z], acts[i * z : (i + 1) * z])
+            _CachedPlanes(self, stack, grey[i * z : (i + 1) * z], proj[i * z : (i + 1) * z])
             for i, stack in enumerate(arrays)
         ]
 
 
 class _CachedPlanes:
-    """A pairwise decider over one stack whose grey planes and activities are computed once."""
+    """A pairwise decider over one stack whose grey planes and per-plane network work (activity
+    and its share of the first decision convolution) are computed once."""
 
     def __init__(
         self,
         fuser: GACNFuser,
         stack: TileStack,
         grey: torch.Tensor | None = None,
-        acts: torch.Tensor | None = None,
+        proj: torch.Tensor | None = None,
     ) -> None:
         self.fuser = fuser
         self.stack = stack
         self.grey = fuser._grey(stack) if grey is None else grey
-        self.acts = fuser._activities(self.grey) if acts is None else acts
+        if proj is None:
+            proj = fuser._projections(fuser._activities(self.grey))
+        self.proj = proj
 
     def _dms(self, i: list[int], j: list[int], k: float) -> Float32Array:
-        return self.fuser._final_dm(self.acts[i], self.acts[j], self.grey[i], self.grey[j], k)
+        return self.fuser._final_dm(self.proj, self.grey, i, j, k)
 
     def decide(self, a: TileStack, b: TileStack) -> Float32Array:
         return self.fuser.decide(a, b)
 
     def decide_against_first(self) -> Float32Array:
         """Plane 0 against planes 1.. (graded, the calibration's steepness)."""
-        n = self.acts.shape[0]
+        n = self.proj.shape[0]
         k = self.fuser.params.calibration_steepness
         return self._dms([0] * (n - 1), list(range(1, n)), k)
 
     def decide_against(self, base: Float32Array, others: TileStack) -> Float32Array:
         """Calibration on the cached stack; the baseline is the fuser's (as the adapter's)."""
-        index = baseline_plane(self.fuser.params.baseline, self.acts.shape[0])
-        rest = [j for j in range(self.acts.shape[0]) if j != index]
+        index = baseline_plane(self.fuser.params.baseline, self.proj.shape[0])
+        rest = [j for j in range(self.proj.shape[0]) if j != index]
         k = self.fuser.params.calibration_steepness
         return self._dms([index] * len(rest), rest, k)
 
