@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -68,6 +68,16 @@ class MSegNetTrainConfig(BaseModel):
     focal_gamma: float = Field(default=2.0, ge=0)
     #: HED stain jitter of the crops (``training.data.augment``); 0 = the first shipped run.
     stain: float = Field(default=0.0, ge=0.0, lt=1.0)
+    #: Sharp sources: ``cmu1`` (the training rows of the bundled region, the first shipped
+    #: runs) or ``shared`` (``training.data.training_images("train")``: those rows plus the
+    #: licensed H&E tiles of ``../shared/data/train_tiles``, source-level split).
+    sources: Literal["cmu1", "shared"] = "cmu1"
+    #: Probability that a crop is re-stained by colour deconvolution onto a random palette
+    #: (``training.data.stain_augment``: H&E, IHC, Giemsa, Pap, grey); 0 = never.
+    restain: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: Start from these weights (safetensors, repository-relative), e.g. the shipped model;
+    #: a checkpoint of the run, when present, still takes precedence (resume).
+    init: str | None = None
     threads: int = Field(default=1, ge=1)
     max_seconds: float | None = None
     checkpoint: str = "scratch/msegnet/checkpoint.pt"
@@ -129,14 +139,12 @@ def make_batch(
     images: list[npt.NDArray[np.float32]] = []
     labels: list[npt.NDArray[np.float32]] = []
     for _ in range(cfg.blur_samples):
-        src = sources[int(rng.integers(len(sources)))]
-        crop = data.augment(data.random_crop(src, cfg.crop, rng), rng, stain=cfg.stain)
+        crop = _crop(sources, rng, cfg)
         image, mask = data.local_blur_sample(crop, rng, sigma=cfg.sigma)
         images.append(image)
         labels.append(mask)
     for _ in range(cfg.stacks):
-        src = sources[int(rng.integers(len(sources)))]
-        crop = data.augment(data.random_crop(src, cfg.crop, rng), rng, stain=cfg.stain)
+        crop = _crop(sources, rng, cfg)
         stack = data.focal_stack_sample(crop, rng, cfg.n_planes)
         chosen = rng.choice(
             cfg.n_planes, size=min(cfg.planes_per_stack, cfg.n_planes), replace=False
@@ -146,6 +154,26 @@ def make_batch(
             labels.append((stack.focus_index != k).astype(np.float32))
     x = np.stack(images).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(x, dtype=np.float32), np.stack(labels).astype(np.float32)
+
+
+def _crop(
+    sources: Sequence[npt.NDArray[np.uint8]], rng: np.random.Generator, cfg: MSegNetTrainConfig
+) -> npt.NDArray[np.uint8]:
+    """A random augmented crop of a random source, re-stained with probability ``restain``."""
+    src = sources[int(rng.integers(len(sources)))]
+    crop = data.random_crop(src, cfg.crop, rng)
+    # Drawn only when re-staining is on, so runs without it keep their sample sequence.
+    if cfg.restain > 0 and rng.random() < cfg.restain:
+        crop = data.stain_augment(crop, rng)
+    return data.augment(crop, rng, stain=cfg.stain)
+
+
+def load_init(model: torch.nn.Module, path: Path) -> None:
+    """Load fp16/fp32 safetensors weights into ``model`` (strict), as float32."""
+    from safetensors.torch import load_file
+
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    model.load_state_dict(state, strict=True)
 
 
 def train(
@@ -162,9 +190,16 @@ def train(
 
     def build() -> Built:
         model = build_msegnet(cfg.widths, cfg.blocks)
+        if cfg.init:
+            load_init(model, root / cfg.init)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(cfg.steps))
-        sources = data.sharp_sources(cfg.extra_sources)
+        sources = (
+            data.training_images("train", cfg.extra_sources)
+            if cfg.sources == "shared"
+            else data.sharp_sources(cfg.extra_sources)
+        )
+        log.info("training m-SegNet on %d sharp sources", len(sources))
 
         def step_fn(step: int) -> Mapping[str, float]:
             x, y = make_batch(sources, step_rng(cfg.seed, step), cfg)
