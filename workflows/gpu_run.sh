@@ -67,7 +67,7 @@ RUNS=(
 WHEELS=(
   pydantic pydantic-core annotated-types typing-inspection PyWavelets zarr numcodecs donfig
   google-crc32c imagecodecs openslide-python openslide-bin dask distributed partd locket tblib
-  zict tiffslide
+  zict tiffslide tornado
 )
 
 config_of() {  # the run config of a RUNS command: its --config, else configs/<script>.yaml
@@ -79,6 +79,13 @@ config_of() {  # the run config of a RUNS command: its --config, else configs/<s
     echo "configs/$(basename "$script" .py).yaml"
   fi
 }
+
+#: Linux x86-64 wheel tags the GPU machine's Python 3.12 takes (pip matches each exactly).
+PLATFORMS=(
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+  --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64
+)
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -106,9 +113,7 @@ if [ "$FETCH" = 1 ]; then
     specs+=("$name==$version")
   done
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --platform manylinux1_x86_64 -d .whl "${specs[@]}" || exit 1
+    --implementation cp "${PLATFORMS[@]}" -d .whl "${specs[@]}" || exit 1
   du -sh .whl
   grep -qx '/.whl/' .gitignore 2>/dev/null || echo "note: add /.whl/ to .gitignore" >&2
   exit 0
@@ -117,11 +122,13 @@ fi
 if [ "$DRY_RUN" = 1 ]; then
   OUT="${OUT:-$ROOT/scratch/gpu_run_out}"
   DEVICE=cpu
+  rm -rf "scratch/dry_run/$PRESET"  # rehearse from step 0, not a resume of the last rehearsal
 else
   OUT="${OUT:?set by the device tool; for a local run set OUT=/some/folder}"
   DEVICE=cuda
 fi
 mkdir -p "$OUT"
+rm -f "$OUT"/summary.json "$OUT"/bench_gpu.json "$OUT"/results.tgz.part-*
 LOG="$OUT/gpu_run.log"
 STEPS_JSON="$OUT/steps.jsonl"
 : >"$LOG"
@@ -171,9 +178,8 @@ setup() {
       # The GPU machine's install, checked offline for its Python (3.12) without running it.
       rm -rf /tmp/gpu_run_site_check
       python3 -m pip install -q --no-index --no-deps --no-compile --dry-run \
-        --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --target /tmp/gpu_run_site_check .whl/*.whl ||
-        return 1
+        --only-binary=:all: --python-version 3.12 --implementation cp "${PLATFORMS[@]}" \
+        --target /tmp/gpu_run_site_check .whl/*.whl || return 1
       echo "wheels: $(ls .whl/*.whl | wc -l) install offline for cp312 ($(du -sh .whl | cut -f1))"
     else
       echo "wheels: none in .whl/ (bash workflows/gpu_run.sh --fetch-wheels before a GPU run)"
@@ -216,6 +222,7 @@ echo "== setup: rc $rc in $(($(date +%s) - began)) s"
 record setup "$rc" "$(($(date +%s) - began))" ""
 [ "$rc" = 0 ] || { echo "setup failed: nothing else can run"; SETUP_FAILED=1; }
 
+TRIED=()  # the RUNS entries this call started (their results are packed)
 if [ -z "${SETUP_FAILED:-}" ]; then
   # -- 2. GPU tests -------------------------------------------------------------------------------
   if skipped tests || [ "$(left)" -lt 60 ]; then
@@ -244,6 +251,7 @@ if [ -z "${SETUP_FAILED:-}" ]; then
     name="${entry%%|*}"
     command="${entry#*|}"
     wanted "$name" || continue
+    TRIED+=("$entry")
     remaining=$(($(left) - PACK_RESERVE_S))
     if [ "$DRY_RUN" = 1 ]; then
       # shellcheck disable=SC2086  # $command holds the script and its --config
@@ -266,7 +274,7 @@ fi
 
 # -- 5. pack --------------------------------------------------------------------------------------
 CONFIGS=()
-for entry in "${RUNS[@]}"; do
+for entry in ${TRIED[@]+"${TRIED[@]}"}; do
   CONFIGS+=("${entry%%|*}=$(config_of "${entry#*|}")")
 done
 "$PY" - "$OUT" "$PRESET" "$DRY_RUN" "$DEVICE" "$BUDGET_S" "$ROOT" "${CONFIGS[@]}" <<'EOF'
@@ -280,6 +288,9 @@ out, root = Path(out), Path(root)
 steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines() if line]
 runs = {}
 pack = []
+left_out = []
+packed_bytes = 0
+PACK_LIMIT = 56 * 2**20  # weights, in the order of RUNS (value order)
 try:
     from wsi_fusion.training.config import resolve_config_data
 except Exception as err:  # setup failed: still write what is known
@@ -295,9 +306,17 @@ for name, config in configs.items():
     losses = checkpoint.with_suffix(".log.json")
     if (root / summary).exists():
         runs[name] = json.loads((root / summary).read_text())
-    for path in (Path(data["output"]), summary, losses):
+    for path in (summary, losses):
         if (root / path).exists():
             pack.append(str(path))
+    weights = root / data["output"]
+    if weights.exists():
+        size = weights.stat().st_size
+        if packed_bytes + size > PACK_LIMIT:  # the device tool returns 64 MiB in all
+            left_out.append(str(data["output"]))
+        else:
+            packed_bytes += size
+            pack.append(str(data["output"]))
 result = {
     "device": device,
     "preset": preset,
@@ -306,6 +325,7 @@ result = {
     "steps": steps,
     "runs": runs,
     "packed": pack,
+    "weights_left_out": left_out,
 }
 (out / "summary.json").write_text(json.dumps(result, indent=1))
 (out / "pack.list").write_text("".join(f"{p}\n" for p in pack))
@@ -321,5 +341,7 @@ if [ -s "$OUT/pack.list" ]; then
   tar czf - -T "$OUT/pack.list" | split -b 15m - "$OUT/results.tgz.part-"
   echo "packed $(wc -l <"$OUT/pack.list") files into $(ls "$OUT"/results.tgz.part-* | wc -l) part(s)"
 fi
+failed=$(grep -c '"rc": [1-9]' "$OUT/steps.jsonl")
 rm -f "$OUT/pack.list" "$OUT/steps.jsonl"
-echo "gpu_run.sh: done in $(($(date +%s) - START)) s; $OUT/summary.json"
+echo "gpu_run.sh: done in $(($(date +%s) - START)) s, $failed step(s) failed; $OUT/summary.json"
+[ "$failed" = 0 ]

@@ -240,3 +240,34 @@ def test_prefetched_batches_are_the_steps_own(tmp_path: Path) -> None:
         np.testing.assert_array_equal(t0, t1)
     assert session.current().stats["batches_drawn_in_step"] == 1
     assert sys.modules[__name__].fake_batch is fake_batch  # restored after the loop
+
+
+# -- on a GPU (run by workflows/gpu_run.sh before its training runs) -----------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_dry_runs_place_everything_on_the_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gacn (train_and_save, fp32, prefetched) and the single-plane cGAN (its own loop, frozen
+    BM, bf16 autocast) for a few steps on CUDA, as their workflows run them (recipe modules
+    imported before the command line starts the session)."""
+    from wsi_fusion.training import cgan_blurmask, gacn
+
+    session.start("cuda", PRESET, dry_run=True)
+    cfg = load_train_config(CONFIG_DIR / "train_gacn.yaml", gacn.GACNTrainConfig)
+    history, sha, _ = gacn.train(cfg, tmp_path, progress=False)
+    assert len(sha) == 64 and np.isfinite(history[-1]["loss"])
+    assert "prefetch_error" not in session.current().stats
+
+    monkeypatch.chdir(tmp_path)  # train_cgan's paths are relative to the working directory
+    bm_file = ROOT / "models" / "cgan_blurmask" / "cgan_blurmask.lite.safetensors"
+    cfg = load_train_config(
+        CONFIG_DIR / "train_cgan_single.yaml", cgan_blurmask.CganTrainConfig, blurmask=str(bm_file)
+    )
+    bm = cgan_blurmask.load_blurmask(cfg.blurmask)
+    assert next(bm.parameters()).is_cuda
+    gen, _, history = cgan_blurmask.train_cgan(cfg, bm, progress=False)
+    assert next(gen.parameters()).is_cuda and np.isfinite(history[-1]["l1"])
+    assert session.current().stats["peak_gpu_mib"] > 0

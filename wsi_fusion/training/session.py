@@ -316,6 +316,11 @@ class BatchPrefetcher:
             except StopIteration:
                 self._ready = (self.stop_step, None, ())
                 break
+            except Exception as err:  # a broken worker must not end a scarce GPU run
+                log.error("prefetching failed (%s); drawing batches in the step from now on", err)
+                _session.stats["prefetch_error"] = repr(err)
+                self._ready = (self.stop_step, None, ())
+                break
         self.wait_seconds += time.perf_counter() - began
         if self._ready[0] != self.step:
             return self._direct(*args, **kwargs)
@@ -342,10 +347,10 @@ class BatchPrefetcher:
             collate_fn=_identity,
             worker_init_fn=_worker_init,
             multiprocessing_context="fork",
-            generator=_cpu_generator(),
         )
-        log.info("prefetching batches of steps %d..%d in %d workers", steps[0], steps[-1],
-                 self.workers)  # fmt: skip
+        log.info(
+            "prefetching batches of steps %d..%d in %d workers", steps[0], steps[-1], self.workers
+        )
         return iter(loader)
 
 
@@ -360,9 +365,3 @@ def _generator_position(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | 
         if isinstance(value, np.random.Generator):
             return key
     return None
-
-
-def _cpu_generator() -> torch.Generator:
-    import torch
-
-    return torch.Generator(device="cpu")
