@@ -650,15 +650,22 @@ def _write_final(
     provenance: dict[str, Any],
     inputs: tuple[str, ...] = (),
 ) -> list[tuple[Path, Path]]:
-    """Write TIFF outputs next to their final names as partials; return the sidecars' (partial,
+    """Write the associated images and the TIFF outputs (as partials); return the sidecars' (partial,
     final) paths (published with the image by :func:`~wsi_fusion.io.publication.publish_run`)."""
     import zarr
 
+    from wsi_fusion.io.source_metadata import associated_images
     from wsi_fusion.io.writers.ome_tiff import write_generic_tiff, write_label_tiff, write_ome_tiff
-    from wsi_fusion.io.writers.ome_zarr import label_levels
+    from wsi_fusion.io.writers.ome_zarr import add_associated, label_levels
 
+    # The slide's label/macro/thumbnail images (no label with --no-label): image groups beside
+    # the OME-Zarr's image, further OME images, the SVS-compatible TIFF's associated pages or
+    # DICOM LABEL/OVERVIEW instances.
+    form = provenance.get("stack", {}).get("form", "")
+    associated = associated_images(form, inputs, label=not config.no_label)
     sidecars: list[tuple[Path, Path]] = []
     if dest.format == "ome-zarr":
+        add_associated(dest.image_zarr, associated)
         return sidecars
     group = zarr.open_group(dest.image_zarr, mode="r")
     options: dict[str, Any] = {
@@ -667,12 +674,6 @@ def _write_final(
         "jpeg_quality": config.jpeg_quality,
         "description": provenance,
     }
-    from wsi_fusion.io.source_metadata import associated_images
-
-    # The slide's label/macro/thumbnail images (no label with --no-label): further OME images,
-    # or the SVS-compatible TIFF's associated pages.
-    form = provenance.get("stack", {}).get("form", "")
-    associated = associated_images(form, inputs, label=not config.no_label)
     if dest.format == "ome-tiff":
         # The final name, not the .partial one it is written under, goes into the OME-XML.
         write_ome_tiff(group, dest.partial, name=dest.output.name, associated=associated, **options)

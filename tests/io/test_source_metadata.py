@@ -253,3 +253,24 @@ def test_dicom_output_carries_label_and_macro_unless_no_label(
     assert code == 0, err
     kinds = {pydicom.dcmread(f, stop_before_pixels=True).ImageType[2] for f in out.glob("*.dcm")}
     assert "OVERVIEW" in kinds and ("LABEL" in kinds) is not no_label
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_keeps_associated_images_beside_the_image(
+    svs_planes: list[Path], tmp_path: Path, monkeypatch, capsys, version: str
+) -> None:
+    import zarr
+    from helpers import run_cli
+
+    out = tmp_path / "fused.ome.zarr"
+    args = ["fuse", *map(str, svs_planes), "-o", str(out), "--fuser", "plane", "--tile", "128"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--overlap", "64", "--ngff-version", version)
+    assert code == 0, err
+    root = zarr.open_group(out, mode="r")
+    # The slide stays the only multiscale image at the root; the others are groups of their own.
+    ngff = root.attrs.asdict().get("ome", root.attrs.asdict())
+    assert [[d["path"] for d in m["datasets"]][0] for m in ngff["multiscales"]] == ["0"]
+    label = zarr.open_group(out / "associated" / "label", mode="r")
+    np.testing.assert_array_equal(np.moveaxis(label["0"][...], 0, -1), LABEL)
+    macro = zarr.open_group(out / "associated" / "macro", mode="r")
+    np.testing.assert_array_equal(np.moveaxis(macro["0"][...], 0, -1), MACRO)

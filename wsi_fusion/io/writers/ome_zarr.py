@@ -288,6 +288,38 @@ def add_label(
     return arrays[0]
 
 
+def add_associated(
+    group_path: str | os.PathLike[str], images: Mapping[str, npt.NDArray[np.uint8]]
+) -> None:
+    """Store the slide's label/macro/thumbnail images beside the image: ``associated/<name>``.
+
+    NGFF has no place for a slide's associated images; each becomes a one-level RGB image group
+    of its own (same NGFF version, no pixel size: its scale is not the slide's) in an
+    ``associated`` group that no multiscale or ``labels`` list names, so viewers show the slide
+    alone and a script finds them by name. ``images`` maps a name to ``(h, w, 3)`` uint8.
+    """
+    if not images:
+        return
+    root = Path(group_path)
+    version = _version_of(zarr.open_group(root, mode="r"))
+    try:
+        zarr.open_group(root / "associated", mode="w", zarr_format=2 if version == "0.4" else 3)
+        for name, rgb in images.items():
+            h, w = rgb.shape[:2]
+            image = create_image(
+                root / "associated" / name,
+                (3, h, w),
+                chunk=max(64, -(-max(h, w) // 64) * 64),
+                mpp=None,
+                ngff_version=version,
+                name=name,
+                min_side=max(h, w),
+            )
+            image["0"][...] = np.moveaxis(rgb[..., :3], -1, 0)
+    except OSError as err:
+        raise write_error(err, str(root)) from err
+
+
 def image_levels(group: zarr.Group) -> list[zarr.Array[Any]]:
     """The arrays of a multiscale group, level 0 first, as listed in its ``multiscales``.
 
