@@ -288,8 +288,9 @@ class BatchPrefetcher:
         self.workers, self.ahead = workers, ahead
         self.step = start  # set by the loop before each step
         self._served_step = -1
-        self._iter: Iterator[tuple[int, Any]] | None = None
-        self._ready: tuple[int, Any] | None = None
+        self._iter: Iterator[tuple[int, Any, tuple[str, ...]]] | None = None
+        #: The next drawn batch: (step, batch, kinds of its items).
+        self._ready: tuple[int, Any, tuple[str, ...]] | None = None
         self.wait_seconds = 0.0
         self.direct_calls = 0
 
@@ -322,7 +323,7 @@ class BatchPrefetcher:
                 self._ready = (self.stop_step, None, ())
                 break
         self.wait_seconds += time.perf_counter() - began
-        if self._ready[0] != self.step:
+        if self._ready is None or self._ready[0] != self.step:
             return self._direct(*args, **kwargs)
         _, batch, kinds = self._ready
         self._ready, self._served_step = None, self.step
@@ -334,11 +335,11 @@ class BatchPrefetcher:
 
     def _loader(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], rng_at: int | str
-    ) -> Iterator[Any]:
+    ) -> Iterator[tuple[int, Any, tuple[str, ...]]]:
         from torch.utils.data import DataLoader
 
         steps = list(range(self.step, self.stop_step))
-        loader = DataLoader(
+        loader: DataLoader[tuple[int, Any, tuple[str, ...]]] = DataLoader(
             _StepBatches(self.fn, self.seed, args, kwargs, rng_at),  # type: ignore[arg-type]
             batch_size=None,
             sampler=steps,
