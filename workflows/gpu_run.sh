@@ -149,11 +149,13 @@ record() {
 }
 
 step() {  # step NAME TIMEOUT_S COMMAND...
+  # At the limit: SIGTERM (a training loop then checkpoints and the preset writes the weights),
+  # SIGKILL 30 s later.
   local name="$1" limit="$2"
   shift 2
   echo "== $(date -u +%H:%M:%S) $name (at most ${limit} s): $*"
   local began=$(date +%s)
-  timeout --kill-after=10 "$limit" "$@"
+  timeout --kill-after=30 "$limit" "$@"
   local rc=$?
   local took=$(($(date +%s) - began))
   echo "== $name: rc $rc in ${took} s"

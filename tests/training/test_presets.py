@@ -271,3 +271,22 @@ def test_cuda_dry_runs_place_everything_on_the_gpu(
     gen, _, history = cgan_blurmask.train_cgan(cfg, bm, progress=False)
     assert next(gen.parameters()).is_cuda and np.isfinite(history[-1]["l1"])
     assert session.current().stats["peak_gpu_mib"] > 0
+
+
+def test_sigterm_ends_the_loop_with_a_checkpoint(tmp_path: Path) -> None:
+    """``gpu_run.sh`` stops an overrunning run with SIGTERM: the steps so far are kept."""
+    import os
+    import signal
+
+    net = torch.nn.Linear(1, 1)
+
+    def step(i: int) -> dict[str, float]:
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"loss": float(i)}
+
+    before = signal.getsignal(signal.SIGTERM)
+    ckpt = tmp_path / "c.ckpt"
+    history = train_loop(step, 10, ckpt, {"net": net}, log_every=1, progress=False)
+    assert history[-1]["step"] == 2 and torch.load(ckpt, weights_only=True)["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -17,8 +17,10 @@ import contextlib
 import json
 import logging
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,7 @@ def train_loop(
         module.train()
     prefetcher: session.BatchPrefetcher | None = None
     stack = contextlib.ExitStack()
+    terminated = stack.enter_context(_stop_on_sigterm())
     if run.run.batch_fn and run.run.prefetch_workers > 0 and start < n_steps:
         prefetcher = stack.enter_context(
             session.BatchPrefetcher(
@@ -165,12 +168,16 @@ def train_loop(
                 bar.set_postfix({k: f"{v / count:.4f}" for k, v in sums.items()})
                 sums, count = {}, 0
             out_of_time = max_seconds is not None and elapsed > max_seconds
-            if (step + 1) % checkpoint_every == 0 or step == n_steps - 1 or out_of_time:
+            stop = out_of_time or terminated.is_set()
+            if (step + 1) % checkpoint_every == 0 or step == n_steps - 1 or stop:
                 save(step + 1)
             if out_of_time:
                 log.warning(
                     "stopping at step %d: time budget of %.0f s used", step + 1, max_seconds
                 )
+                break
+            if terminated.is_set():
+                log.warning("stopping at step %d: SIGTERM (checkpointed)", step + 1)
                 break
     bar.close()
     if prefetcher is not None:
@@ -180,3 +187,23 @@ def train_loop(
     for module in modules.values():
         module.eval()
     return history
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[threading.Event]:
+    """An event set by SIGTERM while the loop runs (main thread only), so a ``timeout`` or a
+    scheduler's stop ends the run after the current step with a checkpoint instead of losing
+    the steps since the last one."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        event.set()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGTERM, previous)
