@@ -196,6 +196,10 @@ setup() {
       export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
     fi
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    # Prefetched batches travel through shared memory; a small /dev/shm makes the runs fall
+    # back to drawing batches in the step (slower; recorded as prefetch_error).
+    df -h /dev/shm | tail -1 || true
+    echo "cpus: $(nproc)"
   fi
   "$PY" - "$DEVICE" <<'EOF'
 import sys

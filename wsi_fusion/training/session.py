@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -197,13 +198,16 @@ def device_name() -> str | None:
 
 
 def _worker_init(_: int) -> None:
-    """A prefetch worker draws batches on its CPU core only: no CUDA, one thread."""
+    """A prefetch worker draws batches on its CPU core only: no CUDA, one thread (torch,
+    OpenMP and BLAS; 14 workers with a thread per core each would oversubscribe the CPU)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     if _from_numpy is not None:  # forked from a CUDA session: undo the placement here
         torch.from_numpy = _from_numpy  # type: ignore[assignment]
         torch.set_default_device(None)
     torch.set_num_threads(1)
+    threadpool_limits(1)
 
 
 class _StepBatches:
@@ -285,7 +289,9 @@ class BatchPrefetcher:
         self.name = name
         self.fn: Callable[..., Any] = getattr(self.module, name)
         self.seed, self.start_step, self.stop_step = seed, start, stop
-        self.workers, self.ahead = workers, ahead
+        # Never more workers than cores beside the training process.
+        self.workers = max(1, min(workers, (os.cpu_count() or 2) - 1))
+        self.ahead = ahead
         self.step = start  # set by the loop before each step
         self._served_step = -1
         self._iter: Iterator[tuple[int, Any, tuple[str, ...]]] | None = None
