@@ -48,7 +48,8 @@ class FusionJob:
     image_path: str
     chunk: int
     focus_map: bool
-    #: Tiles per ``fuse_batch`` call of a classical fuser (learned fusers use their own).
+    #: 512² tiles per ``fuse_batch`` call of a classical fuser (learned fusers use their own);
+    #: larger tiles go fewer at a time, so a call holds the same pixels.
     batch_size: int = 4
     channels: int = field(default=3)
     #: Lateral drift of the planes to correct while reading tiles (``None``: read as stored).
@@ -95,7 +96,7 @@ def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
         planes=job.planes,
         channels=job.channels,
         tile=job.plan.tile,
-        default_batch=job.batch_size,
+        default_batch=max(1, job.batch_size * 512 * 512 // job.plan.tile**2),
         extras=job.extras,
     )
     batch: list[int] = []
