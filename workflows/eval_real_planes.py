@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("eval_real_planes")
 
 
-def curve(config: str, crop: int, every: int) -> list[dict]:
-    """Held-out metrics of every ``every``-th snapshot of the run ``config`` (step 0 = init)."""
+def curve(config: str, crop: int, every: int, done: list[dict] | None = None) -> list[dict]:
+    """Held-out metrics of every ``every``-th snapshot of the run ``config`` (step 0 = init);
+    steps already in ``done`` (an earlier ``--out`` of this run) are not measured again."""
     from wsi_fusion.training.cgan_blurmask import (
         CganTrainConfig,
         evaluate_real_planes,
@@ -45,8 +46,12 @@ def curve(config: str, crop: int, every: int) -> list[dict]:
     points: list[tuple[int, str | None]] = [(0, cfg.init)]
     points += [(int(p.stem.split("_")[1]), str(p)) for p in snapshots]
     points = [p for p in points if p[0] % every == 0]
+    known = {r["step"]: r for r in done or []}
     rows = []
     for step, gen in points:
+        if step in known:
+            rows.append(known[step])
+            continue
         real = evaluate_real_planes(cfg.init, crop=crop, generator=gen, blurmask=cfg.blurmask)
         synth = evaluate_single_heldout(cfg.init, generator=gen, blurmask=cfg.blurmask)
         rows.append({"step": step, "real": real["by_stack"], "synthetic": synth})
@@ -107,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     if args.curve:
-        rows = curve(args.curve, min(args.crop, 512), args.every)
+        done = None
+        if args.out and Path(args.out).exists():
+            done = json.loads(Path(args.out).read_text()).get("curve")
+        rows = curve(args.curve, min(args.crop, 512), args.every, done)
         result: dict = {"config": args.curve, "curve": rows}
         if args.plot:
             plot(args.curve, rows, Path(args.plot))
