@@ -142,7 +142,8 @@ def synthetic_tiles(n: int) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
 
 
 def real_tile(pattern: str, side: int = 512) -> tuple[str, np.ndarray, None]:
-    """The central ``side``² crop of the planes matching ``pattern`` (sorted), no ground truth."""
+    """The central ``side``² crop (at most the image) of the planes matching ``pattern`` (sorted),
+    no ground truth."""
     import glob
 
     from PIL import Image
@@ -154,8 +155,9 @@ def real_tile(pattern: str, side: int = 512) -> tuple[str, np.ndarray, None]:
     for p in paths:
         with Image.open(p) as im:
             a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-        y0, x0 = (a.shape[0] - side) // 2, (a.shape[1] - side) // 2
-        planes.append(a[y0 : y0 + side, x0 : x0 + side].transpose(2, 0, 1))
+        h, w = min(side, a.shape[0]), min(side, a.shape[1])
+        y0, x0 = (a.shape[0] - h) // 2, (a.shape[1] - w) // 2
+        planes.append(a[y0 : y0 + h, x0 : x0 + w].transpose(2, 0, 1))
     name = f"real:{Path(paths[0]).parent.name}({len(paths)} planes)"
     return name, np.ascontiguousarray(np.stack(planes)), None
 
@@ -167,19 +169,22 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def bench_fuser(
     name: str,
-    params: dict[str, Any],
+    params: dict[str, dict[str, Any]],
     trees: dict[str, Path],
     tiles: list[tuple[str, Path, np.ndarray | None]],
     repeats: int,
 ) -> dict[str, Any]:
-    """Time ``name`` from every code tree on every tile, alternating trees per call."""
-    workers = {label: Worker(tree, name, params) for label, tree in trees.items()}
+    """Time ``name`` from every code tree on every tile, alternating trees per call.
+
+    ``params`` holds the fuser parameters per code version (``old`` may lack a new option).
+    """
+    workers = {label: Worker(tree, name, params[label]) for label, tree in trees.items()}
+    per_tile: list[dict[str, Any]] = []
     try:
-        times: dict[str, dict[str, list[float]]] = {
-            label: {"cpu": [], "wall": []} for label in trees
-        }
-        per_tile: list[dict[str, Any]] = []
         for tile_name, path, truth in tiles:
+            times: dict[str, dict[str, list[float]]] = {
+                label: {"cpu": [], "wall": []} for label in trees
+            }
             outputs: dict[str, Any] = {}
             for r in range(repeats):
                 order = list(workers) if r % 2 == 0 else list(workers)[::-1]
@@ -189,9 +194,16 @@ def bench_fuser(
                     times[label]["wall"].append(answer["wall"])
                     outputs[label] = np.load(answer["out"])
             row: dict[str, Any] = {"tile": tile_name}
-            if truth is not None:
-                for label, out in outputs.items():
-                    row[f"psnr_gt_{label}"] = psnr(out["fused"], truth)
+            for label, t in times.items():
+                cpu = float(np.median(t["cpu"]))
+                row[label] = {
+                    "cpu_s": cpu,
+                    "wall_s": float(np.median(t["wall"])),
+                    "tiles_per_s_per_core": 1.0 / cpu,
+                    "cpu_runs": t["cpu"],
+                }
+                if truth is not None:
+                    row[label]["psnr_gt"] = psnr(outputs[label]["fused"], truth)
             if "old" in outputs and "new" in outputs:
                 row["psnr_new_vs_old"] = psnr(outputs["new"]["fused"], outputs["old"]["fused"])
                 row["decision_changed"] = float(
@@ -201,41 +213,30 @@ def bench_fuser(
     finally:
         for w in workers.values():
             w.close()
-    summary: dict[str, Any] = {"fuser": name, "params": params, "tiles": per_tile}
-    for label, t in times.items():
-        cpu = float(np.median(t["cpu"]))
-        summary[label] = {
-            "cpu_s_per_tile": cpu,
-            "wall_s_per_tile": float(np.median(t["wall"])),
-            "tiles_per_s_per_core": 1.0 / cpu,
-            "runs": len(t["cpu"]),
-        }
-    return summary
+    return {"fuser": name, "params": params, "tiles": per_tile}
 
 
 def markdown(results: list[dict[str, Any]], labels: list[str]) -> str:
-    head = "| fuser | tile | " + " | ".join(f"{lb} CPU s/tile (tiles/s/core)" for lb in labels)
+    """One row per fuser and tile: CPU s per tile (tiles/s per core) per version, agreement."""
+    head = " | ".join(f"{lb}: CPU s/tile (tiles/s/core)" for lb in labels)
+    gt = "/".join(labels)
     lines = [
-        head + " | PSNR vs GT " + "/".join(labels) + " | new vs old: PSNR, decisions changed |"
+        f"| fuser | tile | {head} | PSNR vs GT {gt} (dB) | new vs old: PSNR, decisions changed |"
     ]
     lines.append("|" + "---|" * (len(labels) + 4))
     for res in results:
-        speed = " | ".join(
-            f"{res[lb]['cpu_s_per_tile']:.2f} ({res[lb]['tiles_per_s_per_core']:.2f})"
-            for lb in labels
-        )
         for i, row in enumerate(res["tiles"]):
-            gt = "/".join(f"{row[f'psnr_gt_{lb}']:.2f}" for lb in labels if f"psnr_gt_{lb}" in row)
+            speed = " | ".join(
+                f"{row[lb]['cpu_s']:.2f} ({row[lb]['tiles_per_s_per_core']:.2f})" for lb in labels
+            )
+            truth = "/".join(f"{row[lb]['psnr_gt']:.2f}" for lb in labels if "psnr_gt" in row[lb])
             agree = (
                 f"{row['psnr_new_vs_old']:.1f} dB, {100 * row['decision_changed']:.2f} %"
                 if "psnr_new_vs_old" in row
                 else "–"
             )
-            cells = speed if i == 0 else " | ".join("" for _ in labels)
-            lines.append(
-                f"| {res['fuser'] if i == 0 else ''} | {row['tile']} | {cells} | "
-                f"{gt or '–'} | {agree} |"
-            )
+            fuser = res["fuser"] if i == 0 else ""
+            lines.append(f"| {fuser} | {row['tile']} | {speed} | {truth or '–'} | {agree} |")
     return "\n".join(lines)
 
 
@@ -246,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         "--params",
         default="{}",
         help='JSON object of fuser parameters for every fuser, e.g. {"depth_radius": 0}',
+    )
+    parser.add_argument(
+        "--new-params",
+        default=None,
+        help="JSON parameters for the new code only (default --params)",
     )
     parser.add_argument("--baseline", default=None, help="git revision to compare against")
     parser.add_argument(
@@ -272,9 +278,12 @@ def main(argv: list[str] | None = None) -> int:
             np.savez(path, tile=tile)
             tiles.append((name, path, truth))
         results = []
+        params = {label: json.loads(args.params) for label in trees}
+        if args.new_params is not None:
+            params["new"] = json.loads(args.new_params)
         for name in args.fusers.split(","):
             print(f"{name} ...", file=sys.stderr, flush=True)
-            results.append(bench_fuser(name, json.loads(args.params), trees, tiles, args.repeats))
+            results.append(bench_fuser(name, params, trees, tiles, args.repeats))
     labels = list(trees)
     meta = {
         "host": platform.node(),

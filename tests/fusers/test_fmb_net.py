@@ -100,6 +100,21 @@ def test_untrained_network_returns_the_plane_mean() -> None:
     )
 
 
+def test_untrained_focus_prior_is_a_focus_weighted_average() -> None:
+    """``prior="focus"``: untrained, a per-pixel convex combination of the planes that leans on
+    the sharper plane, independent of the planes' order."""
+    fuser = FmbNetFuser.untrained(seed=0, device="cpu", prior="focus")
+    stack = reference_stack()
+    fused = fuser.fuse(stack).fused
+    assert np.all(fused >= stack.min(0).clip(1e-3) - 1e-5)
+    assert np.all(fused <= stack.max(0).clip(max=1 - 1e-3) + 1e-5)
+    np.testing.assert_allclose(fuser.fuse(stack[[2, 0, 1]].copy()).fused, fused, atol=1e-6)
+    sharp = np.ascontiguousarray(stack[0])
+    blurred = np.stack([sharp, np.repeat(sharp.mean((1, 2), keepdims=True), 48, 1).repeat(64, 2)])
+    two = fuser.fuse(blurred.astype(np.float32)).fused
+    assert np.abs(two - sharp).mean() < 0.25 * np.abs(blurred[1] - sharp).mean()
+
+
 def test_fuse_batch_equals_fuse() -> None:
     fuser = FmbNetFuser.untrained(seed=0, device="cpu", batch_size=2)
     stack = reference_stack()

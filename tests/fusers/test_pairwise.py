@@ -193,3 +193,33 @@ def test_serial_depth_beyond_max_planes_is_refused() -> None:
     check_serial_depth("x", "round_robin", 9, 3, 10)  # only serial folding is limited
     with pytest.raises(ConfigError, match=r"max_planes >= 4 .*overlap of at least 60 px"):
         check_serial_depth("x", "serial", 4, 3, 10)
+
+
+def test_round_robin_over_planes_in_play(small_stack: tuple[FloatArray, FloatArray]) -> None:
+    """Leaving planes out of the round robin: they get weight 0 and the kept planes play the
+    same tournament as the sub-stack alone (only their pairs are decided)."""
+    _, stack = small_stack
+    decider = VarianceDecider()
+    part = fuse_pairwise(stack, decider, "round_robin", planes=[1, 3])
+    alone = fuse_pairwise(stack[[1, 3]], VarianceDecider(), "round_robin")
+    assert part.weights is not None and alone.weights is not None
+    np.testing.assert_array_equal(part.weights[[0, 2]], 0.0)
+    np.testing.assert_array_equal(part.weights[[1, 3]], alone.weights)
+    np.testing.assert_array_equal(part.fused, alone.fused)
+    # One plane in play: it is taken everywhere without deciding any pair.
+    one = VarianceDecider()
+    single = fuse_pairwise(stack, one, "round_robin", planes=[2])
+    assert single.weights is not None and one.calls["decide_pairs"] == 0
+    np.testing.assert_array_equal(single.weights[2], 1.0)
+
+
+def test_planes_in_play_are_the_surface_and_its_neighbours() -> None:
+    """A stack focused on planes 3-4 of 9: the planes far from the surface are left out."""
+    from wsi_fusion.fusers._depth import DepthParams
+    from wsi_fusion.fusers.pairwise import planes_in_play
+
+    sharp = np.ascontiguousarray(sharp_image("astronaut")[:, 40:168, 180:340])
+    depth = 3.0 + (np.arange(sharp.shape[2]) >= 80)[None, :].repeat(sharp.shape[1], 0)
+    stack = focal_stack(sharp, depth.astype(np.float32), n_planes=9, blur_per_plane=2.0)
+    keep = planes_in_play(stack, DepthParams())
+    assert {3, 4} <= set(keep) <= {2, 3, 4, 5}

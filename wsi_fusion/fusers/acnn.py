@@ -176,8 +176,13 @@ class ACNNFuser(PairwiseTorchFuser):
         return _CachedTerms(self, stack).against(0)
 
     def decide_pairs(self, stack: TileStack, pairs: list[tuple[int, int]]) -> Float32Array:
-        """Graded focus maps of plane ``i`` against ``j`` per pair; each plane's branch once."""
-        return _CachedTerms(self, stack).decide_pairs(stack, pairs)
+        """Graded focus maps of plane ``i`` against ``j`` per pair; each plane's branch once,
+        and only for the planes the pairs use (the round robin may leave planes out)."""
+        used = sorted({k for pair in pairs for k in pair})
+        slot = {plane: n for n, plane in enumerate(used)}
+        local = [(slot[i], slot[j]) for i, j in pairs]
+        sub = np.asarray(stack)[used]
+        return _CachedTerms(self, sub).decide_pairs(sub, local)
 
     def batch_deciders(self, arrays: list[Float32Array]) -> list[PairwiseDecider]:
         """Head terms of every plane of every tile in one branch pass, cached per tile."""

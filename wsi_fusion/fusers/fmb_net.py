@@ -33,7 +33,7 @@ fusion exactly beyond it.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -59,7 +59,9 @@ HALO = 24
 
 
 class FmbNetParams(TorchParams):
-    pass
+    #: The skip inside the output sigmoid the weights were trained with (``nets.fmb_net``):
+    #: the plane mean or the focus-weighted plane average.
+    prior: Literal["mean", "focus"] = "mean"
 
 
 @register_fuser(
@@ -83,7 +85,7 @@ class FmbNetFuser(TorchFuser):
     def build_model(self) -> FmbNet:
         from wsi_fusion.nets.fmb_net import FmbNet
 
-        return FmbNet("lite", step=1)
+        return FmbNet("lite", step=1, prior=self.params.prior)
 
     @property
     def margin(self) -> int:

@@ -44,6 +44,17 @@ in one of three ways, so that no method re-implements it.
     section), which networks trained on a decision loss do not calibrate, and serial folding's
     reach grows with Z beyond the default tile overlap.
 
+Planes in play (round robin on the depth surface)
+-------------------------------------------------
+With the depth surface on (the default), the round robin's decisions only tip pixels of the
+default fuser's decision to a neighbouring plane (:mod:`.surface`). ``prune_planes`` (default
+on) therefore decides only the pairs among the planes within one plane of the default fuser's
+own decision somewhere in the tile (:func:`planes_in_play`); the other planes get no votes. On
+real 10-plane tiles most pairs go (45 -> 6-21), which is most of the cost; the 5-plane
+synthetic tiles usually keep every plane. The output is not bit-identical: a far plane the
+focus measure nearly picks loses the network's vote, and votes a dropped plane would have taken
+go to the runner-up. Measured in ``benchmarks/bench_fusers_cpu.py`` and the model cards.
+
 Notes on the calibration
 ------------------------
 Eq. 19 needs *graded* decisions. With a binary DM (``p ∈ {0, 1}``), all planes judged sharper
@@ -56,6 +67,7 @@ to ``[eps, 1 − eps]`` so the odds stay finite; ties are broken towards the low
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from typing import Literal, Protocol
 
 import numpy as np
@@ -67,6 +79,7 @@ from wsi_fusion.errors import ConfigError
 from wsi_fusion.fusers._depth import DepthParams
 from wsi_fusion.fusers._torch import TorchFuser, TorchParams
 from wsi_fusion.fusers.base import FusionResult, one_hot_weights, weighted_sum
+from wsi_fusion.fusers.focus_measure import FocusMeasureFuser
 from wsi_fusion.fusers.surface import on_depth_surface, surface_margin
 
 Float32Array = npt.NDArray[np.float32]
@@ -78,6 +91,8 @@ Weighting = Literal["argmax", "soft"]
 
 #: Decisions are clipped to ``[EPS, 1 − EPS]`` before taking odds (float32-safe, ratio ≤ 1e4).
 EPS = 1e-4
+#: A clearly-sharper factor no focus-measure ratio reaches: the decision stays on the surface.
+_ON_SURFACE = 1e30
 
 
 class PairwiseDecider(Protocol):
@@ -219,18 +234,52 @@ def fuse_calibrated(
     return FusionResult(fused=weighted_sum(stack, weights), weights=weights)
 
 
-def fuse_round_robin(stack: TileStack, decider: PairwiseDecider) -> FusionResult:
-    """Every pair decided once; per-pixel argmax of the summed decisions (one-hot weights)."""
+def fuse_round_robin(
+    stack: TileStack, decider: PairwiseDecider, planes: Sequence[int] | None = None
+) -> FusionResult:
+    """Every pair decided once; per-pixel argmax of the summed decisions (one-hot weights).
+
+    ``planes`` (increasing indices) restricts the tournament to those planes; the others get
+    weight 0 everywhere (see :func:`planes_in_play`). ``None``: all planes.
+    """
     stack = np.asarray(stack, dtype=np.float32)
     z, _, h, w = stack.shape
-    pairs = [(i, j) for i in range(z) for j in range(i + 1, z)]
-    decisions = np.clip(decider.decide_pairs(stack, pairs), 0.0, 1.0)
-    score = np.zeros((z, h, w), dtype=np.float32)
-    for (i, j), p in zip(pairs, decisions, strict=True):
-        score[i] += p
-        score[j] += 1.0 - p
-    weights = one_hot_weights(np.argmax(score, axis=0), z)
+    keep = list(range(z)) if planes is None else sorted(set(planes))
+    pairs = [(i, j) for n, i in enumerate(keep) for j in keep[n + 1 :]]
+    score = np.zeros((len(keep), h, w), dtype=np.float32)
+    if pairs:
+        decisions = np.clip(decider.decide_pairs(stack, pairs), 0.0, 1.0)
+        slot = {plane: n for n, plane in enumerate(keep)}
+        for (i, j), p in zip(pairs, decisions, strict=True):
+            score[slot[i]] += p
+            score[slot[j]] += 1.0 - p
+    winner = np.asarray(keep, dtype=np.intp)[np.argmax(score, axis=0)]
+    weights = one_hot_weights(winner, z)
     return FusionResult(fused=weighted_sum(stack, weights), weights=weights)
+
+
+def planes_in_play(stack: TileStack, params: DepthParams) -> list[int]:
+    """The depth surface's planes in the tile, and their neighbours.
+
+    The network's round-robin decisions only enter the final decision as votes that tip a pixel
+    of the depth surface to another plane (:mod:`.surface`): a unanimous network is worth one
+    plane of distance. A plane more than one plane away from the depth surface at every pixel
+    of the tile can be chosen only where the focus measure alone makes the jump (clearly
+    sharper by 1.3 per plane); its pairs are dropped from the round robin and its votes count
+    as 0, so such a jump needs the focus measure's 1.3 ** n without the network's help. The
+    effect on the output and the number of planes kept are measured in
+    ``benchmarks/bench_fusers_cpu.py`` and the model cards.
+    """
+    stack = np.asarray(stack, dtype=np.float32)
+    z = stack.shape[0]
+    # An unbeatable clearly-sharper factor keeps every pixel on the depth surface (blank
+    # pixels on the middle plane): the decision is the surface itself.
+    surface = FocusMeasureFuser(depth_radius=params.depth_radius, clearly_sharper=_ON_SURFACE)
+    with np.errstate(over="ignore", invalid="ignore"):  # its powers overflow to inf: unbeatable
+        index, _ = surface.decision(stack)
+    present = np.flatnonzero(np.bincount(index.ravel(), minlength=z))
+    keep = {k + d for k in present.tolist() for d in (-1, 0, 1)}
+    return sorted(k for k in keep if 0 <= k < z)
 
 
 def fuse_pairwise(
@@ -240,11 +289,12 @@ def fuse_pairwise(
     *,
     baseline: int = 0,
     weighting: Weighting = "argmax",
+    planes: Sequence[int] | None = None,
 ) -> FusionResult:
     """Fuse a ``(Z, C, H, W)`` stack with a pairwise decider, by ``strategy``.
 
     A single plane is returned as is (weights all 1). ``baseline`` and ``weighting`` only apply
-    to the calibration.
+    to the calibration, ``planes`` (the planes in play) only to the round robin.
     """
     stack = np.asarray(stack, dtype=np.float32)
     if stack.shape[0] == 1:
@@ -256,7 +306,7 @@ def fuse_pairwise(
     if strategy == "calibration":
         return fuse_calibrated(stack, decider, baseline, weighting)
     if strategy == "round_robin":
-        return fuse_round_robin(stack, decider)
+        return fuse_round_robin(stack, decider, planes)
     raise ValueError(
         f"unknown pairwise strategy {strategy!r}; use 'round_robin', 'calibration' or 'serial'"
     )
@@ -272,6 +322,9 @@ class PairwiseParams(TorchParams, DepthParams):
     baseline: int = Field(default=-1, ge=-1)
     #: Serial mode only: the most planes a tile may have (its margin grows with them).
     max_planes: int = Field(default=5, ge=2)
+    #: Round robin on the depth surface only: decide only the pairs of planes within one plane
+    #: of the default fuser's decision somewhere in the tile (:func:`planes_in_play`).
+    prune_planes: bool = True
 
 
 class PairwiseTorchFuser(TorchFuser):
@@ -317,7 +370,12 @@ class PairwiseTorchFuser(TorchFuser):
         check_serial_depth(self.name, p.strategy, z, p.max_planes, self.pair_margin)
         baseline = baseline_plane(p.baseline, z)
         weighting = self.weighting()
-        result = fuse_pairwise(stack, decider, p.strategy, baseline=baseline, weighting=weighting)
+        planes = None
+        if p.strategy == "round_robin" and p.prune_planes and p.depth_radius > 0 and z > 3:
+            planes = planes_in_play(stack, p)
+        result = fuse_pairwise(
+            stack, decider, p.strategy, baseline=baseline, weighting=weighting, planes=planes
+        )
         return on_depth_surface(stack, result.weights, p) or result
 
     def fuse(self, stack: TileStack) -> FusionResult:

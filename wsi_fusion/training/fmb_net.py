@@ -40,7 +40,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from wsi_fusion.training.cgan_blurmask import CLASSICAL
-from wsi_fusion.training.data import Image, augment, focal_stack_sample, random_crop, sharp_sources
+from wsi_fusion.training.data import (
+    Image,
+    augment,
+    focal_stack_sample,
+    random_crop,
+    sharp_sources,
+    stain_augment,
+    training_images,
+)
 from wsi_fusion.training.heldout import planes_to_tile, to_image
 from wsi_fusion.training.loop import step_rng, train_loop
 
@@ -74,6 +82,14 @@ class FmbTrainConfig(BaseModel):
     max_seconds: float | None = None
     threads: int = Field(default=1, ge=1)
     extra_dirs: tuple[str, ...] = ()
+    #: Skip inside the output sigmoid (``nets.fmb_net``): plane ``mean`` (first shipped run) or
+    #: the ``focus``-weighted plane average.
+    prior: Literal["mean", "focus"] = "mean"
+    #: Sharp sources: ``cmu1`` (the training rows of the bundled region) or ``shared``
+    #: (``training.data.training_images("train")``: plus the licensed H&E tiles, source split).
+    sources: Literal["cmu1", "shared"] = "cmu1"
+    #: Probability that a crop is re-stained (``training.data.stain_augment``); 0 = never.
+    restain: float = Field(default=0.0, ge=0.0, le=1.0)
     #: BM weights for the perceptual loss (its own file or the shipped cgan_blurmask file).
     feature_net: str = "models/cgan_blurmask/cgan_blurmask.lite.safetensors"
     checkpoint: str = "scratch/train/fmb_net.ckpt"
@@ -90,7 +106,11 @@ def fmb_batch(
     stacks, truths, edges = [], [], []
     for _ in range(cfg.batch):
         src = sources[int(rng.integers(len(sources)))]
-        sharp = augment(random_crop(src, cfg.crop, rng), rng)
+        crop = random_crop(src, cfg.crop, rng)
+        # Drawn only when re-staining is on, so older runs keep their sample sequence.
+        if cfg.restain > 0 and rng.random() < cfg.restain:
+            crop = stain_augment(crop, rng)
+        sharp = augment(crop, rng)
         synth = focal_stack_sample(sharp, rng, n_planes=z)
         stacks.append(np.moveaxis(synth.planes, -1, 1).astype(np.float32) / 255.0)
         gt = synth.ground_truth.astype(np.float32) / 255.0
@@ -158,12 +178,16 @@ def train_fmb_net(cfg: FmbTrainConfig, bm: DeepLabV3, progress: bool = True) -> 
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    net = FmbNet(cfg.width, step=cfg.step)
+    net = FmbNet(cfg.width, step=cfg.step, prior=cfg.prior)
     bm = bm.eval()
     for p in bm.parameters():
         p.requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    sources = sharp_sources(cfg.extra_dirs)
+    sources = (
+        training_images("train", cfg.extra_dirs)
+        if cfg.sources == "shared"
+        else sharp_sources(cfg.extra_dirs)
+    )
 
     def step(i: int) -> dict[str, float]:
         x, y, e = fmb_batch(sources, step_rng(cfg.seed, i), cfg)
