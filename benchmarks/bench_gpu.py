@@ -24,7 +24,8 @@ What it measures
   GPU) and of the fuse phase, with the run's own phase timings.
 
 Prints a markdown table and writes JSON to ``benchmarks/results/gpu-<host>-<time>.json``
-(``--json`` to choose).
+(``--json`` to choose), also after each row with ``"partial": true`` in its meta, so a run
+stopped by a time limit (``workflows/gpu_run.sh``) keeps what it measured.
 """
 
 from __future__ import annotations
@@ -162,7 +163,10 @@ def agreement(ours: Any, ref: Any) -> dict[str, float]:
     return {"max_grey_diff": round(grey, 3), "same_decisions": round(same, 6)}
 
 
-def fuser_rows(tiles: list[np.ndarray], quick: bool, only: list[str]) -> list[dict]:
+def fuser_rows(
+    tiles: list[np.ndarray], quick: bool, only: list[str], on_row: Any = None
+) -> list[dict]:
+    """One row per fuser (and precision); ``on_row(rows)`` after each (partial results)."""
     import torch
 
     from wsi_fusion.fusers import create_fuser, fuser_class, list_fusers
@@ -208,6 +212,8 @@ def fuser_rows(tiles: list[np.ndarray], quick: bool, only: list[str]) -> list[di
             torch.cuda.empty_cache()
         rows.append(row)
         print(f"  {label}: {row.get('tiles_per_s', row.get('error'))} tiles/s", flush=True)
+        if on_row is not None:
+            on_row(rows)
 
     torch.set_num_threads(1)
     for name in list_fusers():
@@ -385,12 +391,23 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
     }
     print(f"{meta['gpu']}, torch {meta['torch']} (CUDA {meta['cuda']}), {meta['cpus']} CPUs")
+    write = args.json is not None or DEVICE == "cuda"
+    path = args.json or RESULTS / f"gpu-{meta['host']}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    e2e: list[dict] = []
+
+    def save_partial(rows: list[dict]) -> None:
+        """The results so far (``"partial": true``): a run stopped by a time limit keeps them."""
+        if write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            seconds = round(time.perf_counter() - started, 1)
+            partial = {**meta, "partial": True, "seconds": seconds}
+            path.write_text(json.dumps({"meta": partial, "fusers": rows, "end_to_end": e2e}))
+
     block = real_like_block(1024 if DEVICE == "cuda" else 512)
     tiles = bench_tiles(block)
     print(f"fusers on {len(tiles)} distinct 512² tiles ({time.perf_counter() - started:.0f} s)")
-    rows = fuser_rows(tiles, args.quick, args.only)
+    rows = fuser_rows(tiles, args.quick, args.only, on_row=save_partial)
 
-    e2e: list[dict] = []
     if not args.no_e2e:
         side = args.e2e_side or (4096 if args.quick else 8192)
         if DEVICE == "cpu":
@@ -405,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             ("focus_measure numpy (CPU threads)", {}),
         ):
             e2e.append(end_to_end(stack, side, workdir, label, params))
+            save_partial(rows)
             print(
                 f"  {e2e[-1]['row']}: {e2e[-1].get('mpx_planes_per_s', e2e[-1].get('error'))}"
                 " Mpx-planes/s",
@@ -414,9 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows, e2e, meta)
     print()
     print(table)
-    if DEVICE == "cpu" and args.json is None:
+    if not write:
         return 1 if any("error" in r for r in rows + e2e) else 0
-    path = args.json or RESULTS / f"gpu-{meta['host']}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, "fusers": rows, "end_to_end": e2e}, indent=1))
     print(f"\nwrote {path} ({meta['seconds']} s)")
