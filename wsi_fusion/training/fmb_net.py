@@ -27,6 +27,12 @@ trained for "any number of planes".
 
 Deviations forced by the CPU budget: 96-px crops, batch 2, learning rate 3e-4 (paper 1e-4 for
 1000 epochs; here ~10³ steps), reduced width (:mod:`wsi_fusion.nets.fmb_net`).
+
+Round 2 (issue 13, ``configs/train_fmb_net_focus.yaml``): ``prior: focus`` (the output is a
+correction of the focus-weighted plane average, see :mod:`wsi_fusion.nets.fmb_net`), sharp
+sources ``shared`` (the H&E region's training rows plus the licensed H&E tiles of other slides,
+source-level split: ``training.data.training_images``) and ``restain`` (probability of a
+colour-deconvolution re-staining onto H&E / IHC / Giemsa / Pap / grey palettes).
 """
 
 from __future__ import annotations

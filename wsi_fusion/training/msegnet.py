@@ -22,8 +22,12 @@ Deviations from the paper and why
 - alpha and gamma are not given in the paper; alpha = 0.5 (the classes are roughly balanced in
   these samples) and gamma = 2 (Lin et al.'s default).
 - Side outputs are upsampled bilinearly to the label's resolution before the loss.
-- Training data are synthetic degradations of the shipped H&E region's training rows, not the
-  paper's 3000 annotated images of 30 cancer types (not public).
+- Training data are synthetic degradations of sharp tissue, not the paper's 3000 annotated
+  images of 30 cancer types (not public): the shipped H&E region's training rows (first run),
+  or with ``sources: shared`` those rows plus the licensed H&E tiles of other slides and
+  scanners (``training.data.training_images``, source-level split), each crop re-stained with
+  probability ``restain`` by colour deconvolution onto H&E / IHC / Giemsa / Pap / grey palettes
+  (``training.data.stain_augment``), so unseen stains are covered without training on them.
 """
 
 from __future__ import annotations
