@@ -17,6 +17,8 @@ Method
 
    - ``"round_robin"`` (default; not in the paper): every pair of planes once on the final
      DMs, per-pixel argmax of the summed decisions; each plane's features are computed once.
+     On the depth surface only the planes in play take part (``prune_planes``, see
+     :func:`~wsi_fusion.fusers.pairwise.planes_in_play`).
    - ``"calibration"`` (Sec. 3.3, Eq. 19): plane ``baseline`` against every other plane, the
      baseline's features computed once.
    - ``"serial"`` (Fig. 3 top): one by one.
