@@ -55,6 +55,7 @@ from wsi_fusion.config import RunConfig
 from wsi_fusion.errors import WeightsError
 from wsi_fusion.evaluation import SEARCH, block_checks, evaluate_slide, tile_metrics
 from wsi_fusion.fusers import Fuser, create_fuser, fuser_class, list_fusers
+from wsi_fusion.fusers._depth import registered_params
 from wsi_fusion.io.readers import open_stack
 from wsi_fusion.metrics._image import to_luma
 from wsi_fusion.metrics.contact_sheet import sheet_rows, write_contact_sheet
@@ -223,6 +224,14 @@ def available_fusers() -> tuple[dict[str, Fuser], dict[str, str]]:
     return ready, skipped
 
 
+def on_registered_planes(fuser: Fuser) -> Fuser:
+    """The fuser as the pipeline runs it on planes that registration moved: a depth-surface
+    fuser leaves the surface only on stronger evidence (``fusers._depth.registered_params``)."""
+    given = fuser.params.model_dump(exclude_defaults=True)
+    params = registered_params(type(fuser).Params, given)
+    return fuser if params == given else create_fuser(fuser.name, **params)
+
+
 def fuse(fuser: Fuser, planes: Image) -> tuple[Image, float]:
     """Fuse a (Z, H, W, 3) stack in memory; the fused image and the seconds it took."""
     stack = planes_to_tile(planes)
@@ -362,7 +371,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"`synth.make_stack` (read noise σ = {SYNTH_NOISE}); PSNR / SSIM against the ground "
         "truth.",
         f"* **Real** ({real_names}; central {results['crop']} px crops, registered with "
-        f"`wsi_fusion.registration`: {', '.join(registered) or 'none'}): Q^AB/F and Q_CB against "
+        f"`wsi_fusion.registration`: {', '.join(registered) or 'none'}; fused as the pipeline fuses "
+        "registered planes: depth-surface fusers with `clearly_sharper` 2.0): Q^AB/F and Q_CB against "
         "the planes; **focus attainment** (per textured 64 px block, fused / sharpest-plane "
         "sharpness; a window, not higher-is-better: 0.95–1.15 is healthy, below = focus lost, "
         "well above = texture no plane has: noise, edges made by switching planes); **block "
@@ -615,6 +625,9 @@ def main(argv: list[str] | None = None) -> int:
                 fused, list(st.planes), st.ground_truth, SYNTH_METRICS
             )
         print(f"  synthetic {stack_name}: done")
+    registered_fusers = fusers
+    if any(info["registered"] for info in real.values()):
+        registered_fusers = {label: on_registered_planes(f) for label, f in fusers.items()}
     for stack_name, info in real.items():
         planes = info.pop("planes")
         info["metrics"] = {}
@@ -623,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         best, index = best_single_plane(planes)
         info["best_plane"] = index
         candidates: list[tuple[str, Image, float]] = [(BEST_PLANE, best, 0.0)]
-        for name, fuser in fusers.items():
+        for name, fuser in (registered_fusers if info["registered"] else fusers).items():
             fused, took = fuse(fuser, planes)
             candidates.append((name, fused, took))
         for name, fused, took in candidates:

@@ -267,6 +267,8 @@ def _fuse(
         mpp = stack.mpp
         t0 = time.perf_counter()
         drift, registration_info = _registration(stack, config, reference)
+        if drift is not None:
+            fuser_params, fuser = _for_registered_planes(config, fuser_params, fuser)
         timings["register"] = time.perf_counter() - t0
     finally:
         stack.close()
@@ -435,6 +437,25 @@ def _registration(
     )
     record = {"mode": settings.mode, "threshold_px": settings.threshold_px, "applied": applied}
     return (field if applied else None), {**record, "drift": field.to_json()}
+
+
+def _for_registered_planes(
+    config: RunConfig, fuser_params: dict[str, Any], fuser: Fuser
+) -> tuple[dict[str, Any], Fuser]:
+    """The fuser for planes that registration moved: a depth-surface fuser asks for stronger
+    evidence before it leaves the surface (``_depth.REGISTERED_CLEARLY_SHARPER``), unless the
+    configuration sets ``clearly_sharper``."""
+    from wsi_fusion.fusers._depth import registered_params
+
+    params = registered_params(type(fuser).Params, fuser_params)
+    if params == fuser_params:
+        return fuser_params, fuser
+    logger.info(
+        "planes registered: %s leaves the depth surface only for a plane %.1fx sharper",
+        config.fuser,
+        params["clearly_sharper"],
+    )
+    return params, create_fuser(config.fuser, **params)
 
 
 def _fuse_mask(config: RunConfig, plan: TilePlan, thumbnail: np.ndarray) -> np.ndarray:
@@ -650,8 +671,9 @@ def _write_final(
     provenance: dict[str, Any],
     inputs: tuple[str, ...] = (),
 ) -> list[tuple[Path, Path]]:
-    """Write the associated images and the TIFF outputs (as partials); return the sidecars' (partial,
-    final) paths (published with the image by :func:`~wsi_fusion.io.publication.publish_run`)."""
+    """Write the associated images and the TIFF outputs (as partials); return the sidecars'
+    (partial, final) paths (published with the image by
+    :func:`~wsi_fusion.io.publication.publish_run`)."""
     import zarr
 
     from wsi_fusion.io.source_metadata import associated_images

@@ -13,6 +13,7 @@ from registration_helpers import ArrayStack, drifted_stack, sharp_rgb
 
 from wsi_fusion._types import Box
 from wsi_fusion.errors import ConfigError, PlaneMismatch
+from wsi_fusion.fusers._depth import REGISTERED_CLEARLY_SHARPER, DepthParams
 from wsi_fusion.registration import (
     DriftField,
     RegisteredStack,
@@ -283,12 +284,18 @@ def test_pipeline_records_and_applies_registration(
     assert record["applied"] and record["mode"] == "auto"
     measured = np.array(record["drift"]["global_shift_px"])
     assert np.abs(measured - np.array(CONSTANT)).max() < 0.25
+    # Registered planes: the depth surface is left only for a plane twice as sharp.
+    fuser = json.loads(report.run_json.read_text())["fuser"]
+    assert fuser["params"]["clearly_sharper"] == REGISTERED_CLEARLY_SHARPER
     off = RunConfig(reference_plane=2, scheduler="sync", registration={"mode": "off"})
     report = fuse_slide(files, tmp_path / "off.ome.zarr", off)
-    assert json.loads(report.run_json.read_text())["registration"] == {
-        "mode": "off",
-        "applied": False,
-    }
+    run = json.loads(report.run_json.read_text())
+    assert run["registration"] == {"mode": "off", "applied": False}
+    assert run["fuser"]["params"]["clearly_sharper"] == DepthParams().clearly_sharper
+    # A value the user gives is kept, registered or not.
+    given = config.model_copy(update={"fuser_params": {"clearly_sharper": 1.4}})
+    report = fuse_slide(files, tmp_path / "given.ome.zarr", given)
+    assert json.loads(report.run_json.read_text())["fuser"]["params"]["clearly_sharper"] == 1.4
 
 
 def test_field_json_round_trip(
