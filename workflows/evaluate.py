@@ -159,11 +159,9 @@ def real_stacks(crop: int, names: list[str] | None = None) -> dict[str, dict[str
     with a :data:`~wsi_fusion.evaluation.SEARCH` px margin where the image has it; the crop's
     origin in them is ``raw_offset``) for block fidelity.
     """
-    try:
-        from wsi_fusion.registration import RegisteredStack, estimate_drift
-    except ImportError:
-        RegisteredStack = estimate_drift = None  # type: ignore[assignment,misc]
-        print("wsi_fusion.registration is not available: real stacks are fused UNREGISTERED")
+    from wsi_fusion.config import RegistrationConfig
+    from wsi_fusion.registration import RegisteredStack, estimate_drift, should_apply
+
     out: dict[str, dict[str, Any]] = {}
     for name in names if names is not None else list(REAL_STACKS):
         spec = REAL_STACKS[name]
@@ -188,15 +186,17 @@ def real_stacks(crop: int, names: list[str] | None = None) -> dict[str, dict[str
                 "raw": np.stack([stack.read(z, raw_box) for z in range(stack.n_planes)]),
             }
             reader: Any = stack
-            if estimate_drift is not None and spec.register:
+            if spec.register:
                 started = time.perf_counter()
                 drift = estimate_drift(stack, reference=stack.n_planes // 2)
-                reader = RegisteredStack(stack, drift)
                 info.update(
-                    registered=True,
                     max_drift_px=round(float(drift.max_abs()), 2),
                     registration_s=round(time.perf_counter() - started, 1),
                 )
+                # As the CLI's default (auto): planes that drift less are fused as they are.
+                if should_apply(drift, "auto", RegistrationConfig().threshold_px):
+                    reader = RegisteredStack(stack, drift)
+                    info["registered"] = True
             info["planes"] = np.stack([reader.read(z, box) for z in range(stack.n_planes)])
         finally:
             stack.close()
@@ -371,8 +371,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"`synth.make_stack` (read noise σ = {SYNTH_NOISE}); PSNR / SSIM against the ground "
         "truth.",
         f"* **Real** ({real_names}; central {results['crop']} px crops, registered with "
-        f"`wsi_fusion.registration`: {', '.join(registered) or 'none'}; fused as the pipeline fuses "
-        "registered planes: depth-surface fusers with `clearly_sharper` 2.0): Q^AB/F and Q_CB against "
+        f"`wsi_fusion.registration` where the CLI registers them: {', '.join(registered) or 'none'}; "
+        "fused as the pipeline fuses registered planes, depth-surface fusers with "
+        "`clearly_sharper` 2.0): Q^AB/F and Q_CB against "
         "the planes; **focus attainment** (per textured 64 px block, fused / sharpest-plane "
         "sharpness; a window, not higher-is-better: 0.95–1.15 is healthy, below = focus lost, "
         "well above = texture no plane has: noise, edges made by switching planes); **block "
