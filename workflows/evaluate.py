@@ -371,7 +371,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"`synth.make_stack` (read noise σ = {SYNTH_NOISE}); PSNR / SSIM against the ground "
         "truth.",
         f"* **Real** ({real_names}; central {results['crop']} px crops, registered with "
-        f"`wsi_fusion.registration` where the CLI registers them: {', '.join(registered) or 'none'}; "
+        "`wsi_fusion.registration` where the CLI registers them: "
+        f"{', '.join(registered) or 'none'}; "
         "fused as the pipeline fuses registered planes, depth-surface fusers with "
         "`clearly_sharper` 2.0): Q^AB/F and Q_CB against "
         "the planes; **focus attainment** (per textured 64 px block, fused / sharpest-plane "
