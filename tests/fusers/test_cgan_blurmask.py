@@ -124,6 +124,16 @@ def test_gate_threshold_keeps_the_plane_below_it_and_rescales_above() -> None:
     torch.testing.assert_close(calibrated[..., 16:, :], ref + (full - ref) * (0.2 / 0.3))
 
 
+def test_gate_threshold_parameter_reaches_the_single_plane_generator() -> None:
+    from wsi_fusion.nets.cgan_blurmask import GATE_THRESHOLD_SINGLE
+
+    assert shipped().model.single.gate_threshold == GATE_THRESHOLD_SINGLE  # type: ignore[union-attr]
+    tuned = CganBlurMaskFuser(device="cpu", gate_threshold=0.3)
+    assert tuned.model.single.gate_threshold == 0.3  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="gate_threshold"):  # pydantic ValidationError
+        CganBlurMaskFuser(device="cpu", gate_threshold=1.5)
+
+
 def test_deeplab_variants_build_and_lite_is_local() -> None:
     from wsi_fusion.nets.deeplab import build_deeplab
 

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
 from wsi_fusion._types import TileStack
 from wsi_fusion.fusers._filters import luminance
@@ -93,6 +94,10 @@ class CganBlurMaskParams(TorchParams):
     mode: Literal["single", "few"] = "single"
     #: How the reference plane ("plane 0") is chosen in a multi-plane tile.
     reference: Literal["sharpest", "middle"] = "sharpest"
+    #: Single-plane gate calibration: BM blur probabilities at or below this keep plane 0
+    #: exactly (``DenseUNetGenerator.gate_threshold``). ``None``: the value calibrated with the
+    #: shipped weights (``GATE_THRESHOLD_SINGLE``); 0 lets BM's raw mask gate the output.
+    gate_threshold: float | None = Field(default=None, ge=0.0, lt=1.0)
 
 
 def plane_sharpness(stack: TileStack) -> Float32Array:
@@ -151,7 +156,10 @@ class CganBlurMaskFuser(TorchFuser):
     def build_model(self) -> torch.nn.Module:
         from wsi_fusion.nets.cgan_blurmask import CganBlurMask
 
-        return CganBlurMask()
+        model = CganBlurMask()
+        if self.params.gate_threshold is not None:
+            model.single.gate_threshold = self.params.gate_threshold
+        return model
 
     @property
     def margin(self) -> int:

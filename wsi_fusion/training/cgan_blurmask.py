@@ -19,9 +19,17 @@ Deviations (all forced by a CPU budget of minutes instead of a GPU for days):
 - Crops: BM 128 px, batch 4 (paper: batch 4); G and D 96 px, batch 3 (paper: 512 px, batch 1).
 - BM blur sigma 1–16 px (the recipe's default is 2–32): the sharpest plane of a z-stack is
   defocused by a few px at most, so BM must see mild blur to be useful to G.
-- No real z-stack pseudo ground truth: only synthetic stacks with known ground truth are used
-  (the real stacks in ``../shared/data`` have no ground truth; a classical fusion as target
-  would teach G that classical fusion's errors).
+- Rounds 1-2 used no real z-stack pseudo ground truth. Round 3 (issue 13) does what the paper
+  does with its CaseViewer fusions: ``real_fraction`` of each batch is a real plane near the best
+  one as input and the default fuser's fusion of the registered stack as target
+  (:func:`~wsi_fusion.training.data.real_pair_sample`; train on the algae, unstained-cell and
+  skeleton stacks, the blood smear and the CC0 smear are held out). The rest is the synthetic
+  recipe on the shared H&E tiles, re-stained by colour deconvolution (``restain``).
+- Round 3 BM labels (``min_change``): only where the blur visibly changed the crop, plus real
+  planes labelled against their stack's fusion (``real_fraction``): the round-2 BM called
+  75-87 % of every real smear plane "blurred", in focus or not, so its gate opened everywhere.
+- Round 3 gate calibration (:func:`calibrate_gate`): the threshold below which the input plane
+  is kept exactly is chosen on the training real stacks so that no plane there gets worse.
 - G's learning rate is 5e-4 (paper 0.5e-4), D's 2.5e-4 (still half), Adam betas (0.5, 0.999);
   an "epoch" is ``epoch_steps`` steps (the paper's epoch is 37,211 patches), after which both
   are ×0.8. The shipped run has a few hundred steps, and the loss is L1-dominated (λ = 0.001).
