@@ -48,13 +48,40 @@ def per_stain(rows: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _evaluate_module() -> Any:
+    """``workflows/evaluate.py`` (the same crops, registration and block checks); its committed
+    version when the working copy does not import (being edited)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "workflows"))
+    try:
+        import evaluate
+
+        return evaluate
+    except ImportError as err:
+        print(f"workflows/evaluate.py does not import ({err}); using its committed version")
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", "HEAD:workflows/evaluate.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "evaluate_head.py"
+    path.write_text(source.replace("Path(__file__).resolve().parents[1]", repr(str(ROOT))))
+    spec = importlib.util.spec_from_file_location("evaluate_head", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def real_rows(
     variants: dict[str, tuple[str, dict[str, Any]]], names: list[str], crop: int
 ) -> dict[str, dict[str, Any]]:
     """Block fidelity / attainment of each variant and the best single plane per real stack."""
-    sys.path.insert(0, str(ROOT / "workflows"))
-    import evaluate as ev  # workflows/evaluate.py: the same crops and registration
-
+    ev = _evaluate_module()
     from wsi_fusion.fusers import create_fuser
 
     stacks = ev.real_stacks(crop, names)
@@ -123,20 +150,25 @@ def main(argv: list[str] | None = None) -> int:
     compared = dict(variants)
     if not args.no_classical:
         compared.update({name: (name, {}) for name in CLASSICAL})
-    stacks = heldout_stacks(n=args.n, extended=True)
-    synthetic = compare_on_stacks(compared, stacks)
     result: dict[str, Any] = {
         "fuser": args.fuser,
         "variants": {k: v[1] for k, v in variants.items()},
-        "synthetic": synthetic,
-        "per_stain": per_stain(synthetic["fusers"]),
-        "stacks": [name for name, _ in stacks],
+        "per_stain": {},
     }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    if args.n > 0:
+        stacks = heldout_stacks(n=args.n, extended=True)
+        synthetic = compare_on_stacks(compared, stacks)
+        result.update(
+            synthetic=synthetic,
+            per_stain=per_stain(synthetic["fusers"]),
+            stacks=[name for name, _ in stacks],
+        )
+        args.json.write_text(json.dumps(result, indent=1, default=float))  # kept if real fails
     if args.real:
         result["real"] = real_rows(variants, args.real.split(","), args.crop)
     table = markdown(result)
     result["table"] = table
-    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1, default=float))
     print(table)
     return 0

@@ -270,7 +270,7 @@ class MSegNetFuser(TorchFuser):
     weights_record: ClassVar[WeightsRecord] = WeightsRecord(
         model="msegnet.small",
         file="msegnet/msegnet.small.safetensors",
-        sha256="b7d457e63423ceacc2e2509a8328afcb1286d313478f54201b43df9d9f91af99",
+        sha256="e464d4432e1b9843e2c9008b54e87ac47e1766981ca32e07db0f6577ff9e389d",
     )
 
     def build_model(self) -> MSegNet:
