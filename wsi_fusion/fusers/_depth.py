@@ -48,7 +48,7 @@ keeps exactly the edges that a patchwork creates.
 Reach: a decision depends on scores within ``2R + pool_step - 1`` px (:func:`depth_reach`). The
 grid starts at the tile's first pixel, so two overlapping tiles whose origins differ by other than
 a multiple of ``pool_step`` may place a boundary between two near-tied planes a few px apart; the
-blend ramp mixes the two (both are picks of a plane in focus there). Blocks of one image
+blend takes one or mixes the two (both are picks of a plane in focus there). Blocks of one image
 (``focus_measure.fuse``) start on the grid and are exact.
 """
 
@@ -88,9 +88,10 @@ class DepthParams(FuserParams):
 #: smooth field, planes that drift by several px still disagree by a px or two where the stack
 #: breathes, so a neighbouring plane's "sharper" detail there is often the same object a little
 #: off: pasted in, it doubles edges and cuts cells. Measured on the registered real stacks
-#: (1024² crops, 1.3 -> 2.0): algae fidelity median 0.71 -> 0.79 and attainment 1.08 -> 1.02,
-#: skeleton 0.88 -> 0.94, blood smear, smear and pseudoscorpion unchanged. Unregistered synthetic
-#: stacks with steep depth steps keep 1.3: there the fine picks are real (2.0 costs 0.3 dB).
+#: (1024² crops, 1.3 -> 2.0, ``workflows/results/real_stacks.md``): algae fidelity median
+#: 0.72 -> 0.81 and attainment 1.06 -> 1.02, skeleton 0.88 -> 0.94, pseudoscorpion attainment
+#: 1.20 -> 1.11, blood smear and grey smear unchanged. Unregistered synthetic stacks with steep
+#: depth steps keep 1.3: there the fine picks are real (2.0 costs 0.33 dB).
 REGISTERED_CLEARLY_SHARPER = 2.0
 
 
