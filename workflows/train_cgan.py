@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKED = Path("models/cgan_blurmask/cgan_blurmask.lite.safetensors")
 #: The runs whose generators are shipped (``--pack`` defaults).
-SINGLE_CONFIG = "configs/train_cgan_single_gated.yaml"
+SINGLE_CONFIG = "configs/train_cgan_single_r3_mixed.yaml"
 FEW_CONFIG = "configs/train_cgan_few_gated.yaml"
 
 

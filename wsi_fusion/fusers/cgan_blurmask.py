@@ -150,7 +150,7 @@ class CganBlurMaskFuser(TorchFuser):
     weights_record: ClassVar[WeightsRecord] = WeightsRecord(
         model="cgan_blurmask.lite",
         file="cgan_blurmask/cgan_blurmask.lite.safetensors",
-        sha256="3d571aaa039e176ab3c284452d007337342938e4d373d8bcee590e8e08390c6a",
+        sha256="e0b93d6ab3f64046bb063656078471b9d406a69c589f14176c5279e38721bbfd",
     )
 
     def build_model(self) -> torch.nn.Module:

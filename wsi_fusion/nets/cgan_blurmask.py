@@ -215,7 +215,7 @@ GATED_SINGLE = True
 GATED_FEW = True
 #: Gate calibration of the shipped single-plane generator (``DenseUNetGenerator.gate_threshold``):
 #: BM blur probabilities at or below it keep the input plane exactly.
-GATE_THRESHOLD_SINGLE = 0.0
+GATE_THRESHOLD_SINGLE = 0.7
 
 
 class CganBlurMask(nn.Module):
