@@ -11,7 +11,16 @@
         --config configs/train_cgan_single_gated.yaml
     OMP_NUM_THREADS=2 nice -n 5 .venv/bin/python workflows/train_cgan.py \
         --config configs/train_cgan_few_gated.yaml
-    # then one weights file with BM and both generators (prints its sha256):
+    # round 3 (the shipped BM and single-plane generator, issue 13): BM with detail-aware and
+    # real-stack labels, then the single-plane G on shared tiles + re-staining + real-stack pairs
+    # (the synthetic-only ablation: configs/train_cgan_single_r3_synth.yaml):
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python workflows/train_blurmask.py \
+        --config configs/train_blurmask_r3.yaml
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python workflows/train_cgan.py \
+        --config configs/train_cgan_single_r3_mixed.yaml
+    # then one weights file with BM and both generators (prints its sha256); the single-plane
+    # gate threshold (GATE_THRESHOLD_SINGLE) comes from
+    # wsi_fusion.training.cgan_blurmask.calibrate_gate(stacks=("pseudoscorpion",)):
     .venv/bin/python workflows/train_cgan.py --pack
 
 Rerunning a training command resumes from the checkpoint named in its config. A finished run

@@ -43,12 +43,18 @@ Few-plane mode with the reference at an end of the stack shifts the three-plane 
 Deviations from the paper (see also the network and training modules)
 ---------------------------------------------------------------------
 - Shipped networks are reduced-width CPU variants (``deeplab_v3_lite``, generator ``lite``)
-  trained for minutes on synthetic focal stacks made from H&E tissue, not on cervical
-  cytology slides with CaseViewer fusions as ground truth.
-- Measured on held-out synthetic stacks the shipped single-plane model (mask-gated: it changes
-  only what BM calls blurred) gains +2.8 dB over its input plane on H&E and -0.3 dB on an
-  unseen stain (IHC), +1.25 dB mean (target +3 dB not met); the few-plane model loses to the
-  classical fusers on the same three planes (``models/cgan_blurmask/README.md``).
+  trained for minutes to an hour of CPU on synthetic focal stacks made from H&E tissue (re-stained
+  by colour deconvolution) and, for the round-3 BM and single-plane generator, on crops of three
+  real z-stacks against their classical fusion; not on cervical cytology slides with CaseViewer
+  fusions as ground truth.
+- Round 3: the single-plane gate is calibrated (``gate_threshold``, default 0.7 =
+  ``GATE_THRESHOLD_SINGLE``): BM blur probabilities at or below it keep plane 0 exactly, because
+  BM cannot tell real mild defocus from focus on cytology and the generator, let through, makes
+  real planes worse. Measured (``models/cgan_blurmask/README.md``): real defocused blood-smear and
+  smear planes come back unchanged (within 0.01 dB), held-out synthetic stacks gain +0.17 to
+  +0.53 dB per stain (+0.27 mean; target +3 dB not met; ``gate_threshold=0``: +1.75 dB mean but
+  up to -0.8 dB and invented texture on real blood-smear planes); the few-plane model loses to the
+  classical fusers on the same three planes.
 - One weights file holds BM and both generators (keys ``bm.``, ``single.``, ``few.``), so a
   single sha256 record pins the whole model.
 
