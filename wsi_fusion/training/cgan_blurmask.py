@@ -735,7 +735,7 @@ def evaluate_real_planes(
             x_reg, shift_in = register_onto(x, ref)
             y_reg, shift_out = register_onto(fused, ref)
             calm = mask < 0.05
-            row = {
+            row: dict[str, Any] = {
                 "stack": name,
                 "plane": z,
                 "best": best,

@@ -37,6 +37,19 @@ for evaluation, so no held-out pixel is ever seen in training.
   of the eosin and some nuclei become DAB brown, faint eosin), Giemsa / May-Grünwald (blood
   smears), Papanicolaou (cytology: light-green / orange cytoplasm) or grey (unstained or
   monochrome stacks). The held-out IHC image is never seen; its colours are covered.
+* Real z-stacks (:data:`REAL_STACKS`): :func:`prepare_real_stack` registers a stack onto its best
+  plane and fuses crops with the default fuser (``focus_measure``) as a training target, cached
+  in ``scratch/real_stacks`` (git-ignored); :func:`real_stack_pairs` returns the training stacks
+  (:data:`REAL_TRAIN_STACKS`) and refuses the held-out ones (:data:`REAL_HELDOUT_STACKS`: the
+  blood smear and the CC0 smear); :func:`real_pair_sample` draws (plane near the best, fusion)
+  pairs and :func:`real_blur_labels` labels a real plane's blurred regions against the fusion.
+
+Typical use in a trainer::
+
+    sources = training_images("train")            # list of (H, W, 3) uint8
+    crop = random_crop(sources[i], 96, rng)
+    if rng.random() < 0.6:
+        crop = stain_augment(crop, rng)           # random palette: H&E, IHC, Giemsa, Pap, grey
 """
 
 from __future__ import annotations
