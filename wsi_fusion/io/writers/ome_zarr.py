@@ -315,7 +315,7 @@ def add_associated(
                 name=name,
                 min_side=max(h, w),
             )
-            image["0"][...] = np.moveaxis(rgb[..., :3], -1, 0)
+            image_levels(image)[0][...] = np.moveaxis(rgb[..., :3], -1, 0)
     except OSError as err:
         raise write_error(err, str(root)) from err
 
