@@ -13,8 +13,8 @@ fusers, per held-out stain and per real stack, in one run (for the model cards, 
   (registered the same way), block fidelity p10 / median and focus-attainment median
   (``wsi_fusion.evaluation.block_checks``), next to the best single plane.
 
-Every variant is ``LABEL=JSON`` (fuser parameters); ``shipped`` (no parameters) is always
-included. Weights given by path are read without a pinned sha256 (candidates).
+Every variant is ``LABEL=JSON`` (fuser parameters); ``shipped`` (no parameters) is included
+unless ``--no-shipped``. Weights given by path are read without a pinned sha256 (candidates).
 """
 
 from __future__ import annotations
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], help="LABEL=JSON parameters")
     parser.add_argument("--n", type=int, default=8, help="held-out synthetic stacks (4 stains)")
     parser.add_argument("--no-classical", action="store_true")
+    parser.add_argument("--no-shipped", action="store_true", help="only the --variant rows")
     parser.add_argument("--real", default="", help="real stacks, e.g. wbc,smear ('' = none)")
     parser.add_argument("--crop", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1)
@@ -143,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_fusion.training.data import heldout_stacks
     from wsi_fusion.training.heldout import compare_on_stacks
 
-    variants: dict[str, tuple[str, dict[str, Any]]] = {f"{args.fuser} shipped": (args.fuser, {})}
+    variants: dict[str, tuple[str, dict[str, Any]]] = {}
+    if not args.no_shipped:
+        variants[f"{args.fuser} shipped"] = (args.fuser, {})
     for spec in args.variant:
         label, _, params = spec.partition("=")
         variants[f"{args.fuser} {label}"] = (args.fuser, json.loads(params or "{}"))

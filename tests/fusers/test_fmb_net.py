@@ -93,7 +93,7 @@ def test_margin_is_the_exact_receptive_halo() -> None:
 
 
 def test_untrained_network_returns_the_plane_mean() -> None:
-    fuser = FmbNetFuser.untrained(seed=0, device="cpu")
+    fuser = FmbNetFuser.untrained(seed=0, device="cpu", prior="mean")
     stack = reference_stack()
     np.testing.assert_allclose(
         fuser.fuse(stack).fused, stack.mean(0).clip(1e-3, 1 - 1e-3), atol=1e-5

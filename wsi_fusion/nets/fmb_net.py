@@ -31,7 +31,8 @@ Deviations and why
 - ``prior="focus"`` (issue 13, round 2): the skip inside the output sigmoid is the planes'
   average weighted by the FMB's own focus measure instead of their plain mean: per pixel,
   weights ``softmax_z(tau · log(SML_z))`` with ``SML_z`` the (unthresholded, step ``s``)
-  sum-modified-Laplacian of plane ``z``'s luminance averaged over a 9×9 window and ``tau`` a
+  sum-modified-Laplacian of plane ``z``'s luminance averaged over a ``(2 prior_radius + 1)²``
+  window (9×9 in training; the fuser uses 25×25, see its parameters) and ``tau`` a
   learned scalar (initially 8). It is symmetric in the planes and any number of them, like the
   maximum. Untrained it is a soft per-pixel focus-measure pick (39.4 dB on the extended held-out
   stacks, where the plane mean scores far lower), so the network learns a correction of a good
@@ -117,10 +118,17 @@ class FmbNet(nn.Module):
 
     n_refine = 9
 
-    def __init__(self, width: FmbWidth = "lite", step: int = 1, prior: FmbPrior = "mean") -> None:
+    def __init__(
+        self,
+        width: FmbWidth = "lite",
+        step: int = 1,
+        prior: FmbPrior = "mean",
+        prior_radius: int = PRIOR_RADIUS,
+    ) -> None:
         super().__init__()
         c = _WIDTHS[width]
         self.prior = prior
+        self.prior_radius = prior_radius
         if prior == "focus":
             self.prior_log_tau = nn.Parameter(torch.tensor(math.log(PRIOR_TAU)))
         self.fmb = FocusMeasureBlock(step=step)
@@ -137,7 +145,7 @@ class FmbNet(nn.Module):
         # Start from the plane mean (see the module docstring).
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)  # type: ignore[arg-type]
-        self.receptive_halo = max((step + 1) + 3 + 2 * self.n_refine + 1, step + PRIOR_RADIUS)
+        self.receptive_halo = max((step + 1) + 3 + 2 * self.n_refine + 1, step + prior_radius)
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         """Fuse ``(N, Z, 3, H, W)`` planes in [0, 1] into ``(N, 3, H, W)`` in [0, 1]."""
@@ -155,7 +163,7 @@ class FmbNet(nn.Module):
         luma = planes.new_tensor([0.299, 0.587, 0.114]) if c == 3 else planes.new_ones(c) / c
         lum = (planes * luma.view(1, 1, c, 1, 1)).sum(dim=2).reshape(n * z, 1, h, w)
         sml = sum_modified_laplacian(lum, self.fmb.step, threshold=0.0, window=1)
-        r = PRIOR_RADIUS
+        r = self.prior_radius
         mode = "reflect" if min(h, w) > r else "replicate"
         sml = F.avg_pool2d(F.pad(sml, (r, r, r, r), mode=mode), 2 * r + 1, stride=1)
         score = self.prior_log_tau.exp() * torch.log(sml.reshape(n, z, 1, h, w) + 1e-4)
