@@ -63,6 +63,9 @@ HALO = 24
 
 
 class FmbNetParams(TorchParams):
+    #: Network width: ``lite`` (shipped) or ``paper`` (64 channels; weights from a GPU run of
+    #: ``configs/presets/h100-8min/train_fmb_net.yaml``, given with ``weights: PATH``).
+    width: Literal["lite", "paper"] = "lite"
     #: The skip inside the output sigmoid the weights were trained with (``nets.fmb_net``):
     #: the focus-weighted plane average (round 2, shipped) or the plane mean (round 1).
     prior: Literal["mean", "focus"] = "focus"
@@ -94,7 +97,7 @@ class FmbNetFuser(TorchFuser):
         from wsi_fusion.nets.fmb_net import FmbNet
 
         p = self.params
-        return FmbNet("lite", step=1, prior=p.prior, prior_radius=p.prior_radius)
+        return FmbNet(p.width, step=1, prior=p.prior, prior_radius=p.prior_radius)
 
     @property
     def margin(self) -> int:
