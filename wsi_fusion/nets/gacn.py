@@ -209,10 +209,17 @@ class GACNDecision(nn.Module):
     def forward(self, activity: torch.Tensor) -> torch.Tensor:
         return self.after_first(self.convs[0](activity))
 
+    @property
+    def first_conv(self) -> nn.Conv2d:
+        """The first decision convolution (typed: a ``ModuleList`` item is a ``Module``)."""
+        conv = self.convs[0]
+        assert isinstance(conv, nn.Conv2d)
+        return conv
+
     def first_linear(self, activity: torch.Tensor) -> torch.Tensor:
         """The first convolution without its bias: linear, so ``first_linear(a − b)`` equals
         ``first_linear(a) − first_linear(b)`` and it can run once per image, not per pair."""
-        conv = self.convs[0]
+        conv = self.first_conv
         return F.conv2d(activity, conv.weight, None, padding=conv.padding)
 
     def after_first(self, x: torch.Tensor) -> torch.Tensor:
@@ -266,7 +273,7 @@ class GACN(nn.Module):
         ``a_A − a_B`` is ``project(a_A) − project(a_B)``, and to ``a_B − a_A`` the negative.
         """
         diff = proj_a - proj_b
-        bias = self.decision.convs[0].bias
+        bias = self.decision.first_conv.bias
         assert bias is not None
         bias = bias.view(1, -1, 1, 1)
         if not self.cfg.antisymmetric:
