@@ -13,14 +13,16 @@
         --config configs/train_cgan_few_gated.yaml
     # round 3 (the shipped BM and single-plane generator, issue 13): BM with detail-aware and
     # real-stack labels, then the single-plane G on shared tiles + re-staining + real-stack pairs
-    # (the synthetic-only ablation: configs/train_cgan_single_r3_synth.yaml):
+    # of the algae stack only (the one real stack whose licence allows shipping derived weights;
+    # others need allow_unshippable: true and must not ship) (the synthetic-only ablation:
+    # configs/train_cgan_single_r3_synth.yaml):
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python workflows/train_blurmask.py \
         --config configs/train_blurmask_r3.yaml
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python workflows/train_cgan.py \
         --config configs/train_cgan_single_r3_mixed.yaml
     # then one weights file with BM and both generators (prints its sha256); the single-plane
     # gate threshold (GATE_THRESHOLD_SINGLE) comes from
-    # wsi_fusion.training.cgan_blurmask.calibrate_gate(stacks=("pseudoscorpion",)):
+    # wsi_fusion.training.cgan_blurmask.calibrate_gate(stacks=("pseudoscorpion",)) (0.98):
     .venv/bin/python workflows/train_cgan.py --pack
 
 Rerunning a training command resumes from the checkpoint named in its config. A finished run

@@ -118,6 +118,45 @@ def test_real_stack_split_is_by_stack_and_refuses_the_heldout_ones() -> None:
         data.real_stack_pairs(["algae", "wbc"])
 
 
+def test_real_training_stacks_are_licence_shippable_unless_explicitly_allowed() -> None:
+    """Weights trained on research-only or GPL data must not ship in the Apache-2.0 wheel."""
+    from wsi_fusion.training.cgan_blurmask import BlurMaskTrainConfig, CganTrainConfig
+
+    assert data.SHIPPABLE_REAL_STACKS == ("algae",)
+    assert set(data.REAL_TRAIN_STACKS) <= set(data.SHIPPABLE_REAL_STACKS)
+    for name in ("unstained", "skeleton", "pseudoscorpion"):
+        with pytest.raises(ValueError, match="allow_unshippable"):
+            data.real_stack_pairs([name])
+        with pytest.raises(ValueError, match="allow_unshippable"):
+            CganTrainConfig(real_stacks=("algae", name))
+        with pytest.raises(ValueError, match="allow_unshippable"):
+            BlurMaskTrainConfig(real_stacks=(name,))
+    with pytest.raises(ValueError, match="unknown"):
+        data.check_real_stacks(["algea"])
+    # The explicit opt-out (off by default) allows experiments, never the held-out stacks.
+    assert CganTrainConfig(real_stacks=("skeleton",), allow_unshippable=True).allow_unshippable
+    data.check_real_stacks(["algae", "unstained"], allow_unshippable=True)
+    with pytest.raises(ValueError, match="held out"):
+        data.check_real_stacks(["wbc"], allow_unshippable=True)
+    # Defaults in code and the shipped recipe use the shippable stacks only.
+    assert CganTrainConfig().real_stacks == BlurMaskTrainConfig().real_stacks == ("algae",)
+    assert not CganTrainConfig().allow_unshippable
+
+
+def test_training_configs_ask_only_for_shippable_real_stacks() -> None:
+    from wsi_fusion.training.cgan_blurmask import BlurMaskTrainConfig, CganTrainConfig
+    from wsi_fusion.training.config import load_train_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(root.glob("train_cgan*.yaml")) + sorted(root.glob("train_blurmask*.yaml"))
+    assert files
+    for path in files:
+        kind = CganTrainConfig if path.name.startswith("train_cgan") else BlurMaskTrainConfig
+        cfg = load_train_config(path, kind)  # a non-shippable stack is an error at load
+        assert not cfg.allow_unshippable, path.name
+        assert set(cfg.real_stacks) <= set(data.SHIPPABLE_REAL_STACKS), path.name
+
+
 def test_real_pair_sample_picks_planes_near_the_best_and_the_fused_target() -> None:
     rng = np.random.default_rng(7)
     planes = np.stack([np.full((40, 50, 3), 10 * z, np.uint8) for z in range(7)])

@@ -22,14 +22,19 @@ Deviations (all forced by a CPU budget of minutes instead of a GPU for days):
 - Rounds 1-2 used no real z-stack pseudo ground truth. Round 3 (issue 13) does what the paper
   does with its CaseViewer fusions: ``real_fraction`` of each batch is a real plane near the best
   one as input and the default fuser's fusion of the registered stack as target
-  (:func:`~wsi_fusion.training.data.real_pair_sample`; train on the algae, unstained-cell and
-  skeleton stacks, the blood smear and the CC0 smear are held out). The rest is the synthetic
-  recipe on the shared H&E tiles, re-stained by colour deconvolution (``restain``).
+  (:func:`~wsi_fusion.training.data.real_pair_sample`; train on the algae stack only, the one
+  real stack whose licence (MIT) allows shipping derived weights,
+  ``data.SHIPPABLE_REAL_STACKS``; the blood smear and the CC0 smear are held out; the
+  research-only unstained cells and the GPL-3.0 skeleton need ``allow_unshippable: true`` and
+  such weights must not ship). The rest is the synthetic recipe on the shared H&E tiles,
+  re-stained by colour deconvolution (``restain``).
 - Round 3 BM labels (``min_change``): only where the blur visibly changed the crop, plus real
   planes labelled against their stack's fusion (``real_fraction``): the round-2 BM called
   75-87 % of every real smear plane "blurred", in focus or not, so its gate opened everywhere.
 - Round 3 gate calibration (:func:`calibrate_gate`): the threshold below which the input plane
-  is kept exactly is chosen on the training real stacks so that no plane there gets worse.
+  is kept exactly is chosen on a real stack neither network trained on (the pseudoscorpion,
+  against its best plane) so that no plane there loses more than 0.1 dB (0.98 for the
+  licence-clean weights, ``GATE_THRESHOLD_SINGLE``).
 - G's learning rate is 5e-4 (paper 0.5e-4), D's 2.5e-4 (still half), Adam betas (0.5, 0.999);
   an "epoch" is ``epoch_steps`` steps (the paper's epoch is 37,211 patches), after which both
   are ×0.8. The shipped run has a few hundred steps, and the loss is L1-dominated (λ = 0.001).
@@ -47,14 +52,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from wsi_fusion._types import Box
 from wsi_fusion.fusers.cgan_blurmask import few_plane_indices, reference_plane
 from wsi_fusion.training.data import (
+    SHIPPABLE_REAL_STACKS,
     Image,
     RealStackCrop,
     augment,
+    check_real_stacks,
     focal_stack_sample,
     local_blur_sample,
     random_crop,
@@ -105,12 +112,24 @@ class BlurMaskTrainConfig(BaseModel):
     #: Share of samples that are a random plane of a real training stack, labelled blurred
     #: where it has clearly less detail than the stack's fusion (``data.real_blur_labels``).
     real_fraction: float = Field(default=0.0, ge=0, le=1)
-    real_stacks: tuple[str, ...] = ("algae", "unstained", "skeleton")
+    #: Real stacks trained on; only licence-shippable ones (``data.SHIPPABLE_REAL_STACKS``)
+    #: unless ``allow_unshippable``.
+    real_stacks: tuple[str, ...] = SHIPPABLE_REAL_STACKS
+    #: Allow real stacks whose licence does not allow shipping derived weights (research-only
+    #: unstained cells, GPL-3.0 skeleton). Off: such a config is an error. Weights trained with
+    #: it on must not ship.
+    allow_unshippable: bool = False
     max_seconds: float | None = None
     threads: int = Field(default=1, ge=1)
     extra_dirs: tuple[str, ...] = ()
     checkpoint: str = "scratch/train/blurmask.ckpt"
     output: str = "models/cgan_blurmask/blurmask.deeplab_v3_lite.safetensors"
+
+    @model_validator(mode="after")
+    def _licence_safe_real_stacks(self) -> Any:
+        """A config asking for a held-out or non-shippable real stack is an error at load."""
+        check_real_stacks(self.real_stacks, self.allow_unshippable)
+        return self
 
 
 class CganTrainConfig(BaseModel):
@@ -150,8 +169,13 @@ class CganTrainConfig(BaseModel):
     #: near the best one as input, the default fuser's fusion of the registered stack as
     #: target); the rest is the synthetic-defocus recipe. 0 = synthetic only.
     real_fraction: float = Field(default=0.0, ge=0, le=1)
-    #: Real stacks trained on (never the held-out ``wbc``/``smear``).
-    real_stacks: tuple[str, ...] = ("algae", "unstained", "skeleton")
+    #: Real stacks trained on (never the held-out ``wbc``/``smear``); only licence-shippable ones
+    #: (``data.SHIPPABLE_REAL_STACKS``: algae) unless ``allow_unshippable``.
+    real_stacks: tuple[str, ...] = SHIPPABLE_REAL_STACKS
+    #: Allow real stacks whose licence does not allow shipping derived weights (research-only
+    #: unstained cells, GPL-3.0 skeleton). Off: such a config is an error. Weights trained with
+    #: it on must not ship.
+    allow_unshippable: bool = False
     #: Input planes of real pairs are within this many planes of the best plane.
     real_max_offset: int = Field(default=2, ge=0)
     #: Save the generator every this many steps (``<checkpoint>.snapshots/step_NNNNN``) for the
@@ -163,6 +187,12 @@ class CganTrainConfig(BaseModel):
     blurmask: str = "models/cgan_blurmask/blurmask.deeplab_v3_lite.safetensors"
     checkpoint: str = "scratch/train/cgan_single.ckpt"
     output: str = "models/cgan_blurmask/cgan_blurmask.single.safetensors"
+
+    @model_validator(mode="after")
+    def _licence_safe_real_stacks(self) -> Any:
+        """A config asking for a held-out or non-shippable real stack is an error at load."""
+        check_real_stacks(self.real_stacks, self.allow_unshippable)
+        return self
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -237,7 +267,11 @@ def train_blurmask(cfg: BlurMaskTrainConfig, progress: bool = True) -> tuple[Dee
         if cfg.sources == "shared"
         else sharp_sources(cfg.extra_dirs)
     )
-    real = real_stack_pairs(cfg.real_stacks) if cfg.real_fraction > 0 else []
+    real = (
+        real_stack_pairs(cfg.real_stacks, allow_unshippable=cfg.allow_unshippable)
+        if cfg.real_fraction > 0
+        else []
+    )
     log.info("training BM on %d sharp sources and %d real-stack crops", len(sources), len(real))
 
     def step(i: int) -> dict[str, float]:
@@ -341,7 +375,11 @@ def train_cgan(
         if cfg.sources == "shared"
         else sharp_sources(cfg.extra_dirs)
     )
-    real = real_stack_pairs(cfg.real_stacks) if cfg.real_fraction > 0 else []
+    real = (
+        real_stack_pairs(cfg.real_stacks, allow_unshippable=cfg.allow_unshippable)
+        if cfg.real_fraction > 0
+        else []
+    )
     if cfg.real_fraction > 0 and not real:
         log.warning(
             "real_fraction %.2f but no real stacks found: synthetic only", cfg.real_fraction
@@ -787,7 +825,7 @@ def calibrate_gate(
     weights: str | Path | None = None,
     generator: str | Path | None = None,
     blurmask: str | Path | None = None,
-    thresholds: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
+    thresholds: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99),
     offsets: Sequence[int] = (-3, -2, -1, 1, 2, 3),
     side: int = 256,
     tolerance_db: float = 0.1,

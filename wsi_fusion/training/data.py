@@ -40,9 +40,12 @@ for evaluation, so no held-out pixel is ever seen in training.
 * Real z-stacks (:data:`REAL_STACKS`): :func:`prepare_real_stack` registers a stack onto its best
   plane and fuses crops with the default fuser (``focus_measure``) as a training target, cached
   in ``scratch/real_stacks`` (git-ignored); :func:`real_stack_pairs` returns the training stacks
-  (:data:`REAL_TRAIN_STACKS`) and refuses the held-out ones (:data:`REAL_HELDOUT_STACKS`: the
-  blood smear and the CC0 smear); :func:`real_pair_sample` draws (plane near the best, fusion)
-  pairs and :func:`real_blur_labels` labels a real plane's blurred regions against the fusion.
+  (:data:`REAL_TRAIN_STACKS`, by default the algae stack only), refuses the held-out ones
+  (:data:`REAL_HELDOUT_STACKS`: the blood smear and the CC0 smear) and, unless
+  ``allow_unshippable``, every stack outside :data:`SHIPPABLE_REAL_STACKS` (licences that do not
+  allow shipping derived weights: research-only unstained cells, GPL-3.0 skeleton);
+  :func:`real_pair_sample` draws (plane near the best, fusion) pairs and
+  :func:`real_blur_labels` labels a real plane's blurred regions against the fusion.
 
 Typical use in a trainer::
 
@@ -685,17 +688,34 @@ REAL_STACKS: dict[str, RealStackSpec] = {
         "zstack_pseudoscorpion/frame_*.png", depth_radius=0, licence="Apache-2.0"
     ),
     "unstained": RealStackSpec(
-        "zstack_unstained_cells/plane_*.png", register=False, licence="research use only"
+        "zstack_unstained_cells/plane_*.png",
+        register=False,
+        licence="research use only (noncommercial): don't ship",
     ),
-    "skeleton": RealStackSpec("zstack_skeleton_zeiss/plane_*.png", licence="GPL-3.0 (data)"),
+    "skeleton": RealStackSpec(
+        "zstack_skeleton_zeiss/plane_*.png",
+        licence="GPL-3.0 (data): don't bundle into a non-GPL package",
+    ),
     "wbc": RealStackSpec("zstack_wbc_0054/*.jpg", best=5, licence="none: never commit"),
     "smear": RealStackSpec("zstack_smear_cc0/plane_*.png", best=9, licence="CC0"),
 }
-#: Source-level split of the real stacks: the generator trains on these... The pseudoscorpion
-#: is prepared but not trained on: its frames are in capture order (focus goes through and
-#: back), its registration falls back to thumbnail estimates with 12-px jumps, and its fused
-#: target is a patchwork of blobs from different depths of a thick object (checked by eye).
-REAL_TRAIN_STACKS: tuple[str, ...] = ("algae", "unstained", "skeleton")
+#: Real stacks whose licence allows shipping weights trained on them in this project's
+#: Apache-2.0 wheel. Only ``algae`` (MIT: redistribution and derived works allowed with the
+#: notice). Not shippable: ``unstained`` (its header grants use "for noncommercial and research
+#: purposes" only: research use, don't ship), ``skeleton`` (GPL-3.0 data: don't bundle into a
+#: non-GPL package), ``wbc`` (no licence at all), ``pseudoscorpion`` (Apache-2.0 only by a
+#: README line, no LICENSE file; also unfit as a target, see below; used for gate calibration,
+#: an evaluation, only), ``smear`` (CC0, but held out for testing). Training on any other stack
+#: needs an explicit ``allow_unshippable=True`` (config key ``allow_unshippable: true``), and
+#: weights trained so must not ship.
+SHIPPABLE_REAL_STACKS: tuple[str, ...] = ("algae",)
+#: Source-level split of the real stacks: the shipped recipe trains on these (the shippable
+#: ones)... The pseudoscorpion is prepared but not trained on: its frames are in capture order
+#: (focus goes through and back), its registration falls back to thumbnail estimates with 12-px
+#: jumps, and its fused target is a patchwork of blobs from different depths of a thick object
+#: (checked by eye). ``unstained`` and ``skeleton`` were trained on in the first round-3 weights
+#: (replaced: not shippable) and need ``allow_unshippable``.
+REAL_TRAIN_STACKS: tuple[str, ...] = SHIPPABLE_REAL_STACKS
 #: ...and is tested on these (known best plane: blood smear 005, CC0 smear defocus+0).
 REAL_HELDOUT_STACKS: tuple[str, ...] = ("wbc", "smear")
 
@@ -839,17 +859,44 @@ def prepare_real_stack(
     return out
 
 
-def real_stack_pairs(
-    names: Sequence[str] = REAL_TRAIN_STACKS, crop: int = 512, max_crops: int = 8
-) -> list[RealStackCrop]:
-    """The prepared crops of the real stacks ``names`` that are present (see
-    :func:`prepare_real_stack`); refuses the held-out stacks so they cannot leak into training.
+def check_real_stacks(names: Sequence[str], allow_unshippable: bool = False) -> None:
+    """Refuse real stacks that training must not use.
+
+    Always refused: unknown names and the held-out test stacks (:data:`REAL_HELDOUT_STACKS`).
+    Refused unless ``allow_unshippable``: stacks whose licence does not allow shipping weights
+    derived from them (anything outside :data:`SHIPPABLE_REAL_STACKS`).
     """
+    unknown = set(names) - set(REAL_STACKS)
+    if unknown:
+        raise ValueError(f"unknown real stacks {sorted(unknown)}; known: {sorted(REAL_STACKS)}")
     leaked = set(names) & set(REAL_HELDOUT_STACKS)
     if leaked:
         raise ValueError(
             f"real stacks {sorted(leaked)} are held out for testing; do not train on them"
         )
+    unshippable = sorted(set(names) - set(SHIPPABLE_REAL_STACKS))
+    if unshippable and not allow_unshippable:
+        terms = ", ".join(f"{n}: {REAL_STACKS[n].licence}" for n in unshippable)
+        raise ValueError(
+            f"real stacks {unshippable} have licences that do not allow shipping weights "
+            f"trained on them ({terms}); the shipped recipe may use only "
+            f"{list(SHIPPABLE_REAL_STACKS)}. Set allow_unshippable (config: "
+            "'allow_unshippable: true') for an experiment whose weights will not ship."
+        )
+
+
+def real_stack_pairs(
+    names: Sequence[str] = REAL_TRAIN_STACKS,
+    crop: int = 512,
+    max_crops: int = 8,
+    allow_unshippable: bool = False,
+) -> list[RealStackCrop]:
+    """The prepared crops of the real stacks ``names`` that are present (see
+    :func:`prepare_real_stack`); refuses the held-out stacks so they cannot leak into training,
+    and stacks outside :data:`SHIPPABLE_REAL_STACKS` unless ``allow_unshippable``
+    (:func:`check_real_stacks`).
+    """
+    check_real_stacks(names, allow_unshippable)
     out: list[RealStackCrop] = []
     for name in names:
         out.extend(prepare_real_stack(name, crop=crop, max_crops=max_crops))
