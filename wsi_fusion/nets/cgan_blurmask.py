@@ -214,8 +214,11 @@ def discriminator_receptive_field() -> tuple[int, int]:
 GATED_SINGLE = True
 GATED_FEW = True
 #: Gate calibration of the shipped single-plane generator (``DenseUNetGenerator.gate_threshold``):
-#: BM blur probabilities at or below it keep the input plane exactly.
-GATE_THRESHOLD_SINGLE = 0.7
+#: BM blur probabilities at or below it keep the input plane exactly. Chosen by
+#: ``training.cgan_blurmask.calibrate_gate(stacks=("pseudoscorpion",))`` (smallest threshold whose
+#: worst plane loses <= 0.1 dB): 0.98 for the licence-clean round-3 weights (BM and G trained on
+#: the algae stack as their only real stack; the withdrawn first round-3 weights had 0.7).
+GATE_THRESHOLD_SINGLE = 0.98
 
 
 class CganBlurMask(nn.Module):
