@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent
 #: Repository folder -> (folder inside the package, file patterns shipped from it). Only these
 #: patterns, so a stray training checkpoint (a pickle) in models/ never ends up in a wheel.
 BUNDLED = {
-    "models": ("_models", ("*.safetensors", "*.json", "*.md")),
+    "models": ("_models", ("*.safetensors", "*.json", "*.md", "*.png")),
     "configs": ("_configs", ("*.yaml",)),
 }
 

@@ -231,14 +231,15 @@ def test_blur_mask_output_equals_the_whole_image_mask(
     whole = CganBlurMaskFuser(device="cpu").blur_mask(stack) * 255
     # The tiles meet at x = 192 (a hard switch: overlap = 2 x margin). BM's halo reaches a little
     # past the 64-px margin, so only the seam differs. Measured with the shipped weights: at most
-    # 0.56 grey levels (the uint8 rounding) farther than 32 px from the seam, 4.5 within 16 px.
+    # 0.58 grey levels (the uint8 rounding) farther than 32 px from the seam, 9.2 at the seam
+    # (4.5 with the round-2 network), mean 0.29.
     diff = np.abs(mask.astype(np.float32) - whole)
     away = np.r_[0:160, 224:384]
     assert diff[:, away].max() <= 1.0
-    assert diff.max() <= 8.0 and diff.mean() <= 0.5
-    # It shows the blurred half (the regions the generator synthesised): measured 38 grey levels
-    # higher there with the round-3 blur-mask network, which calls less of a sharp image blurred.
-    assert mask[:, 240:].mean() > mask[:, :144].mean() + 25
+    assert diff.max() <= 12.0 and diff.mean() <= 0.5
+    # It shows the blurred half (the regions the generator synthesised): measured 26.7 grey levels
+    # higher there with the shipped blur-mask network (38 with the withdrawn round-3 one).
+    assert mask[:, 240:].mean() > mask[:, :144].mean() + 18
 
     run = json.loads(report.run_json.read_text())
     assert run["config"]["blur_mask"] is True
