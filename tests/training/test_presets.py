@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from pydantic import BaseModel
 
 torch = pytest.importorskip("torch")
+
+# One map from a config name to its run model, shared with the config tests.
+from test_configs import model_class  # noqa: E402
 
 from wsi_fusion.errors import ConfigError  # noqa: E402
 from wsi_fusion.training import session  # noqa: E402
@@ -40,15 +42,6 @@ CONFIG_DIR = ROOT / "configs"
 PRESET = "h100-8min"
 OVERLAYS = sorted((CONFIG_DIR / "presets").glob("*/*.yaml"))
 
-#: Config-name prefix -> "module:class" of its run model (longest prefix wins).
-MODELS = {
-    "train_acnn": "wsi_fusion.training.acnn:ACNNTrainConfig",
-    "train_gacn": "wsi_fusion.training.gacn:GACNTrainConfig",
-    "train_msegnet": "wsi_fusion.training.msegnet:MSegNetTrainConfig",
-    "train_blurmask": "wsi_fusion.training.cgan_blurmask:BlurMaskTrainConfig",
-    "train_cgan": "wsi_fusion.training.cgan_blurmask:CganTrainConfig",
-    "train_fmb_net": "wsi_fusion.training.fmb_net:FmbTrainConfig",
-}
 #: The learned fusers' training runs that the GPU preset must cover (issue 13).
 EXPECTED = {
     "train_msegnet",
@@ -68,14 +61,6 @@ PAPER_WIDTH = {
     "train_cgan": {"width": "paper"},
     "train_fmb_net": {"width": "paper"},
 }
-
-
-def model_class(stem: str) -> type[BaseModel]:
-    prefix = max((k for k in MODELS if stem == k or stem.startswith(k + "_")), key=len)
-    module, name = MODELS[prefix].split(":")
-    cls = getattr(importlib.import_module(module), name)
-    assert issubclass(cls, BaseModel)
-    return cls
 
 
 def base_of(overlay: Path) -> Path:
@@ -101,7 +86,7 @@ def test_overlay_merges_into_a_valid_run(overlay: Path) -> None:
     assert base.is_file(), f"{overlay} overlays a config that does not exist"
     preset = overlay.parent.name
     raw = Preset(**yaml.safe_load(overlay.read_text()))
-    cls = model_class(overlay.stem)
+    cls = model_class(overlay)
     base_cfg = load_train_config(base, cls, preset=None, dry_run=False)
     cfg = load_train_config(base, cls, preset=preset, dry_run=False)
     merged = cfg.model_dump()
@@ -125,7 +110,7 @@ def test_overlay_merges_into_a_valid_run(overlay: Path) -> None:
 def test_dry_run_shrinks_and_writes_elsewhere(overlay: Path) -> None:
     preset = overlay.parent.name
     raw = Preset(**yaml.safe_load(overlay.read_text()))
-    cls = model_class(overlay.stem)
+    cls = model_class(overlay)
     cfg = load_train_config(base_of(overlay), cls, preset=preset, dry_run=True).model_dump()
     assert cfg["steps"] == DRY_RUN_STEPS and cfg["max_seconds"] is None
     folder = f"scratch/dry_run/{preset}/{overlay.stem}/"
