@@ -68,9 +68,8 @@ from wsi_fusion.training.data import (
     real_blur_labels,
     real_pair_sample,
     real_stack_pairs,
-    sharp_sources,
+    source_images,
     stain_augment,
-    training_images,
 )
 from wsi_fusion.training.heldout import planes_to_tile, to_image
 from wsi_fusion.training.loop import step_rng, train_loop
@@ -246,6 +245,13 @@ def blurmask_batch(
     return np.stack(images).astype(np.float32), np.stack(masks).astype(np.int64)
 
 
+def _real_pairs(cfg: BlurMaskTrainConfig | CganTrainConfig) -> list[RealStackCrop]:
+    """The registered real-stack pairs a run mixes in (none when ``real_fraction`` is 0)."""
+    if cfg.real_fraction <= 0:
+        return []
+    return real_stack_pairs(cfg.real_stacks, allow_unshippable=cfg.allow_unshippable)
+
+
 def train_blurmask(cfg: BlurMaskTrainConfig, progress: bool = True) -> tuple[DeepLabV3, list]:
     """Train BM; return the model (eval mode) and the loss history."""
     import torch
@@ -262,16 +268,8 @@ def train_blurmask(cfg: BlurMaskTrainConfig, progress: bool = True) -> tuple[Dee
             p.requires_grad_(True)
         model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sources = (
-        training_images("train", cfg.extra_dirs)
-        if cfg.sources == "shared"
-        else sharp_sources(cfg.extra_dirs)
-    )
-    real = (
-        real_stack_pairs(cfg.real_stacks, allow_unshippable=cfg.allow_unshippable)
-        if cfg.real_fraction > 0
-        else []
-    )
+    sources = source_images(cfg.sources, cfg.extra_dirs)
+    real = _real_pairs(cfg)
     log.info("training BM on %d sharp sources and %d real-stack crops", len(sources), len(real))
 
     def step(i: int) -> dict[str, float]:
@@ -370,16 +368,8 @@ def train_cgan(
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_g * cfg.d_lr_ratio, betas=(0.5, 0.999))
     sched_g = torch.optim.lr_scheduler.StepLR(opt_g, cfg.epoch_steps, cfg.lr_decay)
     sched_d = torch.optim.lr_scheduler.StepLR(opt_d, cfg.epoch_steps, cfg.lr_decay)
-    sources = (
-        training_images("train", cfg.extra_dirs)
-        if cfg.sources == "shared"
-        else sharp_sources(cfg.extra_dirs)
-    )
-    real = (
-        real_stack_pairs(cfg.real_stacks, allow_unshippable=cfg.allow_unshippable)
-        if cfg.real_fraction > 0
-        else []
-    )
+    sources = source_images(cfg.sources, cfg.extra_dirs)
+    real = _real_pairs(cfg)
     if cfg.real_fraction > 0 and not real:
         log.warning(
             "real_fraction %.2f but no real stacks found: synthetic only", cfg.real_fraction

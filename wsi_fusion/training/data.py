@@ -262,6 +262,15 @@ def training_images(
     return images + sharp_sources(extra_dirs)[1:]
 
 
+def source_images(
+    which: Literal["cmu1", "shared"], extra_dirs: Iterable[str | Path] = ()
+) -> list[Image]:
+    """The sharp images a training config's ``sources`` names: ``cmu1`` (:func:`sharp_sources`,
+    the bundled region's training rows) or ``shared`` (:func:`training_images`, plus the licensed
+    tiles of other slides), each with the images in ``extra_dirs``."""
+    return training_images("train", extra_dirs) if which == "shared" else sharp_sources(extra_dirs)
+
+
 # -- generic augmentation ------------------------------------------------------------------------
 
 

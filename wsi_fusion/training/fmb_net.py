@@ -51,9 +51,8 @@ from wsi_fusion.training.data import (
     augment,
     focal_stack_sample,
     random_crop,
-    sharp_sources,
+    source_images,
     stain_augment,
-    training_images,
 )
 from wsi_fusion.training.heldout import planes_to_tile, to_image
 from wsi_fusion.training.loop import step_rng, train_loop
@@ -189,11 +188,7 @@ def train_fmb_net(cfg: FmbTrainConfig, bm: DeepLabV3, progress: bool = True) -> 
     for p in bm.parameters():
         p.requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    sources = (
-        training_images("train", cfg.extra_dirs)
-        if cfg.sources == "shared"
-        else sharp_sources(cfg.extra_dirs)
-    )
+    sources = source_images(cfg.sources, cfg.extra_dirs)
 
     def step(i: int) -> dict[str, float]:
         x, y, e = fmb_batch(sources, step_rng(cfg.seed, i), cfg)

@@ -198,11 +198,7 @@ def train(
             load_init(model, root / cfg.init)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(cfg.steps))
-        sources = (
-            data.training_images("train", cfg.extra_sources)
-            if cfg.sources == "shared"
-            else data.sharp_sources(cfg.extra_sources)
-        )
+        sources = data.source_images(cfg.sources, cfg.extra_sources)
         log.info("training m-SegNet on %d sharp sources", len(sources))
 
         def step_fn(step: int) -> Mapping[str, float]:
