@@ -34,19 +34,19 @@ def luminance(images: npt.NDArray[np.floating]) -> Float32Array:
     return images.mean(axis=-3, dtype=np.float32)
 
 
-def _window_sum(image: Float32Array, radius: int, axis: int) -> Float32Array:
-    """Sum over ``2 * radius + 1`` samples along ``axis`` (-1 or -2), mirrored borders."""
-    n = image.shape[axis]
-    pad = [(0, 0)] * image.ndim
-    pad[axis] = (radius, radius)
-    # numpy "symmetric" == scipy.ndimage "reflect" (d c b a | a b c d).
-    padded = np.pad(image, pad, mode="symmetric")
-    index: list[slice] = [slice(None)] * image.ndim
-    index[axis] = slice(0, n)
-    out = padded[tuple(index)].copy()
-    for shift in range(1, 2 * radius + 1):
-        index[axis] = slice(shift, shift + n)
-        out += padded[tuple(index)]
+def _shifted_sum(padded: Float32Array, radius: int, axis: int) -> Float32Array:
+    """Sums over ``2 * radius + 1`` consecutive samples along ``axis`` (0 or 1) of a padded
+    ``(H, W)`` image: the output is ``2 * radius`` shorter along ``axis``. Every output adds its
+    samples in the same order wherever the image starts, so tiles and whole images agree bit
+    for bit."""
+    n = padded.shape[axis] - 2 * radius
+
+    def part(shift: int) -> Float32Array:
+        return padded[shift : shift + n] if axis == 0 else padded[:, shift : shift + n]
+
+    out = np.add(part(0), part(1))
+    for shift in range(2, 2 * radius + 1):
+        out += part(shift)
     return out
 
 
@@ -60,7 +60,13 @@ def box_mean(image: npt.NDArray[np.floating], radius: int) -> Float32Array:
         # Shifted-slice sums: 3-6× faster than scipy's running sum along the strided axis for
         # small windows, and every output is summed in the same order wherever the tile starts,
         # so tiled and whole-image results are bit-identical.
-        out = _window_sum(_window_sum(image, radius, -2), radius, -1)
+        out = np.empty(image.shape, dtype=np.float32)
+        # One (H, W) image at a time: its padded copy and partial sums stay in cache (1.5-2x
+        # faster on (planes, H, W) stacks of 1024-px blocks than one pass over the stack). The
+        # image is mirrored on all sides once; numpy "symmetric" == scipy.ndimage "reflect".
+        for index in np.ndindex(image.shape[:-2]):
+            padded = np.pad(image[index], radius, mode="symmetric")
+            out[index] = _shifted_sum(_shifted_sum(padded, radius, 0), radius, 1)
         out *= np.float32(1.0 / (size * size))
         return out
     # Large windows: running sum in double precision, O(1) per pixel whatever the radius.
@@ -104,10 +110,23 @@ def guided_filter(
     # Clamp at 0: float32 cancellation can make a flat window's variance slightly negative.
     var_i = np.maximum(box_mean(guide * guide, radius) - mean_i * mean_i, 0.0)
     var_i += np.float32(eps)
-    mean_p = box_mean(source, radius)
-    # The same arithmetic as algorithm 1, in place: on (planes, H, W) sources every temporary
-    # is as large as the input, and fresh ones cost page faults as much as arithmetic.
-    a = box_mean(source * guide, radius)
+    out = np.empty(source.shape, dtype=np.float32)
+    # One (H, W) image at a time: the ~8 image-sized temporaries of algorithm 1 then stay
+    # image-sized instead of (planes, H, W)-sized (a 1144² block of 5 planes: 260 -> 60 MB at
+    # the peak), and smaller arrays stay in cache.
+    for index in np.ndindex(source.shape[:-2]):
+        out[index] = _guided_one(guide, mean_i, var_i, source[index], radius)
+    return out
+
+
+def _guided_one(
+    guide: Float32Array, mean_i: Float32Array, var_i: Float32Array, p: Float32Array, radius: int
+) -> Float32Array:
+    """Algorithm 1 for one ``(H, W)`` source, with the guide's window statistics given."""
+    mean_p = box_mean(p, radius)
+    # The same arithmetic as algorithm 1, in place: fresh temporaries cost page faults as much
+    # as arithmetic.
+    a = box_mean(p * guide, radius)
     scratch = mean_i * mean_p
     a -= scratch  # cov_ip
     a /= var_i

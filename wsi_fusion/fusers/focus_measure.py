@@ -105,16 +105,21 @@ def focus_map(
     mean of the squared Laplacian (the root keeps both in the same units for thresholds and does
     not change the argmax).
     """
-    d_yy, d_xx = _laplacian_terms(lum, step)
-    if measure == "sml":
-        ml = np.abs(d_yy)
-        ml += np.abs(d_xx)
-        return box_mean(ml, radius)
-    lap = d_yy
-    lap += d_xx
-    lap *= lap
-    # The running-sum box filter can leave -1e-9 where the energy is 0: clamp before the root.
-    return np.sqrt(np.maximum(box_mean(lap, radius), 0.0))
+    out = np.empty(lum.shape, dtype=np.float32)
+    # One (H, W) plane at a time: the temporaries stay in cache (faster than whole-stack passes).
+    for index in np.ndindex(lum.shape[:-2]):
+        d_yy, d_xx = _laplacian_terms(lum[index], step)
+        if measure == "sml":
+            ml = np.abs(d_yy, out=d_yy)
+            ml += np.abs(d_xx, out=d_xx)
+            out[index] = box_mean(ml, radius)
+            continue
+        lap = d_yy
+        lap += d_xx
+        lap *= lap
+        # The running-sum box filter can leave -1e-9 where the energy is 0: clamp before the root.
+        out[index] = np.sqrt(np.maximum(box_mean(lap, radius), 0.0))
+    return out
 
 
 @register_fuser(

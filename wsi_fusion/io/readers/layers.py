@@ -20,9 +20,11 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+import imagecodecs
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
@@ -217,26 +219,39 @@ _LIVE: weakref.WeakValueDictionary[tuple[str, int, int], npt.NDArray[np.uint8]] 
 #: reopened (planning, then each worker thread) is not decoded again.
 _RECENT_BYTES = 1 << 30
 _RECENT: OrderedDict[tuple[str, int, int], npt.NDArray[np.uint8]] = OrderedDict()
-_DECODE_LOCK = threading.Lock()
+#: Guards the two caches above and ``_DECODING``; held only for lookups, never while decoding.
+_CACHE_LOCK = threading.Lock()
+#: One lock per file being decoded: threads opening the same file wait for one decode, while
+#: different files decode in parallel (the codecs release the GIL).
+_DECODING: dict[tuple[str, int, int], threading.Lock] = {}
 
 
 def _decoded(path: str) -> npt.NDArray[np.uint8]:
     """The (h, w, c) uint8 pixels of raster ``path``, read-only, decoded once per process."""
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    with _DECODE_LOCK:
-        pixels = _LIVE.get(key)
-        if pixels is None:
-            pixels = _RECENT.get(key)
+    with _CACHE_LOCK:
+        file_lock = _DECODING.setdefault(key, threading.Lock())
+    with file_lock:
+        with _CACHE_LOCK:
+            pixels = _cached(key)
         if pixels is None:
             pixels = _decode(path)
             pixels.flags.writeable = False
+        with _CACHE_LOCK:
             _LIVE[key] = pixels
-        _RECENT[key] = pixels
-        _RECENT.move_to_end(key)
-        while len(_RECENT) > 1 and sum(a.nbytes for a in _RECENT.values()) > _RECENT_BYTES:
-            _RECENT.popitem(last=False)
+            _RECENT[key] = pixels
+            _RECENT.move_to_end(key)
+            while len(_RECENT) > 1 and sum(a.nbytes for a in _RECENT.values()) > _RECENT_BYTES:
+                _RECENT.popitem(last=False)
+            if _DECODING.get(key) is file_lock:
+                del _DECODING[key]
         return pixels
+
+
+def _cached(key: tuple[str, int, int]) -> npt.NDArray[np.uint8] | None:
+    pixels = _LIVE.get(key)
+    return pixels if pixels is not None else _RECENT.get(key)
 
 
 def _decode(path: str) -> npt.NDArray[np.uint8]:
@@ -250,23 +265,47 @@ def _decode(path: str) -> npt.NDArray[np.uint8]:
                 f"{path}: holds {frames} images, but its layout is not understood; save it "
                 "as an OME-TIFF z-stack (e.g. with Fiji or bfconvert) or as one file per plane."
             )
-        image.load()
-        mode = image.mode
-        converted: Image.Image = image
-        if mode in _PIL_CONVERT:
-            converted = image.convert(_PIL_CONVERT[mode])
-        elif mode not in _PIL_OK:
-            dtype = _PIL_DTYPES.get(mode)
-            if dtype is not None:
-                check_pixel_type(dtype, 1, f"{path} (Pillow mode {mode})")
-            raise UnsupportedInput(
-                f"{path}: image mode {mode!r} is not supported; convert the image to 8-bit "
-                "RGB (e.g. save it as an RGB JPEG or PNG)."
-            )
-        pixels = np.asarray(converted)
+        # Opening has read the header only (and refused decompression bombs); 8-bit PNGs are
+        # then decoded by imagecodecs, straight into one array: 1.6x less CPU than Pillow's
+        # decode + copy on an 8192² RGB plane, and without the second full-size buffer.
+        pixels = _png_pixels(path, image) if image.format == "PNG" else None
+        if pixels is None:
+            pixels = _pil_pixels(path, image)
     pixels = pixels if pixels.ndim == 3 else pixels[:, :, None]
     check_pixel_type(pixels.dtype, pixels.shape[2], path)
     return pixels
+
+
+def _png_pixels(path: str, image: Image.Image) -> npt.NDArray[np.uint8] | None:
+    """``path`` decoded by imagecodecs when it is a plain 8-bit L/LA/RGB/RGBA PNG, else None
+    (Pillow then decodes it, with its conversions and its error messages)."""
+    if image.mode not in _PIL_OK:
+        return None
+    try:
+        pixels = imagecodecs.png_decode(Path(path).read_bytes())
+    except Exception:  # noqa: BLE001 - a damaged file gets Pillow's (tested) diagnosis instead
+        return None
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    if pixels.dtype != np.uint8 or pixels.shape[:2] != image.size[::-1]:
+        return None
+    return pixels if channels == len(image.mode) else None
+
+
+def _pil_pixels(path: str, image: Image.Image) -> npt.NDArray[Any]:
+    image.load()
+    mode = image.mode
+    converted: Image.Image = image
+    if mode in _PIL_CONVERT:
+        converted = image.convert(_PIL_CONVERT[mode])
+    elif mode not in _PIL_OK:
+        dtype = _PIL_DTYPES.get(mode)
+        if dtype is not None:
+            check_pixel_type(dtype, 1, f"{path} (Pillow mode {mode})")
+        raise UnsupportedInput(
+            f"{path}: image mode {mode!r} is not supported; convert the image to 8-bit "
+            "RGB (e.g. save it as an RGB JPEG or PNG)."
+        )
+    return np.asarray(converted)
 
 
 def open_plane_file(path: str) -> _Plane:
@@ -384,10 +423,17 @@ def open_layers(paths: Sequence[str | os.PathLike[str]]) -> LayerStack:
     ------
     UnreadableSlide, UnsupportedInput, PlaneMismatch
     """
-    planes: list[_Plane] = []
+    # Planes open in parallel: raster planes are decoded whole on opening, and their codecs
+    # release the GIL (5 PNG planes of 67 Mpx: ~8 s one after the other).
+    names = [os.fspath(path) for path in paths]
+    with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(open_plane_file, name) for name in names]
+    planes = [f.result() for f in futures if f.exception() is None]
     try:
-        for path in paths:
-            planes.append(open_plane_file(os.fspath(path)))
+        for f in futures:  # the first failure in plane order is the one reported
+            error = f.exception()
+            if error is not None:
+                raise error
         _check_same_geometry(planes)
         stack = LayerStack(planes)
         stack.probe()
