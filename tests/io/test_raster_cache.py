@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from wsi_fusion._types import Box
+from wsi_fusion.errors import UnreadableSlide
 from wsi_fusion.io.readers import layers
 from wsi_fusion.io.readers.layers import open_layers
 
@@ -62,3 +65,29 @@ def test_recent_planes_are_bounded(tmp_path: Path, monkeypatch) -> None:  # type
     open_layers(paths).close()
     # Only the newest entry survives a bound smaller than one plane.
     assert sum(1 for key in layers._RECENT if key[0].startswith(str(tmp_path.resolve()))) == 1
+
+
+def test_png_planes_decode_as_pillow_does_in_every_mode(tmp_path: Path) -> None:
+    """8-bit PNGs go through imagecodecs, the rest through Pillow: the pixels are the same."""
+    rgb = make_planes(n=1, h=24, w=18)[0]
+    images = {
+        "rgb": Image.fromarray(rgb),
+        "rgba": Image.fromarray(rgb).convert("RGBA"),
+        "grey": Image.fromarray(rgb).convert("L"),
+        "grey_alpha": Image.fromarray(rgb).convert("LA"),
+        "palette": Image.fromarray(rgb).convert("P"),
+    }
+    for name, image in images.items():
+        path = tmp_path / f"{name}.png"
+        image.save(path)
+        expected = np.asarray(image.convert("RGBA") if image.mode == "P" else image)
+        expected = expected if expected.ndim == 3 else expected[:, :, None]
+        assert np.array_equal(layers._decode(str(path)), expected), name
+
+
+def test_planes_opened_in_parallel_report_the_first_bad_plane(tmp_path: Path) -> None:
+    paths = _write_pngs(tmp_path, make_planes(n=3, h=16, w=16))
+    paths[1].write_bytes(paths[1].read_bytes()[:60])  # truncated
+    paths[2].write_bytes(b"not an image")
+    with pytest.raises(UnreadableSlide, match=re.escape(str(paths[1]))):
+        open_layers(paths)
