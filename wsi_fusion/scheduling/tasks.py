@@ -78,9 +78,10 @@ def read_tile_stack(job: FusionJob, box: Box) -> TileStack:
         if job.drift is None
         else thread_registered_stack(job.inputs, job.drift)
     )
-    planes = np.stack([stack.read(z, box) for z in range(job.planes)])
-    out = planes.transpose(0, 3, 1, 2).astype(np.float32)
-    return np.divide(out, np.float32(255.0), out=out)  # in place: one float copy per tile
+    out = np.empty((job.planes, job.channels, box.h, box.w), dtype=np.float32)
+    for z in range(job.planes):  # straight into the float stack: no uint8 copy of all planes
+        out[z] = stack.read(z, box).transpose(2, 0, 1)
+    return np.divide(out, np.float32(255.0), out=out)
 
 
 def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
