@@ -233,7 +233,7 @@ def evaluate_fmb_net(
     import torch
 
     from wsi_fusion.fusers import Fuser, create_fuser
-    from wsi_fusion.fusers.fmb_net import HALO, FmbNetFuser
+    from wsi_fusion.fusers.fmb_net import FmbNetFuser
     from wsi_fusion.metrics.full_reference import psnr, ssim
     from wsi_fusion.training.data import heldout_stacks
 
@@ -265,7 +265,7 @@ def evaluate_fmb_net(
     stack = planes_to_tile(stacks[0][1].planes)
     whole = fusers["fmb_net"].fuse(stack).fused
     half = fusers["fmb_net"].fuse(np.ascontiguousarray(stack[:, :, : size // 2])).fused
-    cut = size // 2 - HALO
+    cut = size // 2 - fusers["fmb_net"].margin
     return {
         "heldout": {"n": n, "size": size, "n_planes": n_planes, "noise": noise},
         "mean": mean,
