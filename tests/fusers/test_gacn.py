@@ -13,18 +13,73 @@ import pytest
 from learned_checks import reference_stack, regenerate
 
 from wsi_fusion.errors import ConfigError
-from wsi_fusion.fusers.gacn import DM_HALO, GACNFuser
+from wsi_fusion.fusers.gacn import DM_HALO, DM_HALO_HALF, GACNFuser
 from wsi_fusion.fusers.surface import surface_margin
 from wsi_fusion.tiling.plan import make_plan
 
 torch = pytest.importorskip("torch")
 
-from wsi_fusion.nets.gacn import GACN, SMALL, ChannelSE, receptive_halo  # noqa: E402
+from wsi_fusion.nets.gacn import (  # noqa: E402
+    GACN,
+    SMALL,
+    ChannelSE,
+    pool_half,
+    receptive_halo,
+    upsample_to,
+)
 from wsi_fusion.training.gacn import dice_loss, qg_loss  # noqa: E402
 
 
 def test_halo_constant_matches_network() -> None:
     assert receptive_halo(SMALL) == DM_HALO
+    assert receptive_halo(SMALL, half=True) == DM_HALO_HALF
+
+
+@pytest.mark.parametrize("shape", [(96, 96), (97, 95)])
+@pytest.mark.parametrize("at", [(48, 48), (49, 49), (48, 49)])
+def test_half_resolution_dm_reach_is_within_halo(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int], at: tuple[int, int]
+) -> None:
+    """The half-resolution decision (pooled activities, upsampled logit) reaches at most
+    ``DM_HALO_HALF``, at either pixel parity and for odd sizes; the upsampled map has the
+    input's size."""
+    monkeypatch.setattr(ChannelSE, "scale", lambda self, x: torch.ones(x.shape[:2]))
+    torch.manual_seed(0)
+    net = GACN(SMALL).eval()
+    a, b = torch.rand(1, 1, *shape), torch.rand(1, 1, *shape)
+
+    def logit(a: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            half = net.logit(pool_half(net.activity(a)), pool_half(net.activity(b)))
+            return upsample_to(half, shape)
+
+    base = logit(a)
+    assert base.shape[2:] == shape
+    a2 = a.clone()
+    a2[0, 0, at[0], at[1]] += 0.5
+    changed = torch.nonzero((logit(a2) - base).abs()[0, 0] > 0)
+    reach = int((changed - torch.tensor(at)).abs().max())
+    assert 0 < reach <= DM_HALO_HALF
+
+
+def test_half_resolution_and_smoothing_defaults() -> None:
+    """On the depth surface (default) the decision path runs at half resolution without the
+    DM's boundary smoothing; the network's own decisions (``depth_radius=0``) keep the paper's
+    full-resolution, smoothed DM; both can be set explicitly."""
+    default = GACNFuser.untrained(device="cpu")
+    assert default.half and not default.smooths
+    assert default.pair_margin == DM_HALO_HALF
+    raw = GACNFuser.untrained(device="cpu", depth_radius=0)
+    assert not raw.half and raw.smooths
+    assert raw.pair_margin == DM_HALO + 8
+    paper = GACNFuser.untrained(device="cpu", half_resolution=False, smooth=True)
+    assert not paper.half and paper.smooths
+    stack = reference_stack()[:, :, :33, :41]  # odd sizes
+    for fuser in (default, paper, GACNFuser.untrained(device="cpu", half_resolution=True)):
+        result = fuser.fuse(stack)
+        assert result.fused.shape == stack.shape[1:]
+        assert result.weights is not None
+        np.testing.assert_allclose(result.weights.sum(axis=0), 1.0, atol=1e-5)
 
 
 def test_initial_dm_reach_is_within_halo(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,7 +87,7 @@ def test_initial_dm_reach_is_within_halo(monkeypatch: pytest.MonkeyPatch) -> Non
 
     Channel SE pools globally (documented); it is made the identity for this check.
     """
-    monkeypatch.setattr(ChannelSE, "forward", lambda self, x: x)
+    monkeypatch.setattr(ChannelSE, "scale", lambda self, x: torch.ones(x.shape[:2]))
     torch.manual_seed(0)
     net = GACN(SMALL).eval()
     a, b = torch.rand(1, 1, 96, 96), torch.rand(1, 1, 96, 96)
@@ -71,6 +126,14 @@ def test_fast_inference_paths_equal_the_plain_network() -> None:
         plain = net.logit(act_a, act_b)
         fast = net.logit_projected(net.project(act_a), net.project(act_b))
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    # Inference on a CPU regroups the feature path (``activity_cpu``): no concatenation, the
+    # channel SE folded into the weights; with gradients on, the plain path runs. Odd and
+    # minimal sizes (the SF window mirrors), trained-like non-trivial SE scales.
+    for shape in [(2, 1, 50, 60), (1, 1, 6, 9), (1, 1, 33, 17)]:
+        g = torch.rand(*shape)
+        reference = net.activity(g).detach()
+        with torch.no_grad():
+            torch.testing.assert_close(net.activity(g), reference, atol=1e-6, rtol=1e-5)
     for channels in (8, 1):
         se = SpatialSE(channels, 7)
         x = torch.randn(2, channels, 33, 41)
@@ -121,7 +184,7 @@ def test_margins_and_serial_refusal() -> None:
     assert serial.margin == 2 * calib.margin
     # The depth surface (default) adds the pooled focus energy's reach; it fits 512/128 tiling.
     default = GACNFuser.untrained(device="cpu")
-    assert default.margin == surface_margin(calib.margin, default.params) > calib.margin
+    assert default.margin == surface_margin(DM_HALO_HALF, default.params) > calib.margin
     make_plan((2048, 2048), tile=512, overlap=128, margin=default.margin)
     with pytest.raises(ConfigError, match="max_planes"):
         serial.fuse(np.zeros((4, 3, 16, 16), np.float32))

@@ -108,9 +108,12 @@ class ChannelSE(nn.Module):
         self.fc2 = nn.Linear(hidden, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale(x)[:, :, None, None]
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-channel excitation ``(N, C)`` of ``(N, C, H, W)`` features."""
         s = x.mean(dim=(2, 3))
-        s = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
-        return x * s[:, :, None, None]
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
 
 
 class SpatialSE(nn.Module):
@@ -156,6 +159,18 @@ class SpatialSE(nn.Module):
         columns = F.conv2d(x, weight[0].permute(2, 0, 1).unsqueeze(-1), padding=(r, 0))
         shift = torch.eye(k, dtype=weight.dtype, device=weight.device).view(1, k, 1, k)
         return F.conv2d(columns, shift, self.proj.bias, padding=(0, r))
+
+
+def _sf_energy(u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``Σ_c weight_c (RF_c² + CF_c²)`` of one ``(1, C, H, W)`` image, as in
+    :func:`spatial_frequency` (zero difference on the first row/column), ``(1, 1, H, W)``."""
+    _, c, h, w = u.shape
+    flat = u.permute(0, 2, 3, 1).reshape(-1)  # a view when ``u`` is channels-last
+    energy = torch.empty_like(flat)
+    torch.sub(flat[c:], flat[:-c], out=energy[c:]).square_()
+    energy.view(h, w, c)[:, 0].zero_()  # first column: no left neighbour
+    energy[w * c :] += (flat[w * c :] - flat[: -w * c]).square_()
+    return torch.mv(energy.view(h * w, c), weight).view(1, 1, h, w)
 
 
 def spatial_frequency(features: torch.Tensor, radius: int) -> torch.Tensor:
@@ -248,9 +263,59 @@ class GACN(nn.Module):
         self.decision = GACNDecision(cfg)
 
     def activity(self, grey: torch.Tensor) -> torch.Tensor:
-        """Per-scale spatial frequency ``(N, layers, H, W)`` of grey images."""
+        """Per-scale spatial frequency ``(N, layers, H, W)`` of grey images.
+
+        Inference on a CPU takes :meth:`activity_cpu` (the same function, regrouped).
+        """
+        if not torch.is_grad_enabled() and grey.device.type == "cpu":
+            return torch.cat([self.activity_cpu(g[None]) for g in grey])
         feats = self.extract(grey)
         return torch.cat([spatial_frequency(f, self.cfg.sf_radius) for f in feats], dim=1)
+
+    def activity_cpu(self, grey: torch.Tensor) -> torch.Tensor:
+        """:meth:`activity` of one ``(1, 1, H, W)`` grey image, regrouped for one CPU thread.
+
+        Equal up to float rounding (tested), ~2x faster on one thread (measured, 512²: 110 ->
+        53 ms), without gradients to the weights:
+
+        - No concatenation of the dense inputs: a channels-last ``torch.cat`` interleaves every
+          pixel (25 channels at 512²: 22 ms, as much as the convolution reading it). A layer's
+          convolution of the concatenated inputs is the sum of convolutions of each input group,
+          so each group is convolved once, when it is produced, into its share of every later
+          layer (one convolution of 8 -> 24, 16, 8 channels, widths oneDNN runs fast) and the
+          shares are accumulated.
+        - The channel SE scale ``s`` is not applied to the features: it is folded into the
+          input channels of the later convolutions' weights and, as ``s²``, into the spatial
+          frequency's channel sum (the differences scale with ``s``).
+        - The spatial frequency's row and column differences are taken on the flat
+          channels-last buffer (shifts of ``C`` and ``W·C`` elements), and its channel sum is
+          one matrix-vector product.
+        """
+        convs = [c for c in self.extract.convs if isinstance(c, nn.Conv2d)]
+        ses = [s for s in self.extract.ses if isinstance(s, ChannelSE)]
+        g, layers = self.cfg.growth, self.cfg.layers
+        cl = torch.channels_last
+        x = (grey - 0.5).contiguous()
+        # Each layer's share of the input image (bias included) starts its accumulator.
+        acc = [
+            F.conv2d(x, conv.weight[:, :1].contiguous(memory_format=cl), conv.bias, padding=1)
+            for conv in convs
+        ]
+        acts = []
+        for j in range(layers):
+            u = F.relu_(acc[j])  # the layer's features before the channel SE
+            scale = ses[j].scale(u)[0]
+            energy = _sf_energy(u, scale.square())
+            acts.append(torch.sqrt(box_mean(energy, self.cfg.sf_radius) + 1e-12))
+            if j + 1 == layers:
+                break
+            lo = 1 + j * g  # the input channels of group j in every later layer
+            weight = torch.cat([convs[k].weight[:, lo : lo + g] for k in range(j + 1, layers)])
+            weight = (weight * scale.view(1, -1, 1, 1)).contiguous(memory_format=cl)
+            shares = F.conv2d(u, weight, None, padding=1)
+            for k in range(j + 1, layers):
+                acc[k] += shares[:, (k - j - 1) * g : (k - j) * g]
+        return torch.cat(acts, dim=1)
 
     def logit(self, act_a: torch.Tensor, act_b: torch.Tensor) -> torch.Tensor:
         """Decision-path output before the sigmoid projection."""
@@ -366,9 +431,31 @@ def smooth_boundary(
     return torch.where(boundary, smooth, dm)
 
 
-def receptive_halo(cfg: GACNConfig) -> int:
-    """Reach of the initial DM (CSE's global pooling aside): convs, SF window, SSE kernels."""
+def pool_half(x: torch.Tensor) -> torch.Tensor:
+    """2x2 mean of ``(N, C, H, W)``, an odd last row/column replicated: ``ceil(H/2)``."""
+    h, w = x.shape[2:]
+    if h % 2 or w % 2:
+        x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+    return F.avg_pool2d(x, 2)
+
+
+def upsample_to(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Bilinear 2x upsampling of a :func:`pool_half` map back to ``size`` = ``(H, W)``."""
+    h, w = size
+    up = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+    return up[:, :, :h, :w]
+
+
+def receptive_halo(cfg: GACNConfig, half: bool = False) -> int:
+    """Reach of the initial DM (CSE's global pooling aside): convs, SF window, SSE kernels.
+
+    ``half``: the decision path on :func:`pool_half` activities, its logit upsampled back
+    (:func:`upsample_to`): the decision path's reach counts twice, the pooling and the
+    interpolation add one pixel each.
+    """
     features = cfg.layers  # one 3x3 conv per layer
     sf = cfg.sf_radius + 1  # window + the one-pixel difference
     decision = cfg.decision_layers * (1 + cfg.sse_kernel // 2)
+    if half:
+        return features + sf + 2 * decision + 2
     return features + sf + decision
