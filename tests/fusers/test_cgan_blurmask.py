@@ -218,11 +218,34 @@ def test_forward_reproduces_stored_reference() -> None:
     shipped()
     ref = np.load(REFERENCE)
     stack = reference_stack()
-    for mode in ("single", "few"):
-        fused = shipped(mode=mode).fuse(stack).fused
+    # The networks' own output: few planes with the reference plane as the generator's base.
+    for mode, base in (("single", "fusion"), ("few", "plane")):
+        fused = shipped(mode=mode, few_base=base).fuse(stack).fused
         np.testing.assert_allclose(fused, ref[mode].astype(np.float32), atol=2e-3)
     mask = shipped().blur_mask(stack)
     np.testing.assert_allclose(mask, ref["mask"].astype(np.float32), atol=2e-3)
+
+
+def test_few_planes_keep_the_fusion_of_the_three_planes_and_fill_only_where_all_are_blurred() -> (
+    None
+):
+    from wsi_fusion.fusers import create_fuser
+
+    shipped()
+    stack = reference_stack()
+    fill = shipped(mode="few")
+    base = create_fuser("focus_measure").fuse(stack[fill.input_planes(stack)]).fused
+    # At the calibrated gate nothing on this tile is blurred in all three planes: the output is
+    # the default fuser's fusion of those planes.
+    np.testing.assert_allclose(fill.fuse(stack).fused, base, atol=1e-6)
+    # With the raw gate the generated pixels fade in by the least blurred plane's probability.
+    raw = shipped(mode="few", gate_threshold="0")
+    generated = shipped(mode="few", few_base="plane", gate_threshold="0").fuse(stack).fused
+    least_blurred = raw.blur_mask(stack)
+    assert least_blurred.max() <= shipped(mode="few", few_base="plane").blur_mask(stack).max()
+    np.testing.assert_allclose(
+        raw.fuse(stack).fused, base + least_blurred[None] * (generated - base), atol=1e-5
+    )
 
 
 def test_shipped_blur_mask_marks_the_blurred_half() -> None:

@@ -541,9 +541,12 @@ def evaluate_cgan(
     from wsi_fusion.training.data import heldout_stacks
 
     single = CganBlurMaskFuser(weights=str(weights), device="cpu", mode="single")
-    few = CganBlurMaskFuser(weights=str(weights), device="cpu", mode="few")
+    # "few" measures the three-plane generator itself; "few_fill" the fuser's default, which
+    # keeps the classical fusion of the three planes wherever one of them is sharp.
+    few = CganBlurMaskFuser(weights=str(weights), device="cpu", mode="few", few_base="plane")
+    few_fill = CganBlurMaskFuser(weights=str(weights), device="cpu", mode="few")
     if gated is not None:  # a candidate whose gates differ from the shipped defaults
-        for fuser in (single, few):
+        for fuser in (single, few, few_fill):
             fuser.model.single.gated, fuser.model.few.gated = gated  # type: ignore[union-attr]
     classical = {name: create_fuser(name) for name in CLASSICAL}
     rows: list[dict[str, Any]] = []
@@ -558,6 +561,7 @@ def evaluate_cgan(
             began = time.perf_counter()
             outputs[key] = fuser.fuse(stack).fused
             seconds[key] += time.perf_counter() - began
+        outputs["few_fill"] = few_fill.fuse(stack).fused
         for cname, cfuser in classical.items():
             outputs[f"{cname}@3"] = cfuser.fuse(three).fused
             outputs[f"{cname}@{n_planes}"] = cfuser.fuse(stack).fused
