@@ -116,9 +116,10 @@ def fuse_array(
     numpy.ndarray or dask.array.Array
         The fused image, in the input's layout without the Z axis. For a dask array: a dask
         array with the input's chunks in y and x, each chunk fused with a halo of the fuser's
-        margin from its neighbours (so a margin-bounded fuser gives exactly the whole-image
-        result; chunks smaller than the margin are enlarged, Z and channels made whole; ``tile``
-        is not used). Fuser names get one fuser instance per thread.
+        margin (rounded up to 4 px) from its neighbours (so a margin-bounded fuser gives exactly
+        the whole-image result for chunks in multiples of 4 px; chunks smaller than the margin
+        are enlarged, Z and channels made whole; ``tile`` is not used). Fuser names get one
+        fuser instance per thread.
 
     Raises
     ------
@@ -187,7 +188,9 @@ def _fuse_dask(
             f"fuser {first.name!r} needs at least {first.min_planes} planes, the stack has "
             f"{arr.shape[0]} (first axis is Z)"
         )
-    margin = first.margin
+    # The halo rounded up to the depth surface's 4-px grid: a chunk whose corner is on it (any
+    # chunking in multiples of 4 px) then gives exactly the whole-image result.
+    margin = -(-first.margin // 4) * 4
     arr = arr.rechunk({0: -1, ch_axis: -1})
     if margin:  # chunks smaller than the halo are merged with a neighbour (as overlap would)
         arr = arr.rechunk(

@@ -69,8 +69,9 @@ def test_decision_map_fusers_end_on_the_surface(fuser: str) -> None:
     result = cls.untrained(device="cpu").fuse(stack)
     assert raw.weights is not None and result.weights is not None
     off = np.abs(result.weights.argmax(0)[interior] - FOCUS)
-    # Measured: 99.7-100 % (a few read-noise pixels where the focus measure itself leans away).
-    assert (off <= 1).mean() > 0.99
+    # Measured: 97.4-100 % (read-noise pixels where the planes' step-2 focus measures lie within
+    # a factor 1.3² of each other, so a vote can tip them two planes; 99.7-100 % with step 1).
+    assert (off <= 1).mean() > 0.97
     assert (np.abs(raw.weights.argmax(0)[interior] - FOCUS) >= 2).any()
 
 

@@ -159,7 +159,7 @@ def test_device_parameter_selects_the_implementation(monkeypatch: pytest.MonkeyP
     assert type(create_fuser("focus_measure", device="numpy")) is fm.FocusMeasureFuser
     torch_fuser = create_fuser("focus_measure", device="cpu", radius=3)
     assert isinstance(torch_fuser, fmt.FocusMeasureTorchFuser)
-    assert torch_fuser.name == "focus_measure" and torch_fuser.margin == 3 + 1 + 51 + 4
+    assert torch_fuser.name == "focus_measure" and torch_fuser.margin == 3 + 2 + 51 + 4
     monkeypatch.setattr(fmt, "_cuda_available", lambda: False)
     auto = create_fuser("focus_measure", device="auto", batch_size=8)
     assert type(auto) is fm.FocusMeasureFuser  # no CUDA: the numpy reference

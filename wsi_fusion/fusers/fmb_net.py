@@ -57,7 +57,7 @@ depends on the planes' order, as every decision-map fuser's does.
 Margin: every layer is a 3×3 convolution at full resolution, so the network's output depends
 on inputs within ``receptive_halo`` pixels (24 for the shipped model). On the surface the
 margin is the decision-map fusers' (:func:`~wsi_fusion.fusers.surface.surface_margin` of the
-network's reach + 1 for the vote window: 60 px); tiles whose origins lie on the surface's 4-px
+network's reach + 1 for the vote window: 61 px); tiles whose origins lie on the surface's 4-px
 grid equal the whole image beyond it.
 """
 
