@@ -1,5 +1,5 @@
 """One file per focal plane ("layer files"): slides through OpenSlide or tiffslide, rasters through
-Pillow.
+Pillow (8-bit PNG pixels through imagecodecs, after Pillow has read the header).
 
 OpenSlide is tried first (it knows the most vendor formats), tiffslide next (TIFF flavours that
 OpenSlide refuses, e.g. stripped or exotic-compression TIFF), Pillow last. Plain rasters
