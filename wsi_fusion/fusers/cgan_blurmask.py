@@ -263,13 +263,15 @@ class CganBlurMaskFuser(TorchFuser):
         generator can only approximate: the three-plane generator alone lost 2.9 dB to this
         fusion on the held-out stacks. It is left to synthesise what no plane shows.
         """
+        import torch
+
         from wsi_fusion.fusers import create_fuser
-        from wsi_fusion.nets.cgan_blurmask import GATE_THRESHOLD_SINGLE
+        from wsi_fusion.nets.cgan_blurmask import CganBlurMask, calibrated_gate
 
         base = create_fuser("focus_measure").fuse(stack[self.input_planes(stack)]).fused
-        t = self.params.gate_threshold
-        t = GATE_THRESHOLD_SINGLE if t is None else t
-        gate = np.clip((blurred - np.float32(t)) / np.float32(1.0 - t), 0.0, 1.0)
+        model = self.model
+        assert isinstance(model, CganBlurMask)
+        gate = calibrated_gate(torch.from_numpy(blurred), model.single.gate_threshold).numpy()
         return base + gate[None] * (generated - base)
 
     def blur_mask(self, stack: TileStack) -> Float32Array:

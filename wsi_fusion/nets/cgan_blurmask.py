@@ -154,12 +154,17 @@ class DenseUNetGenerator(nn.Module):
         prior = torch.atanh(ref.clamp(0.0, 1.0).mul(2.0).sub(1.0).clamp(-0.999, 0.999))
         out = (torch.tanh(z + prior) + 1.0) * 0.5
         if self.gated:
-            gate = x[:, 4 * (p // 2) + 3 : 4 * (p // 2) + 4]
-            if self.gate_threshold > 0:
-                t = self.gate_threshold
-                gate = ((gate - t) / (1.0 - t)).clamp(0.0, 1.0)
+            gate = calibrated_gate(x[:, 4 * (p // 2) + 3 : 4 * (p // 2) + 4], self.gate_threshold)
             out = ref + gate * (out - ref)
         return out[..., :h, :w]
+
+
+def calibrated_gate(mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """BM's blur probability as an output gate: 0 at or below ``threshold``, rising linearly to 1
+    (the raw probability when ``threshold`` is 0)."""
+    if threshold <= 0:
+        return mask
+    return ((mask - threshold) / (1.0 - threshold)).clamp(0.0, 1.0)
 
 
 def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
