@@ -171,6 +171,7 @@ def _fuse_dask(
     import dask.array as da
 
     from wsi_fusion.fusers import create_fuser
+    from wsi_fusion.tiling.plan import grid_halo
 
     local = threading.local()
 
@@ -188,9 +189,8 @@ def _fuse_dask(
             f"fuser {first.name!r} needs at least {first.min_planes} planes, the stack has "
             f"{arr.shape[0]} (first axis is Z)"
         )
-    # The halo rounded up to the depth surface's 4-px grid: a chunk whose corner is on it (any
-    # chunking in multiples of 4 px) then gives exactly the whole-image result.
-    margin = -(-first.margin // 4) * 4
+    # On the depth surface's grid, chunks in multiples of 4 px give exactly the whole image.
+    margin = grid_halo(first.margin)
     arr = arr.rechunk({0: -1, ch_axis: -1})
     if margin:  # chunks smaller than the halo are merged with a neighbour (as overlap would)
         arr = arr.rechunk(

@@ -13,7 +13,7 @@ from wsi_fusion.fusers._filters import luminance
 from wsi_fusion.fusers.base import Fuser
 from wsi_fusion.fusers.focus_measure import focus_map
 from wsi_fusion.stitching.blend import blend_block
-from wsi_fusion.tiling.plan import make_plan
+from wsi_fusion.tiling.plan import grid_halo, make_plan
 
 CLASSICAL = ["focus_measure", "laplacian_pyramid", "wavelet"]
 
@@ -30,7 +30,7 @@ def fuse_tiled(fuser: Fuser, stack: FloatArray, tile: int = 160) -> FloatArray:
     """Fuse ``stack`` tile by tile with the package's plan and blending."""
     shape = stack.shape[-2:]
     # Tile origins on the depth surface's 4-px grid, as the pipeline's tiling keeps them.
-    overlap = -(-(2 * fuser.margin + 8) // 4) * 4
+    overlap = grid_halo(2 * fuser.margin + 8)
     plan = make_plan(shape, tile=tile, overlap=overlap, margin=fuser.margin)
     tiles = [
         fuser.fuse(stack[(slice(None), slice(None), *box.slices())]).fused for box in plan.boxes

@@ -147,7 +147,7 @@ class FmbNetFuser(TorchFuser):
         net = self.network_margin
         if self.params.depth_radius == 0:
             return net
-        return max(net, surface_margin(net + CLOSEST_RADIUS, self.params))
+        return surface_margin(net + CLOSEST_RADIUS, self.params)  # always beyond ``net``
 
     def fuse(self, stack: TileStack) -> FusionResult:
         return self.fuse_batch([stack])[0]

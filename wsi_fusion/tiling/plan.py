@@ -87,8 +87,14 @@ def fusion_tiling(
             DEFAULT_TILE if tile is None else tile,
             DEFAULT_OVERLAP if overlap is None else overlap,
         )
-    halo = -(-margin // 4) * 4
+    halo = grid_halo(margin)
     return block + 2 * halo, 2 * halo
+
+
+def grid_halo(margin: int) -> int:
+    """``margin`` rounded up to the default fuser's 4-px depth-surface grid: a tile or chunk
+    whose corner is on that grid, extended by this halo, starts on it too."""
+    return -(-margin // 4) * 4
 
 
 def make_plan(
