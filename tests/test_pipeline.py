@@ -150,6 +150,65 @@ def test_default_fuser_beats_every_plane_on_a_synthetic_stack(tmp_path: Path) ->
     assert fused_psnr > best_plane + 3.0, (fused_psnr, best_plane)
 
 
+#: The default tiling of a margin-bounded fuser: a block plan, one tile per 256-px block.
+BLOCKS = {**SMALL, "tile": None, "overlap": None, "scheduler": "sync"}
+
+
+@pytest.fixture
+def synthetic_slide(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """5 defocused planes of 640 x 768 px of the demo H&E (its tissue is textured everywhere)."""
+    from wsi_fusion.io.readers import open_stack
+    from wsi_fusion.synth.defocus import make_stack
+    from wsi_fusion.synth.demo import demo_source_path
+
+    source = open_stack([str(demo_source_path())])
+    sharp = source.read(0, Box(600, 600, 640, 768))
+    source.close()
+    planes = make_stack(sharp, n_planes=5, seed=3).planes
+    return write_z_stack(tmp_path / "synth.ome.tif", planes), planes
+
+
+def test_block_plan_output_is_the_whole_image_fusion(synthetic_slide, tmp_path: Path) -> None:
+    from wsi_fusion.fusers import create_fuser
+    from wsi_fusion.scheduling.tile_cache import quantize
+
+    stack, planes = synthetic_slide
+    out = tmp_path / "out.ome.zarr"
+    report = fuse_slide([stack], out, RunConfig(focus_map=True, **BLOCKS))
+    # 3 x 3 blocks of 256 px, each fused once with a 64-px halo and written, not blended.
+    assert (report.tiles, report.blocks_computed) == (9, 9) and "blend" not in report.timings_s
+    whole = create_fuser("focus_measure").fuse(np.moveaxis(planes, -1, 1) / np.float32(255))
+    # Every tile starts on the depth surface's 4-px grid (640 - 384 and 768 - 384 included), so
+    # the tiles agree with the whole image bit for bit.
+    assert np.array_equal(level0(out), np.moveaxis(quantize(whole.fused), 0, -1))
+    labels = np.asarray(zarr.open_group(out, mode="r")["labels/focus_map/0"])
+    assert np.array_equal(labels, np.argmax(quantize(whole.weights), axis=0))
+
+
+def test_block_plan_resumes_after_a_crash_with_the_same_output(
+    synthetic_slide, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, planes = synthetic_slide
+    planes = planes.copy()
+    planes[:, :, 320:] = 236  # glass: the right column of blocks is copied, not fused
+    stack = write_z_stack(tmp_path / "half_glass.ome.tif", planes)
+    config = RunConfig(**{**BLOCKS, "tissue": {"enabled": True}})
+    reference = tmp_path / "reference.ome.tif"
+    fuse_slide([stack], reference, config)
+    out = tmp_path / "out.ome.tif"
+    with monkeypatch.context() as m:
+        _crash_after(m, "fuse_tiles", 1)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            fuse_slide([stack], out, config)
+    assert not out.exists(), "a crashed run must not leave an output that looks complete"
+    report = fuse_slide([stack], out, config)
+    assert report.tiles_fused == 6
+    assert report.tiles_resumed == report.blocks_resumed > 0
+    assert report.tiles_computed == report.blocks_computed == 9 - report.blocks_resumed
+    with tifffile.TiffFile(out) as a, tifffile.TiffFile(reference) as b:
+        assert np.array_equal(a.series[0].levels[0].asarray(), b.series[0].levels[0].asarray())
+
+
 def test_learned_settings_reach_only_learned_fusers() -> None:
     config = RunConfig(
         fuser_params={"batch_size": 2}, learned={"batch_size": 16, "precision": "bf16"}

@@ -62,7 +62,7 @@ class RunConfig(BaseModel):
     fuser: str = "focus_measure"
     fuser_params: dict[str, Any] = Field(default_factory=dict)
     #: Fusion tile side and overlap in px. ``None`` (default) chooses per fuser
-    #: (:func:`wsi_fusion.tiling.plan.fusion_tiling`): 512/128, the design's tiling, for learned
+    #: (:func:`wsi_fusion.tiling.plan.fusion_plan`): 512/128, the design's tiling, for learned
     #: fusers; for the others each ``chunk`` block is fused once with a halo of the margin.
     tile: int | None = Field(None, ge=16)
     overlap: int | None = Field(None, ge=0)

@@ -46,7 +46,7 @@ from wsi_fusion.scheduling.gpu import runs_on_device
 from wsi_fusion.scheduling.graph import TaskRunner, open_runner, phase1_resources
 from wsi_fusion.scheduling.tasks import FusionJob, blend_blocks, fuse_tiles
 from wsi_fusion.scheduling.tile_cache import TileCache
-from wsi_fusion.tiling.plan import TilePlan, fusion_tiling, make_plan
+from wsi_fusion.tiling.plan import TilePlan, fusion_plan
 from wsi_fusion.tiling.tissue import tile_fractions, tissue_mask
 
 logger = logging.getLogger(__name__)
@@ -256,10 +256,14 @@ def _fuse(
                 "requires; write OME-Zarr or TIFF instead (-o NAME.ome.zarr)"
             )
         reference = _reference_plane(config, stack.n_planes)
-        tile, overlap = fusion_tiling(
-            config.tile, config.overlap, fuser.margin, fuser.needs_weights, config.chunk
+        plan = fusion_plan(
+            stack.shape,
+            config.tile,
+            config.overlap,
+            fuser.margin,
+            fuser.needs_weights,
+            config.chunk,
         )
-        plan = make_plan(stack.shape, tile, overlap, fuser.margin)
         fuse_mask = _fuse_mask(
             config, plan, stack.thumbnail(reference, config.tissue.thumbnail_side)
         )
@@ -330,6 +334,8 @@ def _fuse(
     tiles_resumed = len(cache.done_tiles())
     _prepare_image(dest, job, cache, mpp, config, provenance)
     blocks_resumed = len(cache.done_blocks())
+    if plan.block:
+        tiles_resumed = blocks_resumed  # a block plan's tile i is output block i
     _report_cache(dest, cache_bound_bytes(plan, job.planes, config, dest.format))
     logger.info(
         "%d/%d tiles and %d/%d blocks already done in the tile cache",
@@ -346,7 +352,8 @@ def _fuse(
             )
         job, fuser = _on_gpu_workers(job, fuser, runner)
         t0 = time.perf_counter()
-        todo_tiles = sorted(set(range(len(plan))) - cache.done_tiles())
+        done_tiles = cache.done_blocks() if plan.block else cache.done_tiles()
+        todo_tiles = sorted(set(range(len(plan))) - done_tiles)
         with progress.phase("fuse tiles", len(todo_tiles)) as advance:
             tiles_computed = runner.run(
                 fuse_tiles,
@@ -361,13 +368,18 @@ def _fuse(
             )
         timings["fuse"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        todo_blocks = sorted(set(range(job.n_blocks)) - cache.done_blocks())
-        with progress.phase("blend blocks", len(todo_blocks)) as advance:
-            blocks_computed = runner.run(
-                blend_blocks, [(job, group) for group in _groups(todo_blocks, 4)], progress=advance
-            )
-        timings["blend"] = time.perf_counter() - t0
+        if plan.block:
+            blocks_computed = tiles_computed  # written by phase 1: nothing to blend
+        else:
+            t0 = time.perf_counter()
+            todo_blocks = sorted(set(range(job.n_blocks)) - cache.done_blocks())
+            with progress.phase("blend blocks", len(todo_blocks)) as advance:
+                blocks_computed = runner.run(
+                    blend_blocks,
+                    [(job, group) for group in _groups(todo_blocks, 4)],
+                    progress=advance,
+                )
+            timings["blend"] = time.perf_counter() - t0
         scheduler_info = dict(runner.description)
         if "device" in job.fuser_params:
             # Where the fuser ran (set by the user, or ``auto`` on GPU workers).
@@ -542,10 +554,10 @@ def cache_bound_bytes(plan: TilePlan, planes: int, config: RunConfig, fmt: str) 
     Fused tiles take ``tiles x C x T²`` bytes, plane weights (with a focus map) ``tiles x Z x
     T²``, each extra output (blur mask) ``tiles x T²``; a TIFF output also keeps its OME-Zarr
     pyramid (``4/3 x H x W x C`` bytes, plus one channel per label pyramid) in the cache until it
-    is streamed into the TIFF. Done markers are empty files.
+    is streamed into the TIFF. Done markers are empty files. A block plan caches no tiles.
     """
     extras = len(config.extras)
-    per_tile = 3 + (planes if config.focus_map else 0) + extras
+    per_tile = 0 if plan.block else 3 + (planes if config.focus_map else 0) + extras
     total = len(plan) * per_tile * plan.tile * plan.tile
     if fmt != "ome-zarr":
         h, w = plan.shape

@@ -4,7 +4,7 @@ import pytest
 
 from wsi_fusion._types import Box
 from wsi_fusion.errors import ConfigError
-from wsi_fusion.tiling.plan import fusion_tiling, make_plan
+from wsi_fusion.tiling.plan import block_plan, fusion_plan, make_plan
 
 
 @pytest.mark.parametrize("shape", [(1000, 1300), (512, 512), (300, 200), (513, 2000), (5000, 384)])
@@ -48,15 +48,34 @@ def test_bad_tile_numbers_are_refused(tile: int, overlap: int) -> None:
         make_plan((1000, 1000), tile=tile, overlap=overlap)
 
 
-def test_fusion_tiling_fuses_each_block_once_for_margin_bounded_fusers() -> None:
+def test_fusion_plan_fuses_each_block_once_for_margin_bounded_fusers() -> None:
+    shape = (4096, 3000)
     # Learned fusers keep the design's 512/128 tiles; given values always win.
-    assert fusion_tiling(None, None, margin=60, learned=True, block=1024) == (512, 128)
-    assert fusion_tiling(768, None, margin=60, learned=False, block=1024) == (768, 128)
-    assert fusion_tiling(None, 64, margin=9, learned=False, block=1024) == (512, 64)
-    # Others: a 1024-px block plus a halo of the margin rounded up to the 4-px grid.
-    tile, overlap = fusion_tiling(None, None, margin=59, learned=False, block=1024)
-    assert (tile, overlap) == (1024 + 120, 120)
-    plan = make_plan((4096, 4096), tile, overlap, margin=59)
-    assert len(plan) == 16  # 4 x 4 tiles: each pixel fused (4 * 1144 / 4096)² = 1.25 times
+    for tile, overlap, learned, expected in [
+        (None, None, True, (512, 128)),
+        (768, None, False, (768, 128)),
+        (None, 64, False, (512, 64)),
+    ]:
+        plan = fusion_plan(shape, tile, overlap, margin=9, learned=learned, block=1024)
+        assert (plan.tile, plan.overlap, plan.block) == (*expected, 0)
+    # Others: one tile per 1024-px block, with a halo of the margin rounded up to the 4-px grid.
+    plan = fusion_plan(shape, None, None, margin=59, learned=False, block=1024)
+    assert (plan.tile, plan.overlap, plan.block) == (1024 + 120, 120, 1024)
+    assert len(plan) == 4 * 3  # one per output block: each pixel fused (1144 / 1024)² = 1.25 times
+    assert plan.ys == (0, 1024 - 60, 2048 - 60, 4096 - 1144)  # the last one ends on the edge
+    assert plan.xs == (0, 1024 - 60, 3000 - 1144)
     assert all(y % 4 == 0 for y in plan.ys[:-1])  # on the depth surface's grid
-    assert fusion_tiling(None, None, margin=0, learned=False, block=1024) == (1024, 0)
+    # Each tile holds its block with at least the halo of context on every inner side.
+    for index in range(len(plan)):
+        tile_box = plan.box(index)
+        row, col = divmod(index, len(plan.xs))
+        y, x = row * 1024, col * 1024
+        y1, x1 = min(y + 1024, shape[0]), min(x + 1024, shape[1])
+        assert tile_box.y <= max(y - 60, 0) and tile_box.y1 >= min(y1 + 60, shape[0])
+        assert tile_box.x <= max(x - 60, 0) and tile_box.x1 >= min(x1 + 60, shape[1])
+    assert fusion_plan(shape, None, None, margin=0, learned=False, block=1024).tile == 1024
+
+
+def test_block_plan_refuses_a_halo_below_the_margin() -> None:
+    with pytest.raises(ConfigError, match="margin"):
+        block_plan((2048, 2048), 1024, halo=8, margin=9)

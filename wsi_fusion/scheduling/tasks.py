@@ -7,10 +7,10 @@ marker exists, so a rerun after a crash computes only what is missing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -85,9 +85,19 @@ def read_tile_stack(job: FusionJob, box: Box) -> TileStack:
 
 
 def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
-    """Phase 1: fuse (or copy) tiles ``indices`` into the cache; return how many were done."""
+    """Phase 1: fuse (or copy) tiles ``indices``; return how many were done.
+
+    A blended plan's tiles go into the cache for phase 2; a block plan's tiles hold one output
+    block each, written straight into the output (no cache round trip, no phase 2).
+    """
     cache = TileCache(job.cache_root)
-    done = cache.done_tiles()
+    store: _TileStore
+    if job.plan.block:
+        done = cache.done_blocks()
+        store = _BlockWriter(job, cache)
+    else:
+        done = cache.done_tiles()
+        store = cache.write_tile
     todo = [i for i in indices if i not in done]
     if not todo:
         return 0
@@ -117,7 +127,7 @@ def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
             )
             extras = {name: quantize(result.extras[name]) for name in job.extras}
             # Positional: tests wrap write_tile with a plain ``*args`` signature.
-            cache.write_tile(i, quantize(result.fused), weights, extras)
+            store(i, quantize(result.fused), weights, extras)
         batch.clear()
 
     for i in todo:
@@ -126,13 +136,78 @@ def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
             if len(batch) >= fuser.batch_size:
                 flush()
         else:
-            _copy_reference(job, cache, i)
+            _copy_reference(job, store, i)
     if batch:
         flush()
     return len(todo)
 
 
-def _copy_reference(job: FusionJob, cache: TileCache, index: int) -> None:
+class _TileStore(Protocol):
+    """Where phase 1 puts a tile: ``(index, fused, weights, extras)``, all uint8."""
+
+    def __call__(
+        self,
+        index: int,
+        fused: npt.NDArray[np.uint8],
+        weights: npt.NDArray[np.uint8] | None,
+        extras: Mapping[str, npt.NDArray[np.uint8]],
+    ) -> None: ...
+
+
+class _OutputLevels:
+    """Level 0 of the output OME-Zarr and its label images, written one block at a time."""
+
+    def __init__(self, job: FusionJob) -> None:
+        image = zarr.open_group(job.image_path, mode="r+")
+        self.pixels = image_levels(image)[0]
+        self.focus_map = label_levels(image, "focus_map")[0] if job.focus_map else None
+        self.extras = {name: label_levels(image, name)[0] for name in job.extras}
+
+    def write(
+        self,
+        block: Box,
+        fused: npt.NDArray[np.uint8],
+        weights: npt.NDArray[Any] | None,
+        extras: Mapping[str, npt.NDArray[np.uint8]],
+    ) -> None:
+        """Store ``block``'s pixels ``(C, h, w)``, plane weights ``(Z, h, w)`` and extras
+        ``(h, w)``."""
+        where = block.slices()
+        self.pixels[(slice(None), *where)] = fused
+        if self.focus_map is not None and weights is not None:
+            self.focus_map[where] = focus_index(weights)
+        for name, target in self.extras.items():
+            target[where] = extras[name]
+
+
+class _BlockWriter:
+    """Phase 1 of a block plan: tile ``i``'s output block ``i`` goes straight to the output."""
+
+    def __init__(self, job: FusionJob, cache: TileCache) -> None:
+        self.job = job
+        self.cache = cache
+        self.output = _OutputLevels(job)
+
+    def __call__(
+        self,
+        index: int,
+        fused: npt.NDArray[np.uint8],
+        weights: npt.NDArray[np.uint8] | None,
+        extras: Mapping[str, npt.NDArray[np.uint8]],
+    ) -> None:
+        block = self.job.block(index)
+        inner = block.slices(self.job.plan.box(index))
+        self.output.write(
+            block,
+            fused[(slice(None), *inner)],
+            None if weights is None else weights[(slice(None), *inner)],
+            {name: values[inner] for name, values in extras.items()},
+        )
+        # The marker is created only after the block is in the output.
+        self.cache.mark_block(index)
+
+
+def _copy_reference(job: FusionJob, store: _TileStore, index: int) -> None:
     """Background tile: the reference plane unchanged, all weight on it, extras 0.
 
     Extras are 0 because a copied tile was not fused: nothing in it was synthesised.
@@ -144,7 +219,7 @@ def _copy_reference(job: FusionJob, cache: TileCache, index: int) -> None:
         choice = np.full((box.h, box.w), job.reference_plane, dtype=np.int64)
         weights = quantize(one_hot_weights(choice, job.planes))
     extras = {name: np.zeros((box.h, box.w), dtype=np.uint8) for name in job.extras}
-    cache.write_tile(index, np.ascontiguousarray(pixels), weights, extras)
+    store(index, np.ascontiguousarray(pixels), weights, extras)
 
 
 def blend_blocks(job: FusionJob, indices: Sequence[int]) -> int:
@@ -154,21 +229,21 @@ def blend_blocks(job: FusionJob, indices: Sequence[int]) -> int:
     todo = [i for i in indices if i not in done]
     if not todo:
         return 0
-    image = zarr.open_group(job.image_path, mode="r+")
-    level0 = image_levels(image)[0]
-    labels = label_levels(image, "focus_map")[0] if job.focus_map else None
-    extra_labels = {name: label_levels(image, name)[0] for name in job.extras}
+    output = _OutputLevels(job)
     for index in todo:
         block = job.block(index)
-        fused = blend_block(job.plan, block, cache.read_fused, job.channels)
-        level0[:, block.y : block.y1, block.x : block.x1] = _to_uint8_levels(fused)
-        if labels is not None:
-            weights = blend_block(job.plan, block, cache.read_weights, job.planes)
-            labels[block.y : block.y1, block.x : block.x1] = focus_index(weights)
-        for name, target in extra_labels.items():
-            # The same distance ramps as the pixels: an extra lines up with the fused image.
-            values = blend_block(job.plan, block, partial(cache.read_extra, name), 1)
-            target[block.y : block.y1, block.x : block.x1] = _to_uint8_levels(values[0])
+        fused = _to_uint8_levels(blend_block(job.plan, block, cache.read_fused, job.channels))
+        weights = (
+            blend_block(job.plan, block, cache.read_weights, job.planes) if job.focus_map else None
+        )
+        # The same distance ramps as the pixels: an extra lines up with the fused image.
+        extras = {
+            name: _to_uint8_levels(
+                blend_block(job.plan, block, partial(cache.read_extra, name), 1)[0]
+            )
+            for name in job.extras
+        }
+        output.write(block, fused, weights, extras)
         cache.mark_block(index)
     return len(todo)
 

@@ -4,6 +4,9 @@ Tiles are ``tile`` pixels square with ``overlap`` pixels shared between neighbou
 row/column of tiles is shifted inward so it ends exactly at the slide edge: no tile needs padding
 (unless the slide is smaller than one tile) and every slide pixel is covered. A tile edge that lies
 on the slide edge is an *outer* edge; only *inner* edges get the blending ramp.
+
+A *block plan* (:func:`block_plan`) has one tile per output block instead: the block with a halo
+around it. Its tiles are not blended; each one's block is written straight into the output.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class TilePlan:
     #: Tile start rows and columns; tile ``i`` is at ``(ys[i // len(xs)], xs[i % len(xs)])``.
     ys: tuple[int, ...]
     xs: tuple[int, ...]
+    #: 0: tiles are blended into output blocks. > 0: a block plan, tile ``i`` holds output block
+    #: ``i`` (row-major over a grid of ``block``-px blocks) with a halo around it.
+    block: int = 0
 
     @property
     def boxes(self) -> tuple[Box, ...]:
@@ -71,24 +77,58 @@ class TilePlan:
 DEFAULT_TILE, DEFAULT_OVERLAP = 512, 128
 
 
-def fusion_tiling(
-    tile: int | None, overlap: int | None, margin: int, learned: bool, block: int
-) -> tuple[int, int]:
-    """Tile side and overlap for a run: the ones given, else chosen for the fuser.
+def fusion_plan(
+    shape: tuple[int, int],
+    tile: int | None,
+    overlap: int | None,
+    margin: int,
+    learned: bool,
+    block: int,
+) -> TilePlan:
+    """The tiles of a run: the tiling given, else the one chosen for the fuser.
 
-    Learned fusers get the design's 512/128 tiles. A fuser whose output is exact beyond its
-    ``margin`` needs an overlap of only twice the margin: tiles of ``block + 2 * halo`` px with a
-    ``2 * halo`` overlap (halo = the margin rounded up to 4 px, the depth surface's grid) fuse
-    each ``block``-px output block once, where 512/128 tiles compute every pixel 1.78 times. The
-    blend is then a hard switch in the middle of each overlap, where both tiles agree.
+    Learned fusers get the design's 512/128 tiles, blended. A fuser whose output is exact beyond
+    its ``margin`` gets a block plan: each ``block``-px output block is fused once, with a halo of
+    the margin rounded up to 4 px (the depth surface's grid), and written as it is, where 512/128
+    tiles compute every pixel 1.78 times and blending reads them all back.
     """
     if tile is not None or overlap is not None or learned:
-        return (
+        return make_plan(
+            shape,
             DEFAULT_TILE if tile is None else tile,
             DEFAULT_OVERLAP if overlap is None else overlap,
+            margin,
         )
-    halo = grid_halo(margin)
-    return block + 2 * halo, 2 * halo
+    return block_plan(shape, block, grid_halo(margin), margin)
+
+
+def block_plan(shape: tuple[int, int], block: int, halo: int, margin: int = 0) -> TilePlan:
+    """One ``block + 2 * halo`` px tile per ``block``-px output block, centred on it.
+
+    A tile that would cross the slide edge is moved inward until it ends on it: the edge is then
+    the tile's own (mirrored in both, so the result is the same) and the block keeps at least
+    ``halo`` px of context on every inner side.
+    """
+    if halo < margin:
+        raise ConfigError(f"halo {halo} px is smaller than the fuser's margin ({margin} px)")
+    h, w = shape
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"cannot tile an empty slide of shape {shape}")
+    tile = block + 2 * halo
+
+    def starts(length: int) -> tuple[int, ...]:
+        last = max(length - tile, 0)
+        return tuple(min(max(k * block - halo, 0), last) for k in range(-(-length // block)))
+
+    return TilePlan(
+        shape=(h, w),
+        tile=tile,
+        overlap=2 * halo,
+        margin=margin,
+        ys=starts(h),
+        xs=starts(w),
+        block=block,
+    )
 
 
 def grid_halo(margin: int) -> int:
