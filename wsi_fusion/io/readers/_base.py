@@ -420,15 +420,20 @@ class ArrayLevelsStack(BaseStack):
     def _index(self, plane: int, ys: slice, xs: slice) -> tuple[Any, ...]:
         """Index into a level array selecting ``plane`` and the rows/columns ``ys``/``xs``."""
 
-    def _pixels(self, level: int, plane: int, ys: slice, xs: slice) -> RGBRegion:
-        raw = np.asarray(self._level(level)[self._index(plane, ys, xs)])
+    def _region_level0(self) -> Any:
+        """The level-0 array that region reads use (thumbnails use :meth:`_level`)."""
+        return self._level(0)
+
+    def _pixels(self, array: Any, plane: int, ys: slice, xs: slice) -> RGBRegion:
+        raw = np.asarray(array[self._index(plane, ys, xs)])
         return to_rgb(np.transpose(raw, self._perm))
 
     def _read_inside(self, plane: int, box: Box) -> RGBRegion:
         ys, xs = box.slices()
-        return self._pixels(0, plane, ys, xs)
+        return self._pixels(self._region_level0(), plane, ys, xs)
 
     def _thumbnail(self, plane: int, target_hw: tuple[int, int]) -> RGBRegion:
         level = pick_level(self._level_shapes, target_hw)
         step = thumbnail_stride(self._level_shapes[level], target_hw)
-        return self._pixels(level, plane, slice(None, None, step), slice(None, None, step))
+        array = self._level(level)
+        return self._pixels(array, plane, slice(None, None, step), slice(None, None, step))

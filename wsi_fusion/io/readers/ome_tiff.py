@@ -11,6 +11,7 @@ anything reads it through OpenSlide, which would silently return plane 0 of a z-
 from __future__ import annotations
 
 import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from wsi_fusion.io.readers._base import (
     positive_or_none,
     to_um,
 )
+from wsi_fusion.io.readers._decoded_cache import DecodedTileCache
 
 logger = logging.getLogger(__name__)
 
@@ -301,6 +303,7 @@ class TiffZStack(ArrayLevelsStack):
             list(plane_order) if plane_order is not None else list(range(layout.n_planes))
         )
         self._levels: dict[int, Any] = {}
+        self._cached_level0: Any = None
         y, x = layout.axes.index("Y"), layout.axes.index("X")
         self._level_shapes = [(int(lv.shape[y]), int(lv.shape[x])) for lv in series.levels]
         kept = [a for a in layout.axes if a in _PLANE_AXES]
@@ -312,6 +315,18 @@ class TiffZStack(ArrayLevelsStack):
         if index not in self._levels:
             self._levels[index] = zarr.open(self._series.aszarr(level=index), mode="r")
         return self._levels[index]
+
+    def _region_level0(self) -> Any:
+        """Level 0 through a :class:`DecodedTileCache` sized for this stack's planes (opened
+        once; thumbnails keep the uncached array, which a strided whole-plane read would fill)."""
+        if self._cached_level0 is None:
+            cache = DecodedTileCache(self._series.aszarr(level=0))
+            level = zarr.open_array(cache, mode="r")
+            y, x = self._layout.axes.index("Y"), self._layout.axes.index("X")
+            tile_bytes = math.prod(level.chunks) * level.dtype.itemsize
+            cache.size_for((level.chunks[y], level.chunks[x]), tile_bytes, self.n_planes)
+            self._cached_level0 = level
+        return self._cached_level0
 
     def _index(self, plane: int, ys: slice, xs: slice) -> tuple[Any, ...]:
         index: list[Any] = []
