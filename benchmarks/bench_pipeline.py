@@ -90,7 +90,10 @@ def main() -> None:
                 first_wall = first_wall or wall
                 timings = r["timings"]
                 assert isinstance(timings, dict)
-                phases = " | ".join(f"{float(timings.get(p, 0.0)):.1f}" for p in PHASES)
+                # "–": a phase the run did not have (a block plan has no blend phase).
+                phases = " | ".join(
+                    f"{float(timings[p]):.1f}" if p in timings else "–" for p in PHASES
+                )
                 print(
                     f"| {side}² | {fmt} | {workers} | {wall:.1f} | {cpu:.1f} | {mpx / wall:.2f} "
                     f"| {mpx / cpu:.2f} | {first_wall / wall:.2f} "

@@ -153,3 +153,25 @@ def test_sigkill_in_phase_2_resumes_only_the_missing_blocks(job, tmp_path: Path)
     assert report["blocks_computed"] == n_blocks - done
     image, focus = arrays(out)
     assert np.array_equal(image, ref_image) and np.array_equal(focus, ref_map)
+
+
+@pytest.mark.slow
+def test_sigkill_in_a_block_plan_resumes_only_the_missing_blocks(job, tmp_path: Path) -> None:
+    stack, config = job
+    # No tile or overlap: the default fuser gets a block plan, one tile per 128-px block written
+    # straight into the output while fusing (no tile cache, no phase 2).
+    config.write_text(CONFIG.replace("tile: 128\noverlap: 64\n", ""))
+    ref_image, ref_map, n_tiles = reference(stack, config, tmp_path)
+    n_blocks = 3 * 4
+    assert n_tiles == n_blocks
+    out = tmp_path / "out.ome.zarr"
+    cache = tmp_path / "out.ome.zarr.cache"
+
+    done = kill_when(start(stack, config, out, TEST_BLOCK_DELAY=0.3), cache / "blocks_done", 3)
+    assert 0 < done < n_blocks and not out.exists()
+
+    report = rerun(stack, config, out)
+    assert report["tiles_resumed"] == report["blocks_resumed"] == done
+    assert report["tiles_computed"] == report["blocks_computed"] == n_blocks - done
+    image, focus = arrays(out)
+    assert np.array_equal(image, ref_image) and np.array_equal(focus, ref_map)
