@@ -668,12 +668,14 @@ def _finish_pyramid(dest: Destination, config: RunConfig) -> None:
 
     from wsi_fusion.io.writers.ome_zarr import build_label_pyramid, build_pyramid
 
-    group = zarr.open_group(dest.image_zarr, mode="r+")
-    build_pyramid(group, compute=True)
-    if config.focus_map:
-        build_label_pyramid(group, "focus_map", compute=True)
-    for name in config.extras:
-        build_label_pyramid(group, name, compute=True)
+    # As for level 0 (scheduling.tasks._OutputLevels): no all-fill-value check per chunk.
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        group = zarr.open_group(dest.image_zarr, mode="r+")
+        build_pyramid(group, compute=True)
+        if config.focus_map:
+            build_label_pyramid(group, "focus_map", compute=True)
+        for name in config.extras:
+            build_label_pyramid(group, name, compute=True)
 
 
 def _write_final(

@@ -158,10 +158,13 @@ class _OutputLevels:
     """Level 0 of the output OME-Zarr and its label images, written one block at a time."""
 
     def __init__(self, job: FusionJob) -> None:
-        image = zarr.open_group(job.image_path, mode="r+")
-        self.pixels = image_levels(image)[0]
-        self.focus_map = label_levels(image, "focus_map")[0] if job.focus_map else None
-        self.extras = {name: label_levels(image, name)[0] for name in job.extras}
+        # Written blocks are never all fill value: zarr's check for such chunks (to skip
+        # storing them) compares every byte of every block for nothing (3 % of a run's CPU).
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            image = zarr.open_group(job.image_path, mode="r+")
+            self.pixels = image_levels(image)[0]
+            self.focus_map = label_levels(image, "focus_map")[0] if job.focus_map else None
+            self.extras = {name: label_levels(image, name)[0] for name in job.extras}
 
     def write(
         self,
