@@ -4,6 +4,12 @@ torch is imported on first use of :attr:`TorchFuser.model`, never at import time
 registry and starting the CLI stay fast. The model is built, loaded strictly from its checked
 safetensors file, put in eval mode and moved to the device once per fuser instance; the pipeline
 keeps one instance per worker thread (``scheduling.workers``).
+
+Every learned fuser has two widths (parameter ``width``): ``lite``, the shipped, CPU-trained
+network, and ``paper``, the paper's width as the GPU run trains it (``workflows/gpu_run.sh``,
+preset ``configs/presets/h100-8min``). Paper-width weights are not shipped: ``weights: PATH``
+names them, else the preset's output ``models/<fuser>/<name>.paper.safetensors``
+(:meth:`TorchFuser.paper_weights_file`) is loaded, unpinned and recorded by its sha256.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import contextlib
 import logging
 from abc import abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -22,6 +29,7 @@ from wsi_fusion.fusers._weights import (
     file_sha256,
     load_into,
     load_state_dict,
+    resolve_paper_weights,
     resolve_weights,
     weights_state,
 )
@@ -36,7 +44,12 @@ log = logging.getLogger(__name__)
 class TorchParams(FuserParams):
     """Parameters every learned fuser accepts."""
 
-    #: Explicit weights file (safetensors); default: the shipped file of the fuser's record.
+    #: Network width: ``lite`` (the shipped, CPU-trained network) or ``paper`` (the paper's
+    #: width, as ``workflows/gpu_run.sh`` trains it with the ``h100-8min`` preset; its weights
+    #: are not shipped: ``weights: PATH``, else the preset's output file is looked for).
+    width: Literal["lite", "paper"] = "lite"
+    #: Explicit weights file (safetensors); default: the shipped file of the fuser's record
+    #: (``width: lite``) or ``models/<fuser>/<name>.paper.safetensors`` (``width: paper``).
     weights: str | None = None
     #: sha256 the weights file must have (loading refuses any other content); default: the
     #: pinned hash of the shipped file, none for an explicit file. The pipeline sets it to the
@@ -103,11 +116,66 @@ class TorchFuser(Fuser):
                 model = self.build_model()
             else:
                 model = self.build_model()
-                path = resolve_weights(self.weights_record, self.tparams.weights)
-                load_into(model, load_state_dict(path, self._expected_sha256()), source=str(path))
+                self.load_weights(model, self.weights_path())
             self._model = model.eval().to(self.device)
             log.debug("%s: model on %s", self.name, self.device)
         return self._model
+
+    @property
+    def paper_width(self) -> bool:
+        """Whether this instance runs the paper-width network (``width: paper``)."""
+        return self.tparams.width == "paper"
+
+    def paper_weights_file(self) -> str:
+        """Where the GPU run's preset writes this fuser's paper-width weights, relative to the
+        models folder (the preset's ``output`` without ``models/``)."""
+        return f"{self.name}/{self.name}.paper.safetensors"
+
+    def weights_model(self) -> str:
+        """Name of the weights this instance loads: the record's model, or ``<name>.paper``."""
+        if self.paper_width:
+            return Path(self.paper_weights_file()).name.removesuffix(".safetensors")
+        return self.weights_record.model
+
+    def weights_path(self) -> Path:
+        """The weights file to load: ``weights`` if given, else the shipped file of the record
+        (``width: lite``) or the GPU run's paper-width file (``width: paper``).
+
+        Raises
+        ------
+        WeightsError
+            The file is missing; for the paper width the message names the file and how to
+            make it (``workflows/gpu_run.sh``).
+        """
+        if self.paper_width:
+            return resolve_paper_weights(
+                self.weights_model(), self.paper_weights_file(), self.tparams.weights
+            )
+        return resolve_weights(self.weights_record, self.tparams.weights)
+
+    def misfit_hint(self) -> str:
+        """The end of the error for weights that do not fit the network built: which width
+        was built, and which parameter another width's file needs."""
+        if self.paper_width:
+            return (
+                f"width 'paper' builds the paper-width {self.name} network, as the GPU run's "
+                "h100-8min preset trains it; a file of the shipped width needs width 'lite' "
+                "(the default)"
+            )
+        return (
+            f"width 'lite' builds the shipped {self.name} network; a file of the paper width "
+            "(from workflows/gpu_run.sh) needs width 'paper'"
+        )
+
+    def load_weights(self, model: torch.nn.Module, path: Path) -> None:
+        """Load the weights file ``path`` into ``model`` (built by :meth:`build_model`)
+        strictly, checking its sha256 first when one is expected."""
+        load_into(
+            model,
+            load_state_dict(path, self._expected_sha256()),
+            source=str(path),
+            hint=self.misfit_hint(),
+        )
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -129,10 +197,13 @@ class TorchFuser(Fuser):
 
     def _expected_sha256(self) -> str | None:
         """The hash the weights file must have: the one asked for, else the pinned one of the
-        shipped file; ``None`` (unchecked) only for an explicit file with no hash given."""
+        shipped file; ``None`` (unchecked) for an explicit or a paper-width file with no hash
+        given (those are recorded by their digest instead)."""
         if self.tparams.weights_sha256 is not None:
             return self.tparams.weights_sha256
-        return None if self.tparams.weights else self.weights_record.sha256
+        if self.tparams.weights or self.paper_width:
+            return None
+        return self.weights_record.sha256
 
     def describe(self) -> dict[str, Any]:
         """Name, parameters, and the weights file with its sha256 (and whether it is pinned).
@@ -144,7 +215,7 @@ class TorchFuser(Fuser):
         if self._random_init:
             info["weights"] = {"file": None, "sha256": None, "note": "random (untrained)"}
             return info
-        path = resolve_weights(self.weights_record, self.tparams.weights)
+        path = self.weights_path()
         digest = file_sha256(path)
         expected = self._expected_sha256()
         if expected is not None and digest != expected:
@@ -153,7 +224,15 @@ class TorchFuser(Fuser):
                 "corrupt or not the one asked for; restore it or give the matching weights_sha256"
             )
         pinned = digest == self.weights_record.sha256
-        if not pinned:
+        if self.paper_width:
+            log.warning(
+                "%s: width paper, weights %s (sha256 %s…): trained by a GPU run, not shipped "
+                "or pinned; the output depends on them, and run.json records their hash",
+                self.name,
+                path.name,
+                digest[:16],
+            )
+        elif not pinned:
             log.warning(
                 "%s: weights %s (sha256 %s…) are not the pinned %s weights (sha256 %s…); the "
                 "output depends on them, and run.json records their hash",
@@ -164,7 +243,7 @@ class TorchFuser(Fuser):
                 self.weights_record.sha256[:16],
             )
         info["weights"] = {
-            "model": self.weights_record.model,
+            "model": self.weights_model(),
             "file": str(path),
             "sha256": digest,
             "pinned": pinned,

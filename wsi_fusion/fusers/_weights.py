@@ -7,6 +7,12 @@ you runs whatever code it contains. Every shipped file is pinned by its sha256 i
 Resolution order of a weights file: an explicit path (fuser parameter ``weights``), then
 ``$WSI_FUSION_WEIGHTS/<record.file>``, then the shipped ``models/<record.file>`` (inside the
 package when installed from a wheel, the repository's ``models/`` in a checkout).
+
+Paper-width weights (fuser parameter ``width: paper``) are not shipped: a GPU run of the
+``h100-8min`` preset (``workflows/gpu_run.sh``) writes them to
+``models/<fuser>/<name>.paper.safetensors``, where :func:`resolve_paper_weights` looks for them
+(in ``$WSI_FUSION_WEIGHTS`` instead when it is set) unless ``weights`` names a file. They are
+loaded unpinned and recorded by their sha256, as any explicit file.
 """
 
 from __future__ import annotations
@@ -72,6 +78,29 @@ def resolve_weights(record: WeightsRecord, explicit: str | os.PathLike[str] | No
     return path
 
 
+#: How to get paper-width weights, for the error of a missing file.
+GPU_RUN_HINT = (
+    "paper-width weights are not shipped: a GPU run of the h100-8min preset writes them there "
+    "(bash workflows/gpu_run.sh on a GPU machine, then unpack its results in the repository "
+    "root; see workflows/README.md, 'Training on a lent GPU'), or pass weights=PATH to a "
+    "safetensors file of the paper-width network"
+)
+
+
+def resolve_paper_weights(
+    model: str, file: str, explicit: str | os.PathLike[str] | None = None
+) -> Path:
+    """Path of the paper-width weights ``file`` (relative to the models folder) of ``model``
+    (e.g. ``"msegnet.paper"``); ``explicit`` wins. Raise, naming the file and how to make it
+    (``workflows/gpu_run.sh``), if it is missing."""
+    path = Path(explicit) if explicit is not None else models_dir() / file
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file for {model!r} (width paper) not found: {path}; {GPU_RUN_HINT}"
+        )
+    return path
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -126,8 +155,19 @@ def load_state_dict(path: Path, sha256: str | None = None) -> dict[str, torch.Te
         ) from err
 
 
-def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "") -> None:
+#: The end of the error for weights that do not fit, unless the caller gives a better hint.
+MISFIT_HINT = "They belong to another architecture or width; use the file shipped for this fuser"
+
+
+def load_into(
+    module: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str = "",
+    hint: str = MISFIT_HINT,
+) -> None:
     """Load ``state`` into ``module`` strictly, casting to the module's dtypes.
+
+    ``hint`` ends the error message of weights that do not fit (what to do about it).
 
     Raises
     ------
@@ -152,7 +192,7 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: s
             parts.append(f"wrong shape {wrong[:3]}")
         raise WeightsError(
             f"weights {source or ''} do not fit {type(module).__name__}: {'; '.join(parts)}. "
-            "They belong to another architecture or width; use the file shipped for this fuser"
+            + hint
         )
     module.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=True)
 

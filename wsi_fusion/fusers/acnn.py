@@ -43,6 +43,13 @@ Deviations from the paper and why
 - The stride-4 score grid starts at the tile's corner, so tiles at different offsets see
   slightly different patch grids: tiled fusion is not bit-identical to whole-image fusion.
 
+Width (``width``, issue 13): ``lite`` (default) is the shipped ``acnn.small`` (16, 32, 48, FC
+64); ``paper`` is CNN-Fuse's widths (64, 128, 256, FC 256; ``nets.acnn.PAPER``), as
+``workflows/gpu_run.sh`` trains it with the ``h100-8min`` preset. Its weights are not shipped:
+``weights: PATH`` names them, else ``models/acnn/acnn.paper.safetensors`` (the preset's output)
+is loaded, unpinned and recorded in run.json by its sha256; without it the fuser says how to
+get it. Patch size and strides are the same at both widths, and so is the margin.
+
 Margin: the focus map reaches ``patch − 1 + 7 = 22`` px
 (:func:`wsi_fusion.nets.acnn.receptive_halo`); opening + closing add ``4 × morph_radius`` in
 serial mode.
@@ -135,9 +142,9 @@ class ACNNFuser(PairwiseTorchFuser):
         return FOCUS_HALO
 
     def build_model(self) -> torch.nn.Module:
-        from wsi_fusion.nets.acnn import ACNN, SMALL
+        from wsi_fusion.nets.acnn import ACNN, PAPER, SMALL
 
-        return ACNN(SMALL)
+        return ACNN(PAPER if self.paper_width else SMALL)
 
     def _terms(self, images: Float32Array) -> tuple[torch.Tensor, torch.Tensor]:
         """Head terms (as A, as B) of ``(P, C, H, W)`` images, one branch pass each."""

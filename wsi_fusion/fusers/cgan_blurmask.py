@@ -66,6 +66,18 @@ Deviations from the paper (see also the network and training modules)
 - One weights file holds BM and both generators (keys ``bm.``, ``single.``, ``few.``), so a
   single sha256 record pins the whole model.
 
+Width (``width``, issue 13): ``lite`` (default) runs the shipped packed file (BM and both
+generators). ``paper`` runs the paper-width generator (64/64/128/256, growth 32, mask-gated) of
+the chosen ``mode``, as ``workflows/gpu_run.sh`` trains it with the ``h100-8min`` preset, behind
+the shipped lite BM that the preset trains it against (frozen; read from the shipped file and
+checked against its pinned sha256). The preset writes each generator on its own (a bare
+``DenseUNetGenerator`` state dict): ``weights: PATH`` names it, else
+``models/cgan_blurmask/cgan_single.paper.safetensors`` (``mode="single"``) or
+``cgan_few.paper.safetensors`` (``mode="few"``) is loaded, unpinned and recorded in run.json
+by its sha256 (with the BM file beside it); without it the fuser says how to get it. The gate
+calibration ``GATE_THRESHOLD_SINGLE`` was chosen for the shipped generator: calibrate a
+paper-width one again (``training.cgan_blurmask.calibrate_gate``) and pass ``gate_threshold``.
+
 Margin: the generator is a U-Net with three pooling levels and 9×9 convolutions (theoretical
 receptive field ±139 px) fed with BM masks (±110 px), so an output pixel can in principle depend
 on inputs ±249 px away, but the influence decays fast. ``margin`` is 64 px, the halo of the
@@ -77,7 +89,7 @@ margin-bounded, not exactly; the stitcher's distance-weighted blend hides the re
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -87,10 +99,17 @@ from wsi_fusion._types import TileStack
 from wsi_fusion.fusers._filters import luminance
 from wsi_fusion.fusers._registry import register_fuser
 from wsi_fusion.fusers._torch import TorchFuser, TorchParams
-from wsi_fusion.fusers._weights import WeightsRecord
+from wsi_fusion.fusers._weights import (
+    WeightsRecord,
+    load_into,
+    load_state_dict,
+    resolve_weights,
+)
 from wsi_fusion.fusers.base import FusionResult
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
 log = logging.getLogger(__name__)
@@ -176,10 +195,58 @@ class CganBlurMaskFuser(TorchFuser):
     def build_model(self) -> torch.nn.Module:
         from wsi_fusion.nets.cgan_blurmask import CganBlurMask
 
-        model = CganBlurMask()
+        # The paper-width generators behind the lite BM they are trained against (preset).
+        model = CganBlurMask(self.params.width, bm_variant="deeplab_v3_lite")
         if self.params.gate_threshold is not None:
             model.single.gate_threshold = self.params.gate_threshold
         return model
+
+    def paper_weights_file(self) -> str:
+        """The ``h100-8min`` preset's output for the generator of ``mode``."""
+        return f"cgan_blurmask/cgan_{self.params.mode}.paper.safetensors"
+
+    def misfit_hint(self) -> str:
+        if not self.paper_width:
+            return super().misfit_hint()
+        mode = self.params.mode
+        return (
+            f"width 'paper' with mode {mode!r} loads the paper-width {mode}-plane generator "
+            f"alone (cgan_{mode}.paper from the GPU run's h100-8min preset, behind the shipped "
+            "lite BM); the shipped packed file and lite generators need width 'lite' (the "
+            "default), the other generator the other mode"
+        )
+
+    def load_weights(self, model: torch.nn.Module, path: Path) -> None:
+        """``width: lite``: the packed file. ``width: paper``: the generator of ``mode`` from
+        ``path``, BM from the shipped file (pinned)."""
+        if not self.paper_width:
+            super().load_weights(model, path)
+            return
+        from wsi_fusion.nets.cgan_blurmask import CganBlurMask
+
+        assert isinstance(model, CganBlurMask)
+        generator = model.single if self.params.mode == "single" else model.few
+        state = load_state_dict(path, self._expected_sha256())
+        load_into(generator, state, source=str(path), hint=self.misfit_hint())
+        record = self.weights_record
+        shipped = resolve_weights(record)
+        packed = load_state_dict(shipped, record.sha256)
+        bm = {k.removeprefix("bm."): v for k, v in packed.items() if k.startswith("bm.")}
+        load_into(model.bm, bm, source=f"{shipped} (bm.)")
+
+    def describe(self) -> dict[str, Any]:
+        """As :meth:`TorchFuser.describe`; with ``width: paper`` also the shipped file whose
+        BM runs in front of the paper-width generator (``blurmask``, pinned)."""
+        info = super().describe()
+        if self.paper_width and not self._random_init:
+            record = self.weights_record
+            info["blurmask"] = {
+                "model": f"{record.model} (bm.)",
+                "file": record.file,  # relative to the models folder
+                "sha256": record.sha256,
+                "pinned": True,
+            }
+        return info
 
     @property
     def margin(self) -> int:

@@ -54,6 +54,13 @@ takes where the surface lets it move. Order: the surface reads planes in focal o
 of ``n`` planes needs ``clearly_sharper ** n``), so unlike the network alone the result
 depends on the planes' order, as every decision-map fuser's does.
 
+Width (``width``, issue 13): ``lite`` (default) is the shipped 24-channel network; ``paper`` is
+the 64-channel one (``FmbNet("paper")``) that ``workflows/gpu_run.sh`` trains with the
+``h100-8min`` preset (``prior: focus``, step 1, as the fuser's defaults). Its weights are not
+shipped: ``weights: PATH`` names them, else ``models/fmb_net/fmb_net.paper.safetensors`` (the
+preset's output) is loaded, unpinned and recorded in run.json by its sha256; without it the
+fuser says how to get it. The halo is the same at both widths (the layer count is).
+
 Margin: every layer is a 3×3 convolution at full resolution, so the network's output depends
 on inputs within ``receptive_halo`` pixels (24 for the shipped model). On the surface the
 margin is the decision-map fusers' (:func:`~wsi_fusion.fusers.surface.surface_margin` of the
@@ -97,9 +104,8 @@ CLOSEST_RADIUS = 1
 
 
 class FmbNetParams(TorchParams, DepthParams):
-    #: Network width: ``lite`` (shipped) or ``paper`` (64 channels; weights from a GPU run of
-    #: ``configs/presets/h100-8min/train_fmb_net.yaml``, given with ``weights: PATH``).
-    width: Literal["lite", "paper"] = "lite"
+    # ``width`` (TorchParams): ``lite`` (shipped, 24 channels) or ``paper`` (64 channels, the
+    # GPU run of ``configs/presets/h100-8min/train_fmb_net.yaml``; see the module notes).
     #: The skip inside the output sigmoid the weights were trained with (``nets.fmb_net``):
     #: the focus-weighted plane average (round 2, shipped) or the plane mean (round 1).
     prior: Literal["mean", "focus"] = "focus"

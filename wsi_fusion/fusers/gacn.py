@@ -65,6 +65,14 @@ Deviations from the paper and why
 - Channel SE pools over the whole tile, so the DM depends weakly on the tile beyond the margin
   (one scalar per channel); tiles of 512 px with 128 px overlap and the distance-ramp blending
   keep this below visibility, but tiled fusion is not bit-identical to whole-image fusion.
+
+Width (``width``, issue 13): ``lite`` (default) is the shipped ``gacn.small`` (growth 8, decision
+width 8); ``paper`` is the paper's ``GACNConfig()`` (growth 16, decision width 16;
+``nets.gacn.PAPER``), as ``workflows/gpu_run.sh`` trains it with the ``h100-8min`` preset. Its
+weights are not shipped: ``weights: PATH`` names them, else
+``models/gacn/gacn.paper.safetensors`` (the preset's output) is loaded, unpinned and recorded
+in run.json by its sha256; without it the fuser says how to get it. Layers, kernels and the SF
+window are the same at both widths, so is the reach (``DM_HALO``).
 """
 
 from __future__ import annotations
@@ -168,9 +176,9 @@ class GACNFuser(PairwiseTorchFuser):
     def build_model(self) -> torch.nn.Module:
         import torch
 
-        from wsi_fusion.nets.gacn import GACN, SMALL
+        from wsi_fusion.nets.gacn import GACN, PAPER, SMALL
 
-        net = GACN(SMALL)
+        net = GACN(PAPER if self.paper_width else SMALL)
         # Thin convolutions run faster channels-last on one CPU thread (measured: decision path
         # ~1.7x, feature path and its spatial frequency 145 -> 121 ms per 512² plane).
         net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -51,10 +51,18 @@ Deviations from the paper and why
 - Luminance (BT.601) is the grey image of the blur metric; the paper does not say which it uses.
 - Whole images in the paper, tiles here (see Margin).
 
+Width (``width``, issue 13): ``lite`` (default) is the shipped ``msegnet.small``, encoder widths
+16/32/64/128; ``paper`` is 32/64/128/256 (``nets.msegnet.WIDTHS_FULL``, the paper's "first four
+layers of MobileNet"), one unit per level, as ``workflows/gpu_run.sh`` trains it with the
+``h100-8min`` preset. Its weights are not shipped: ``weights: PATH`` names them, else
+``models/msegnet/msegnet.paper.safetensors`` (the preset's output) is loaded, unpinned and
+recorded in run.json by its sha256; without it the fuser says how to get it.
+
 Margin: the network's receptive-field halo (:func:`wsi_fusion.nets.msegnet.receptive_halo`, 46 px
-for the shipped model), plus ``window_radius + 2`` with ``arbitration="window"``. Tiles are padded
-to a multiple of 16 and pooled on the tile's own grid (max-pooling is not shift-invariant), and
-with ``unclaimed="base"`` or ``arbitration="region"`` the base plane and the overlap regions are
+at either width: it depends on the levels and units, which both widths share), plus
+``window_radius + 2`` with ``arbitration="window"``. Tiles are padded to a multiple of 16 and
+pooled on the tile's own grid (max-pooling is not shift-invariant), and with
+``unclaimed="base"`` or ``arbitration="region"`` the base plane and the overlap regions are
 tile-level choices: those are not margin-bounded, so tiled fusion equals whole-image fusion only
 approximately; the stitcher blends the 128 px overlaps.
 """
@@ -91,6 +99,11 @@ BoolArray = npt.NDArray[np.bool_]
 
 #: Encoder widths of the shipped (reduced-width, CPU-trained) model.
 SHIPPED_WIDTHS = (16, 32, 64, 128)
+#: Encoder widths by the ``width`` parameter: the shipped model, and the paper-sized one
+#: (``nets.msegnet.WIDTHS_FULL``) that ``configs/presets/h100-8min/train_msegnet.yaml`` trains.
+WIDTHS: dict[str, tuple[int, ...]] = {"lite": SHIPPED_WIDTHS, "paper": (32, 64, 128, 256)}
+#: Separable units per level (``MSegNetConfig.blocks``), at both widths.
+BLOCKS = 1
 
 #: Inverse blurriness below this marks a blurred edge point (Eq. 11, ``Th_B``).
 TH_B = 0.1
@@ -273,16 +286,21 @@ class MSegNetFuser(TorchFuser):
         sha256="e464d4432e1b9843e2c9008b54e87ac47e1766981ca32e07db0f6577ff9e389d",
     )
 
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Encoder widths of the network (``width``: :data:`WIDTHS`)."""
+        return WIDTHS[self.params.width]
+
     def build_model(self) -> MSegNet:
         from wsi_fusion.nets.msegnet import build_msegnet
 
-        return build_msegnet(SHIPPED_WIDTHS, blocks=1)
+        return build_msegnet(self.widths, blocks=BLOCKS)
 
     @property
     def margin(self) -> int:
         from wsi_fusion.nets.msegnet import MSegNetConfig, receptive_halo
 
-        halo = receptive_halo(MSegNetConfig(widths=SHIPPED_WIDTHS, blocks=1))
+        halo = receptive_halo(MSegNetConfig(widths=self.widths, blocks=BLOCKS))
         if self.params.arbitration == "window":
             # The window's mean difference, then edge maxima (1 px) and differences (1 px).
             halo += self.params.window_radius + 2
@@ -337,7 +355,7 @@ class MSegNetFuser(TorchFuser):
             groups[s.shape].append(i)
         probs: dict[int, Float32Array] = {}
         model = self.model
-        step = 2 ** len(SHIPPED_WIDTHS)
+        step = 2 ** len(self.widths)
         size = self.tparams.batch_size
         with self.autocast():
             for shape, members in groups.items():

@@ -63,6 +63,9 @@ class ACNNConfig:
 
 #: The shipped reduced-width variant.
 SMALL = ACNNConfig()
+#: CNN-Fuse's widths (64, 128, 256, FC 256): what the ``h100-8min`` preset trains
+#: (``training.acnn``, ``width: paper``) and the fuser builds with ``width: paper``.
+PAPER = ACNNConfig(c1=64, c2=128, c3=256, hidden=256)
 
 
 class ACNNBranch(nn.Module):

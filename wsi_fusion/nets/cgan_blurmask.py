@@ -49,11 +49,14 @@ tiled-versus-whole difference are discussed in :mod:`wsi_fusion.fusers.cgan_blur
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from wsi_fusion.nets.deeplab import DeepLabVariant
 
 GeneratorWidth = Literal["lite", "paper"]
 
@@ -231,6 +234,11 @@ class CganBlurMask(nn.Module):
 
     One module (and one weights file: keys ``bm.``, ``single.``, ``few.``) so a single sha256
     record pins everything the fuser runs.
+
+    ``bm_variant``: BM's architecture; default ``deeplab_v3_lite`` for the lite width and the
+    paper's ResNet-50 for the paper width. The ``h100-8min`` preset trains the paper-width
+    generators against the lite BM, so the fuser's ``width: paper`` builds
+    ``CganBlurMask("paper", bm_variant="deeplab_v3_lite")``.
     """
 
     def __init__(
@@ -238,11 +246,14 @@ class CganBlurMask(nn.Module):
         width: GeneratorWidth = "lite",
         gated_single: bool = GATED_SINGLE,
         gated_few: bool = GATED_FEW,
+        bm_variant: DeepLabVariant | None = None,
     ) -> None:
         super().__init__()
         from wsi_fusion.nets.deeplab import build_deeplab
 
-        self.bm = build_deeplab("deeplab_v3_lite" if width == "lite" else "deeplab_v3_resnet50")
+        if bm_variant is None:
+            bm_variant = "deeplab_v3_lite" if width == "lite" else "deeplab_v3_resnet50"
+        self.bm = build_deeplab(bm_variant)
         self.single = DenseUNetGenerator(1, width, gated=gated_single)
         self.single.gate_threshold = GATE_THRESHOLD_SINGLE
         self.few = DenseUNetGenerator(3, width, gated=gated_few)

@@ -96,6 +96,9 @@ class GACNConfig:
 
 #: The shipped reduced-width variant.
 SMALL = GACNConfig(growth=8, decision_width=8)
+#: The paper's width (growth 16, decision width 16): what the ``h100-8min`` preset trains
+#: (``training.gacn``, ``width: paper``) and the fuser builds with ``width: paper``.
+PAPER = GACNConfig()
 
 
 class ChannelSE(nn.Module):

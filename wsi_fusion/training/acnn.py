@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
-from wsi_fusion.nets.acnn import ACNN, SMALL, ACNNConfig
+from wsi_fusion.nets.acnn import ACNN, PAPER, SMALL, ACNNConfig
 from wsi_fusion.training.data import (
     augment,
     gaussian_blur,
@@ -46,7 +46,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 #: Network sizes by ``width``: the shipped reduced one and CNN-Fuse's (64, 128, 256, FC 256).
 WIDTHS: dict[str, ACNNConfig] = {
     "small": SMALL,
-    "paper": ACNNConfig(c1=64, c2=128, c3=256, hidden=256),
+    "paper": PAPER,
 }
 
 

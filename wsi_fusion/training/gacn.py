@@ -46,7 +46,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
-from wsi_fusion.nets.gacn import GACN, SMALL, BoundarySmoothing, GACNConfig, smooth_boundary
+from wsi_fusion.nets.gacn import GACN, PAPER, SMALL, BoundarySmoothing, smooth_boundary
 from wsi_fusion.training.data import augment, mask_pair_sample, random_crop
 from wsi_fusion.training.loop import step_rng
 
@@ -268,7 +268,7 @@ def train(
     from wsi_fusion.training.run import Built, train_and_save
 
     def build() -> Built:
-        net = GACN(SMALL if cfg.width == "small" else GACNConfig())
+        net = GACN(SMALL if cfg.width == "small" else PAPER)
         sources = sharp_sources([root / d for d in cfg.extra_sources])
         step, optimizer, scheduler = build_training(cfg, sources, net)
         return net, step, optimizer, scheduler
