@@ -14,7 +14,9 @@ Method
    stacks -0.03 dB. Step 3 gains more on the blood smear but costs 0.1 dB more on synthetic
    stacks and 0.05 on the algae median.
 2. Decision: a hard pick per pixel, made consistent within objects by a smooth depth surface
-   (:mod:`._depth`): the focus energy pooled over ~50 px chooses each region's plane, and a pixel
+   (:mod:`._depth`): the luminance-gradient energy pooled over ~50 px chooses each region's
+   plane (:func:`._depth.gradient_energy`: the Laplacian weighs the fine grain and defocus
+   fringes of near-focus planes; blood smear p10 0.93 -> 0.97), and a pixel
    leaves it only for a plane that is clearly sharper (1.3x per plane of distance). A bare
    per-pixel argmax (``depth_radius=0``) follows noise in smooth cell interiors and defocus
    rings at cell rims: on the real blood smear it cut red cells into patches from planes far
@@ -61,7 +63,13 @@ import numpy.typing as npt
 from pydantic import Field
 
 from wsi_fusion._types import PlaneWeights, TileStack
-from wsi_fusion.fusers._depth import DepthParams, depth_decision, depth_reach, first_argmax
+from wsi_fusion.fusers._depth import (
+    DepthParams,
+    depth_decision,
+    depth_reach,
+    first_argmax,
+    gradient_energy,
+)
 from wsi_fusion.fusers._filters import _LUMA, box_mean, guided_filter, luminance
 from wsi_fusion.fusers._registry import register_fuser
 from wsi_fusion.fusers.base import Fuser, FusionResult, one_hot_weights
@@ -176,7 +184,10 @@ class FocusMeasureFuser(Fuser):
             fine = focus
         else:
             fine = focus * (1.0 + (np.float32(p.clearly_sharper) - 1.0) * votes)
-        return depth_decision(focus, fine, p, p.blank_threshold), lum
+        energy = None
+        if p.depth_radius and p.surface_measure == "gradient":
+            energy = gradient_energy(lum)
+        return depth_decision(focus, fine, p, p.blank_threshold, energy), lum
 
     def fuse(self, stack: TileStack) -> FusionResult:
         stack = np.asarray(stack, dtype=np.float32)

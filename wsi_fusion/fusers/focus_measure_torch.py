@@ -194,7 +194,10 @@ class FocusMeasureTorchFuser(FocusMeasureFuser):
         z = x.shape[1]
         lum = _luma(x)
         focus = _focus_map(lum, p.measure, p.radius, p.step)
-        index = _depth_decision(focus, focus, p, p.blank_threshold)
+        energy = None
+        if p.depth_radius and p.surface_measure == "gradient":
+            energy = _gradient_energy(lum)
+        index = _depth_decision(focus, focus, p, p.blank_threshold, energy)
         one_hot = _one_hot(index, z)
         if p.refine:
             weights = self._refine_tensor(index, lum, one_hot)
@@ -354,8 +357,27 @@ def _first_argmax(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return index, best
 
 
+def _gradient_energy(lum: torch.Tensor) -> torch.Tensor:
+    """``_depth.gradient_energy`` on ``(B, Z, H, W)`` luma (same float32 operations)."""
+    import torch
+
+    if lum.shape[-2] < 2 or lum.shape[-1] < 2:
+        return torch.zeros_like(lum)
+    p = _pad(_pad(lum, 1, -2), 1, -1)
+    d_y = p[..., 2:, 1:-1] - p[..., :-2, 1:-1]
+    d_x = p[..., 1:-1, 2:] - p[..., 1:-1, :-2]
+    d_y *= d_y
+    d_x *= d_x
+    d_y += d_x
+    return d_y
+
+
 def _depth_decision(
-    coarse: torch.Tensor, fine: torch.Tensor, params: FocusMeasureParams, blank: float
+    coarse: torch.Tensor,
+    fine: torch.Tensor,
+    params: FocusMeasureParams,
+    blank: float,
+    surface_energy: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``_depth.depth_decision`` on ``(B, Z, H, W)`` scores: plane index ``(B, H, W)``."""
     import torch
@@ -368,6 +390,9 @@ def _depth_decision(
         r = pooled_radius(params)
         cells = _cell_means(coarse * coarse, k)
         index, best = _first_argmax(_box_mean(_box_mean(cells, r), r))
+        if surface_energy is not None:
+            cells = _cell_means(surface_energy, k)
+            index, _ = _first_argmax(_box_mean(_box_mean(cells, r), r))
         best = torch.sqrt(best)
         h, w = coarse.shape[-2:]
         index = _to_pixels(index, k, h, w)

@@ -274,7 +274,11 @@ def planes_in_play(stack: TileStack, params: DepthParams) -> list[int]:
     z = stack.shape[0]
     # An unbeatable clearly-sharper factor keeps every pixel on the depth surface (blank
     # pixels on the middle plane): the decision is the surface itself.
-    surface = FocusMeasureFuser(depth_radius=params.depth_radius, clearly_sharper=_ON_SURFACE)
+    surface = FocusMeasureFuser(
+        depth_radius=params.depth_radius,
+        clearly_sharper=_ON_SURFACE,
+        surface_measure=params.surface_measure,
+    )
     with np.errstate(over="ignore", invalid="ignore"):  # its powers overflow to inf: unbeatable
         index, _ = surface.decision(stack)
     present = np.flatnonzero(np.bincount(index.ravel(), minlength=z))

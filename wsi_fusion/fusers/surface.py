@@ -53,7 +53,9 @@ def on_depth_surface(
     if params.depth_radius == 0 or weights is None:
         return None
     surface = FocusMeasureFuser(
-        depth_radius=params.depth_radius, clearly_sharper=params.clearly_sharper
+        depth_radius=params.depth_radius,
+        clearly_sharper=params.clearly_sharper,
+        surface_measure=params.surface_measure,
     )
     votes: npt.NDArray[np.float32] = box_mean(weights, VOTE_RADIUS)
     return surface.fuse_on_surface(np.asarray(stack, dtype=np.float32), votes)
