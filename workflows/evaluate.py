@@ -55,7 +55,7 @@ from wsi_fusion.config import RunConfig
 from wsi_fusion.errors import WeightsError
 from wsi_fusion.evaluation import SEARCH, block_checks, evaluate_slide, tile_metrics
 from wsi_fusion.fusers import Fuser, create_fuser, fuser_class, list_fusers
-from wsi_fusion.fusers._depth import registered_params
+from wsi_fusion.fusers._depth import REGISTERED_CLEARLY_SHARPER, registered_params
 from wsi_fusion.io.readers import open_stack
 from wsi_fusion.metrics._image import to_luma
 from wsi_fusion.metrics.contact_sheet import sheet_rows, write_contact_sheet
@@ -374,7 +374,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "`wsi_fusion.registration` where the CLI registers them: "
         f"{', '.join(registered) or 'none'}; "
         "fused as the pipeline fuses registered planes, depth-surface fusers with "
-        "`clearly_sharper` 2.0): Q^AB/F and Q_CB against "
+        f"`clearly_sharper` {REGISTERED_CLEARLY_SHARPER}): Q^AB/F and Q_CB against "
         "the planes; **focus attainment** (per textured 64 px block, fused / sharpest-plane "
         "sharpness; a window, not higher-is-better: 0.95–1.15 is healthy, below = focus lost, "
         "well above = texture no plane has: noise, edges made by switching planes); **block "
