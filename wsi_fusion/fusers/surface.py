@@ -4,7 +4,7 @@ A network's per-pixel decision map has the same failure on real stacks as a per-
 measure: it switches planes inside smooth cell interiors and follows defocus rings, so cells come
 out in patches (``gacn``'s patches were larger than the default fuser's). Every decision-map
 fuser therefore ends in the default fuser's decision (:mod:`._depth`): the depth surface comes
-from the pooled sum-modified-Laplacian energy, and the network's decisions -- as the local share
+from the pooled luminance-gradient energy (``surface_measure``), and the network's decisions -- as the local share
 ``v`` of pixels voting for each plane within ``VOTE_RADIUS`` -- scale the focus measure by up to
 ``clearly_sharper`` (``1 + 0.3 v``) as the evidence that moves a pixel off the surface. A
 unanimous network is worth one plane of distance: it can tip a pixel to a neighbouring plane
