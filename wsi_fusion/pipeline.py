@@ -331,11 +331,11 @@ def _fuse(
         drift=drift,
         extras=config.extras,
     )
-    tiles_resumed = len(cache.done_tiles())
     _prepare_image(dest, job, cache, mpp, config, provenance)
+    # A block plan's tile i is output block i, done when the block is.
+    done_tiles = cache.done_blocks() if plan.block else cache.done_tiles()
+    tiles_resumed = len(done_tiles)
     blocks_resumed = len(cache.done_blocks())
-    if plan.block:
-        tiles_resumed = blocks_resumed  # a block plan's tile i is output block i
     _report_cache(dest, cache_bound_bytes(plan, job.planes, config, dest.format))
     logger.info(
         "%d/%d tiles and %d/%d blocks already done in the tile cache",
@@ -352,7 +352,6 @@ def _fuse(
             )
         job, fuser = _on_gpu_workers(job, fuser, runner)
         t0 = time.perf_counter()
-        done_tiles = cache.done_blocks() if plan.block else cache.done_tiles()
         todo_tiles = sorted(set(range(len(plan))) - done_tiles)
         with progress.phase("fuse tiles", len(todo_tiles)) as advance:
             tiles_computed = runner.run(

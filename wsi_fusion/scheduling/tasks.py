@@ -7,10 +7,10 @@ marker exists, so a rerun after a crash computes only what is missing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -84,6 +84,13 @@ def read_tile_stack(job: FusionJob, box: Box) -> TileStack:
     return np.divide(out, np.float32(255.0), out=out)
 
 
+#: Where phase 1 puts a tile: ``(index, fused, weights, extras)``, all uint8.
+_TileStore = Callable[
+    [int, npt.NDArray[np.uint8], npt.NDArray[np.uint8] | None, Mapping[str, npt.NDArray[np.uint8]]],
+    None,
+]
+
+
 def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
     """Phase 1: fuse (or copy) tiles ``indices``; return how many were done.
 
@@ -140,18 +147,6 @@ def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
     if batch:
         flush()
     return len(todo)
-
-
-class _TileStore(Protocol):
-    """Where phase 1 puts a tile: ``(index, fused, weights, extras)``, all uint8."""
-
-    def __call__(
-        self,
-        index: int,
-        fused: npt.NDArray[np.uint8],
-        weights: npt.NDArray[np.uint8] | None,
-        extras: Mapping[str, npt.NDArray[np.uint8]],
-    ) -> None: ...
 
 
 class _OutputLevels:
