@@ -98,16 +98,12 @@ def fuse_tiles(job: FusionJob, indices: Sequence[int]) -> int:
     block each, written straight into the output (no cache round trip, no phase 2).
     """
     cache = TileCache(job.cache_root)
-    store: _TileStore
-    if job.plan.block:
-        done = cache.done_blocks()
-        store = _BlockWriter(job, cache)
-    else:
-        done = cache.done_tiles()
-        store = cache.write_tile
+    done = cache.done_blocks() if job.plan.block else cache.done_tiles()
     todo = [i for i in indices if i not in done]
     if not todo:
         return 0
+    # Opened only when there is work: a resumed task whose tiles are done touches nothing.
+    store: _TileStore = _BlockWriter(job, cache) if job.plan.block else cache.write_tile
     fuser = worker_fuser_cache().get(
         job.fuser,
         job.fuser_params,
