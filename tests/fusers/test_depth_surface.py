@@ -8,11 +8,14 @@ from scipy import ndimage as ndi
 
 from wsi_fusion.fusers import create_fuser
 from wsi_fusion.fusers._depth import (
+    OD_FLOOR,
+    OD_WEIGHT,
     DepthParams,
     cell_means,
     depth_decision,
     depth_reach,
     gradient_energy,
+    od_gradient_energy,
     to_pixels,
 )
 from wsi_fusion.fusers.focus_measure import focus_map
@@ -191,3 +194,42 @@ def test_gradient_surface_follows_the_edges_not_the_fine_ripple() -> None:
     # (the edges' inflection columns): measured 86 % stay on it.
     index, _ = create_fuser("focus_measure").decision(stack)
     assert (index == 0).mean() > 0.8
+
+
+def test_od_gradient_energy_known_answers() -> None:
+    # Grey RGB planes: the mean density is -log(I); a step 0.5 -> 1.0 along x.
+    grey = np.full((1, 3, 4, 6), 0.5, np.float32)
+    grey[..., 3:] = 1.0
+    energy = od_gradient_energy(grey)
+    assert energy.shape == (1, 4, 6)
+    # Across the step, central differences of -log I: log(2)² on each side, weighted.
+    np.testing.assert_allclose(energy[0, :, 2:4], OD_WEIGHT * np.log(2.0) ** 2, rtol=1e-5)
+    assert not energy[0, :, [0, 1, 4, 5]].any()
+    # Below OD_FLOOR a channel is black: a step within the dark range has no energy.
+    dark = np.full((1, 3, 4, 6), OD_FLOOR / 4, np.float32)
+    dark[..., 3:] = OD_FLOOR / 2
+    assert not od_gradient_energy(dark).any()
+    # One channel's step counts a third in density, a ninth in energy.
+    red = np.full((1, 3, 4, 6), 1.0, np.float32)
+    red[:, 0, :, 3:] = 0.5
+    np.testing.assert_allclose(
+        od_gradient_energy(red)[0, :, 2:4], OD_WEIGHT * np.log(2.0) ** 2 / 9, rtol=1e-5
+    )
+
+
+def test_absorbing_edge_outweighs_a_bright_fringe_of_equal_contrast() -> None:
+    """Two grey planes, each one step of 0.25: an absorbing edge (0.3125 -> 0.5625, a stained rim
+    in focus) and a bright one on glass (0.75 -> 1.0, a lens spot's fringe). The luminance
+    gradient ties them exactly (plane 0 wins ties); the optical density sees the absorbing edge."""
+    xx = np.mgrid[0:64, 0:64][1]
+    step = (xx >= 32).astype(np.float32) / 4
+    stack = np.stack([0.75 + step, 0.3125 + step])[:, None].astype(np.float32)
+    lum = stack[:, 0]
+    np.testing.assert_array_equal(gradient_energy(lum)[0], gradient_energy(lum)[1])
+    assert od_gradient_energy(stack).sum(axis=(1, 2)).argmax() == 1
+    surface = {
+        m: create_fuser("focus_measure", surface_measure=m, clearly_sharper=10.0).decision(stack)[0]
+        for m in ("gradient", "gradient_od")
+    }
+    assert (surface["gradient"] == 0).all()
+    assert (surface["gradient_od"] == 1).all()

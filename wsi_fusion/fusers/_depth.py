@@ -14,7 +14,8 @@ here.
 Method (shape from focus with a smoothness prior, coarse to fine)
 -----------------------------------------------------------------
 1. **Depth surface.** A per-plane sharpness energy -- by default the squared luminance gradient
-   (:func:`gradient_energy`; ``surface_measure="focus"`` pools the squared focus measure) -- is
+   plus half the squared gradient of the optical density (:func:`gradient_energy`,
+   :func:`od_gradient_energy`; ``surface_measure="focus"`` pools the squared focus measure) -- is
    pooled over a wide window (two passes of a ``(2R + 1)²`` box, a triangular kernel ~``2R``
    px across; ``R = 24`` by default, about the size of a few nuclei or red cells) and its
    argmax is the coarse plane ``d_c`` at every pixel. A cell's interior and its rim fall in the
@@ -46,6 +47,22 @@ stacking (Nayar & Nakagawa 1994's shape from focus; the depth-map mode of commer
 with the multi-scale regularisation of the decision map that Li, Kang & Hu (2013) do with a guided
 filter replaced by an explicit smoothness prior, because a guided filter steered by the image
 keeps exactly the edges that a patchwork creates.
+
+Known limit: a small object on the surface's own plane boundary. The pooled argmax changes plane
+along the edge of a strong feature's pooling window, a straight line that may cross a ~30-px cell
+(two algae cells in the README's contact sheet). Tried on the 1024² algae crop, none adopted:
+  - each small connected textured region (gradient energy above 2e-4 to 1e-3 on the 4-px grid,
+    up to 48-80 px across) takes one plane, the argmax of its summed energy. It changed nothing
+    visible: with their defocus rings the cut cells span ~100 px, which would need a halo of
+    ~140 px (+27 % pixels per block), and their two planes tie in energy (the out-of-focus plane
+    shows the cell as a bright lens spot with sharp fringes).
+  - a second surface at the scale of one cell (radius 1-3 cells) where its energy is at least
+    0.3-0.6 of the wide surface's: algae median 0.82 -> 0.68-0.78, unstained p10 0.96 -> 0.71-0.84.
+  - chroma (max - min of RGB) or optical density added to the pooled energy: algae p10
+    0.40 -> 0.24-0.37, pseudoscorpion median 0.50 -> 0.20 with OD. By eye the cuts stay.
+  - the energy raised to a power ``g`` before pooling: ``g`` = 1.5 lifts the algae median to
+    0.86 but p10 drops to 0.35 (11 of 93 scored blocks lose > 0.1, 7 gain), the cuts stay, and
+    a ringed cell gets a doubled edge.
 
 Reach: a decision depends on scores within ``2R + pool_step - 1`` px (:func:`depth_reach`). The
 grid starts at the tile's first pixel, so two overlapping tiles whose origins differ by other than
@@ -84,11 +101,13 @@ class DepthParams(FuserParams):
     #: resolution. The pooling window is ~100 px wide, so a 4-px grid changes no decision that
     #: matters, at a sixteenth of the cost (the pooling was half of the fuser's time).
     pool_step: int = Field(default=4, ge=1, le=8)
-    #: What the depth surface pools: the energy of the luminance *gradient* (central
-    #: differences, :func:`gradient_energy`) or the squared focus measure (``"focus"``, the
-    #: behaviour before ``"gradient"`` existed). Fine picks and the blank test use the focus
-    #: measure either way. See :func:`gradient_energy` for why and what it measured.
-    surface_measure: Literal["gradient", "focus"] = "gradient"
+    #: What the depth surface pools: the energy of the luminance gradient plus that of the
+    #: optical density (``"gradient_od"``: :func:`gradient_energy`, :func:`od_gradient_energy`),
+    #: the luminance gradient alone (``"gradient"``, the behaviour before ``"gradient_od"``
+    #: existed) or the squared focus measure (``"focus"``, before ``"gradient"``). Fine picks
+    #: and the blank test use the focus measure either way. The functions' docstrings say why
+    #: and what each measured.
+    surface_measure: Literal["gradient_od", "gradient", "focus"] = "gradient_od"
 
 
 #: ``clearly_sharper`` for planes that registration had to move (unless one is given). Aligned by a
@@ -202,6 +221,56 @@ def gradient_energy(lum: Float32Array) -> Float32Array:
         d_x *= d_x
         d_y += d_x
     return out
+
+
+#: Weight of the optical-density term in the ``"gradient_od"`` surface energy, and the transmittance
+#: below which a channel counts as black (its optical density is capped at ``-log(OD_FLOOR)``).
+OD_WEIGHT = 0.5
+OD_FLOOR = 0.25
+
+
+def od_gradient_energy(stack: Float32Array) -> Float32Array:
+    """``OD_WEIGHT`` times the :func:`gradient_energy` of the optical density averaged over the
+    channels, ``-mean_c log(max(I_c, OD_FLOOR))``: ``(Z, C, H, W)`` -> ``(Z, H, W)``.
+
+    Why: in brightfield a structure in focus absorbs -- a stained nucleus, a chloroplast, a red
+    cell's rim -- while a transparent object out of focus acts as a lens and shows a bright spot
+    with sharp bright and dark fringes on the glass. The luminance gradient cannot tell the two
+    apart, and on the algae their planes tie in pooled energy, so the depth surface's plane
+    boundary cut small cells in two (README contact sheet, "attainment 1.486 / 1.373"). The
+    gradient of the optical density is the luminance contrast divided by the luminance: an edge in
+    a dark, coloured channel counts several times more than the same step on bright glass. Below
+    ``OD_FLOOR`` a channel counts as black, so the noise in the dark parts of a thick specimen is
+    not magnified more than 4x. The mean over the channels is the log of their product, one log
+    per pixel.
+
+    Measured with ``workflows/evaluate.py`` (1024² crops; fidelity p10 / median) against the
+    luminance gradient alone: algae 0.399 / 0.818 -> 0.425 / 0.826, and by eye the cut cells are
+    whole and on their in-focus plane; blood smear 0.968 / 0.987 -> 0.972 / 0.991; skeleton
+    0.781 / 0.965 -> 0.793 / 0.977; pseudoscorpion median 0.497 -> 0.537 (p10 0.126 -> 0.092,
+    attainment 1.14 -> 1.13); unstained cells and grey smear unchanged; synthetic stacks 37.79 dB
+    either way. The fidelity's reference plane is the block's largest *luminance* gradient, which
+    is the lens spot's plane where the two tie: several algae blocks whose cell is now whole score
+    lower (0.82 -> 0.27 for the cell at (448, 192)). Tried: the optical density alone (a
+    defocused dark blob on the algae then outweighs the small particles in focus; algae p10
+    0.36), weight 1 (pseudoscorpion median 0.43), floors 0.004-0.1 (pseudoscorpion median
+    0.22-0.43: dark noise), a soft floor ``log(I + c)`` (pseudoscorpion 0.31), and the density of
+    the luminance alone (it misses the colour of a chloroplast; one cut cell stays).
+    """
+    z, c = stack.shape[:2]
+    floor = np.float32(OD_FLOOR)
+    log_product = np.empty((z, *stack.shape[2:]), dtype=np.float32)
+    for k in range(z):
+        channels = np.maximum(stack[k], floor)
+        product = log_product[k]
+        np.copyto(product, channels[0])
+        for channel in channels[1:]:
+            product *= channel
+        np.log(product, out=product)
+    energy = gradient_energy(log_product)
+    # The mean density is -log_product / c: its energy is log_product's over c².
+    energy *= np.float32(OD_WEIGHT / (c * c))
+    return energy
 
 
 def depth_decision(

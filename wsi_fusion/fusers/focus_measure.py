@@ -69,6 +69,7 @@ from wsi_fusion.fusers._depth import (
     depth_reach,
     first_argmax,
     gradient_energy,
+    od_gradient_energy,
 )
 from wsi_fusion.fusers._filters import _LUMA, box_mean, guided_filter, luminance
 from wsi_fusion.fusers._registry import register_fuser
@@ -185,8 +186,10 @@ class FocusMeasureFuser(Fuser):
         else:
             fine = focus * (1.0 + (np.float32(p.clearly_sharper) - 1.0) * votes)
         energy = None
-        if p.depth_radius and p.surface_measure == "gradient":
+        if p.depth_radius and p.surface_measure != "focus":
             energy = gradient_energy(lum)
+            if p.surface_measure == "gradient_od":
+                energy += od_gradient_energy(stack)
         return depth_decision(focus, fine, p, p.blank_threshold, energy), lum
 
     def fuse(self, stack: TileStack) -> FusionResult:

@@ -2,10 +2,11 @@
 
 The same algorithm as :mod:`.focus_measure` (the numpy reference), step for step: BT.601 luma,
 sum-modified-Laplacian (or Laplacian energy) with mirrored borders, the depth surface of
-:mod:`._depth` (squared focus averaged over 4-px cells, two box passes, first argmax, pixels
-leave the surface only for a plane ``clearly_sharper ** n`` sharper, blank glass to the middle
-plane), the guided-filter refinement with ``hard_above`` snapping, and the weighted sum. It is
-reached through the default fuser's ``device`` parameter (:func:`select_class`):
+:mod:`._depth` (luminance and optical-density gradient energy averaged over 4-px cells, two box
+passes, first argmax, pixels leave the surface only for a plane ``clearly_sharper ** n``
+sharper, blank glass to the middle plane), the guided-filter refinement with ``hard_above``
+snapping, and the weighted sum. It is reached through the default fuser's ``device`` parameter
+(:func:`select_class`):
 
 - ``numpy`` -- the numpy reference (:class:`.focus_measure.FocusMeasureFuser`, what
   ``focus_measure`` without ``device`` is);
@@ -22,7 +23,9 @@ Equality with the reference
 Every operation is float32 and in the reference's order (shifted-slice window sums, plane by
 plane sums and argmaxes with the first maximum on ties, the same constants rounded to float32),
 so on the CPU the result is bit-identical to numpy wherever the reference uses numpy arithmetic.
-The one exception is a wide depth-surface box (more than 8 cells: only with ``pool_step``
+The exceptions: the optical density's log (numpy's and torch's float32 ``log`` may differ in the
+last bit, which moves a depth-surface boundary only where two planes tie to that bit), and a
+wide depth-surface box (more than 8 cells: only with ``pool_step``
 below the default 4), where the reference runs
 ``scipy.ndimage.uniform_filter1d`` (a running sum in float64, rounded to float32 per pass); here
 each pass is a float64 prefix sum, rounded to float32 per pass, which agrees to the last float32
@@ -59,7 +62,7 @@ from pydantic import Field, field_validator
 
 from wsi_fusion._types import TileStack
 from wsi_fusion.fusers import focus_measure as _reference
-from wsi_fusion.fusers._depth import pooled_radius
+from wsi_fusion.fusers._depth import OD_FLOOR, OD_WEIGHT, pooled_radius
 from wsi_fusion.fusers._filters import _LUMA
 from wsi_fusion.fusers.base import Fuser, FusionResult
 from wsi_fusion.fusers.focus_measure import FocusMeasureFuser, FocusMeasureParams
@@ -195,8 +198,10 @@ class FocusMeasureTorchFuser(FocusMeasureFuser):
         lum = _luma(x)
         focus = _focus_map(lum, p.measure, p.radius, p.step)
         energy = None
-        if p.depth_radius and p.surface_measure == "gradient":
+        if p.depth_radius and p.surface_measure != "focus":
             energy = _gradient_energy(lum)
+            if p.surface_measure == "gradient_od":
+                energy += _od_gradient_energy(x)
         index = _depth_decision(focus, focus, p, p.blank_threshold, energy)
         one_hot = _one_hot(index, z)
         if p.refine:
@@ -370,6 +375,19 @@ def _gradient_energy(lum: torch.Tensor) -> torch.Tensor:
     d_x *= d_x
     d_y += d_x
     return d_y
+
+
+def _od_gradient_energy(x: torch.Tensor) -> torch.Tensor:
+    """``_depth.od_gradient_energy`` of ``(B, Z, C, H, W)`` planes (same float32 operations; the
+    log is the device's, which may differ from numpy's in the last bit)."""
+    c = x.shape[2]
+    channels = x.clamp_min(_f32(OD_FLOOR))
+    product = channels[:, :, 0].clone()
+    for k in range(1, c):
+        product *= channels[:, :, k]
+    energy = _gradient_energy(product.log_())
+    energy *= _f32(OD_WEIGHT / (c * c))
+    return energy
 
 
 def _depth_decision(
