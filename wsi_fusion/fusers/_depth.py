@@ -48,18 +48,19 @@ with the multi-scale regularisation of the decision map that Li, Kang & Hu (2013
 filter replaced by an explicit smoothness prior, because a guided filter steered by the image
 keeps exactly the edges that a patchwork creates.
 
-Known limit: a small object on the surface's own plane boundary. The pooled argmax changes plane
-along the edge of a strong feature's pooling window, a straight line that may cross a ~30-px cell
-(two algae cells in the README's contact sheet). Tried on the 1024² algae crop, none adopted:
+Small objects on a plane boundary of the surface. With the luminance gradient alone the pooled
+argmax changed plane along the edge of a strong feature's pooling window, a straight line that
+cut two ~30-px algae cells between their in-focus plane and another plane's bright lens spot,
+whose energies tie. The optical-density term (:func:`od_gradient_energy`) makes both whole and
+in focus. Tried before it on the 1024² algae crop, none adopted:
   - each small connected textured region (gradient energy above 2e-4 to 1e-3 on the 4-px grid,
     up to 48-80 px across) takes one plane, the argmax of its summed energy. It changed nothing
     visible: with their defocus rings the cut cells span ~100 px, which would need a halo of
-    ~140 px (+27 % pixels per block), and their two planes tie in energy (the out-of-focus plane
-    shows the cell as a bright lens spot with sharp fringes).
+    ~140 px (+27 % pixels per block), and their two planes tie in energy.
   - a second surface at the scale of one cell (radius 1-3 cells) where its energy is at least
     0.3-0.6 of the wide surface's: algae median 0.82 -> 0.68-0.78, unstained p10 0.96 -> 0.71-0.84.
-  - chroma (max - min of RGB) or optical density added to the pooled energy: algae p10
-    0.40 -> 0.24-0.37, pseudoscorpion median 0.50 -> 0.20 with OD. By eye the cuts stay.
+  - chroma (max - min of RGB) added to the pooled energy: algae p10 0.40 -> 0.24-0.28; the cells
+    are whole but on the lens spot's plane.
   - the energy raised to a power ``g`` before pooling: ``g`` = 1.5 lifts the algae median to
     0.86 but p10 drops to 0.35 (11 of 93 scored blocks lose > 0.1, 7 gain), the cuts stay, and
     a ringed cell gets a doubled edge.
