@@ -59,7 +59,7 @@ in focus. Tried before it on the 1024² algae crop, none adopted:
     ~140 px (+27 % pixels per block), and their two planes tie in energy.
   - a second surface at the scale of one cell (radius 1-3 cells) where its energy is at least
     0.3-0.6 of the wide surface's: algae median 0.82 -> 0.68-0.78, unstained p10 0.96 -> 0.71-0.84.
-  - chroma (max - min of RGB) added to the pooled energy: algae p10 0.40 -> 0.24-0.28; the cells
+  - chroma (max - min of RGB) added to the pooled energy: algae p10 0.40 -> 0.23-0.28; the cells
     are whole but on the lens spot's plane.
   - the energy raised to a power ``g`` before pooling: ``g`` = 1.5 lifts the algae median to
     0.86 but p10 drops to 0.35 (11 of 93 scored blocks lose > 0.1, 7 gain), the cuts stay, and
@@ -238,7 +238,7 @@ def od_gradient_energy(stack: Float32Array) -> Float32Array:
     cell's rim -- while a transparent object out of focus acts as a lens and shows a bright spot
     with sharp bright and dark fringes on the glass. The luminance gradient cannot tell the two
     apart, and on the algae their planes tie in pooled energy, so the depth surface's plane
-    boundary cut small cells in two (README contact sheet, "attainment 1.486 / 1.373"). The
+    boundary cut small cells in two (README, "Real stacks"). The
     gradient of the optical density is the luminance contrast divided by the luminance: an edge in
     a dark, coloured channel counts several times more than the same step on bright glass. Below
     ``OD_FLOOR`` a channel counts as black, so the noise in the dark parts of a thick specimen is
@@ -256,7 +256,8 @@ def od_gradient_energy(stack: Float32Array) -> Float32Array:
     defocused dark blob on the algae then outweighs the small particles in focus; algae p10
     0.36), weight 1 (pseudoscorpion median 0.43), floors 0.004-0.1 (pseudoscorpion median
     0.22-0.43: dark noise), a soft floor ``log(I + c)`` (pseudoscorpion 0.31), and the density of
-    the luminance alone (it misses the colour of a chloroplast; one cut cell stays).
+    the luminance alone (it misses the colour of a chloroplast: a strip of one cut cell stays,
+    and the dark blob appears too).
     """
     z, c = stack.shape[:2]
     floor = np.float32(OD_FLOOR)

@@ -14,9 +14,11 @@ Method
    stacks -0.03 dB. Step 3 gains more on the blood smear but costs 0.1 dB more on synthetic
    stacks and 0.05 on the algae median.
 2. Decision: a hard pick per pixel, made consistent within objects by a smooth depth surface
-   (:mod:`._depth`): the luminance-gradient energy pooled over ~50 px chooses each region's
-   plane (:func:`._depth.gradient_energy`: the Laplacian weighs the fine grain and defocus
-   fringes of near-focus planes; blood smear p10 0.93 -> 0.97), and a pixel
+   (:mod:`._depth`): the energy of the luminance gradient plus half that of the optical
+   density's, pooled over ~50 px, chooses each region's plane (:func:`._depth.gradient_energy`:
+   the Laplacian weighs the fine grain and defocus fringes of near-focus planes, blood smear p10
+   0.93 -> 0.97; :func:`._depth.od_gradient_energy`: absorbing structures in focus outweigh the
+   lens spots of transparent cells out of focus, which had cut small algae cells), and a pixel
    leaves it only for a plane that is clearly sharper (1.3x per plane of distance). A bare
    per-pixel argmax (``depth_radius=0``) follows noise in smooth cell interiors and defocus
    rings at cell rims: on the real blood smear it cut red cells into patches from planes far
