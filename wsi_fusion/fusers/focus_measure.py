@@ -76,6 +76,7 @@ from wsi_fusion.fusers._depth import (
 from wsi_fusion.fusers._filters import _LUMA, box_mean, guided_filter, luminance
 from wsi_fusion.fusers._registry import register_fuser
 from wsi_fusion.fusers.base import Fuser, FusionResult, one_hot_weights
+from wsi_fusion.tiling.plan import grid_halo
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -164,8 +165,7 @@ class FocusMeasureFuser(Fuser):
     def block_halo(self) -> int:
         """The halo of the blocks a whole image is fused in: the margin rounded up to whole
         depth-surface cells, so that every block's cell grid is the whole image's grid."""
-        step = self.params.pool_step
-        return -(-self.margin // step) * step
+        return grid_halo(self.margin, self.params.pool_step)
 
     def decision(
         self, stack: TileStack, votes: Float32Array | None = None

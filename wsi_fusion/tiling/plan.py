@@ -131,10 +131,10 @@ def block_plan(shape: tuple[int, int], block: int, halo: int, margin: int = 0) -
     )
 
 
-def grid_halo(margin: int) -> int:
-    """``margin`` rounded up to the default fuser's 4-px depth-surface grid: a tile or chunk
-    whose corner is on that grid, extended by this halo, starts on it too."""
-    return -(-margin // 4) * 4
+def grid_halo(margin: int, grid: int = 4) -> int:
+    """``margin`` rounded up to a ``grid``-px grid (default: the default fuser's 4-px depth-surface
+    grid): a tile or chunk whose corner is on that grid, extended by this halo, starts on it too."""
+    return -(-margin // grid) * grid
 
 
 def make_plan(
