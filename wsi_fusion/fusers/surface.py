@@ -4,13 +4,14 @@ A network's per-pixel decision map has the same failure on real stacks as a per-
 measure: it switches planes inside smooth cell interiors and follows defocus rings, so cells come
 out in patches (``gacn``'s patches were larger than the default fuser's). Every decision-map fuser
 therefore ends in the default fuser's decision (:mod:`._depth`): the depth surface comes from the
-pooled luminance-gradient energy (``surface_measure``), and the network's decisions -- as the local
-share ``v`` of pixels voting for each plane within ``VOTE_RADIUS`` -- scale the focus measure by up
-to ``clearly_sharper`` (``1 + 0.3 v``) as the evidence that moves a pixel off the surface. A
-unanimous network is worth one plane of distance: it can tip a pixel to a neighbouring plane (which
-looks alike) that the focus measure does not reject, never farther on its own, so a patch of
-confident but wrong network decisions cannot cut a cell (``tests/fusers/test_depth_surface``:
-untrained networks leave > 99 % of cell interiors within one plane of focus).
+pooled gradient energy of the luminance and the optical density (``surface_measure``), and the
+network's decisions -- as the local share ``v`` of pixels voting for each plane within
+``VOTE_RADIUS`` -- scale the focus measure by up to ``clearly_sharper`` (``1 + 0.3 v``) as the
+evidence that moves a pixel off the surface. A unanimous network is worth one plane of distance: it
+can tip a pixel to a neighbouring plane (which looks alike) that the focus measure does not reject,
+never farther on its own, so a patch of confident but wrong network decisions cannot cut a cell
+(``tests/fusers/test_depth_surface``: untrained networks leave > 99 % of cell interiors within one
+plane of focus).
 
 Measured (768² crops, :func:`~wsi_fusion.metrics.block_fidelity` p10 on the blood smear, raw
 network -> on the surface): gacn 0.83 -> 0.94, acnn 0.94 -> 0.94, msegnet 0.59 -> 0.94.
