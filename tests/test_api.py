@@ -138,6 +138,18 @@ def test_dask_array_in_lazy_dask_array_out_equal_to_whole_image() -> None:
         wsi_fusion.fuse_array(da.from_array(planes[:1]))
 
 
+@pytest.mark.parametrize("pool_step", [8, 3])
+def test_dask_chunks_off_the_cell_grid_still_give_the_whole_image(pool_step: int) -> None:
+    da = pytest.importorskip("dask.array")
+    from wsi_fusion.fusers import create_fuser
+
+    planes = _half_sharp_stack(300, 330)
+    fuser = create_fuser("focus_measure", pool_step=pool_step)
+    lazy = wsi_fusion.fuse_array(da.from_array(planes, chunks=(1, 100, 110, 3)), fuser)
+    assert len(lazy.chunks[0]) > 1 and all(c % pool_step == 0 for c in lazy.chunks[0][:-1])
+    np.testing.assert_array_equal(lazy.compute(), wsi_fusion.fuse_array(planes, fuser))
+
+
 def test_fuser_instance_and_params() -> None:
     fuser = wsi_fusion.create_fuser("plane", index=0)
     np.testing.assert_array_equal(wsi_fusion.fuse_array(_stack(), fuser), _stack()[0])

@@ -171,7 +171,7 @@ def _fuse_dask(
     import dask.array as da
 
     from wsi_fusion.fusers import create_fuser
-    from wsi_fusion.tiling.plan import grid_halo
+    from wsi_fusion.tiling.plan import grid_chunks, grid_halo
 
     local = threading.local()
 
@@ -189,16 +189,12 @@ def _fuse_dask(
             f"fuser {first.name!r} needs at least {first.min_planes} planes, the stack has "
             f"{arr.shape[0]} (first axis is Z)"
         )
-    # On the depth surface's grid, chunks in multiples of 4 px give exactly the whole image.
-    margin = grid_halo(first.margin)
+    # Chunks that start on the fuser's cell grid (the depth surface's pool_step), extended by a
+    # halo on that grid, give exactly the whole image: their tiles see the whole image's cells.
+    grid = first.cell_grid
+    margin = grid_halo(first.margin, grid)
     arr = arr.rechunk({0: -1, ch_axis: -1})
-    if margin:  # chunks smaller than the halo are merged with a neighbour (as overlap would)
-        arr = arr.rechunk(
-            {
-                axis: da.overlap.ensure_minimum_chunksize(margin, arr.chunks[axis])
-                for axis in (ys, xs)
-            }
-        )
+    arr = arr.rechunk({axis: grid_chunks(arr.chunks[axis], grid, margin) for axis in (ys, xs)})
     padded = da.overlap.overlap(arr, depth={ys: margin, xs: margin}, boundary="none")
     n_y, n_x = len(arr.chunks[ys]), len(arr.chunks[xs])
     channels = arr.shape[ch_axis]

@@ -263,6 +263,7 @@ def _fuse(
             fuser.margin,
             fuser.needs_weights,
             config.chunk,
+            fuser.cell_grid,
         )
         fuse_mask = _fuse_mask(
             config, plan, stack.thumbnail(reference, config.tissue.thumbnail_side)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from wsi_fusion._types import FusedTile, PlaneWeights, TileStack
 from wsi_fusion.errors import ConfigError
+from wsi_fusion.tiling.plan import grid_halo
 
 #: An extra output of one tile: ``(H, W)`` float32 in [0, 1].
 ExtraMap = npt.NDArray[np.float32]
@@ -86,6 +87,23 @@ class Fuser(ABC):
     @abstractmethod
     def margin(self) -> int:
         """Unreliable border width of the output in pixels (the receptive-field halo)."""
+
+    @property
+    def cell_grid(self) -> int:
+        """The px grid a tile's origin must lie on for the fuser's output to equal whole-image
+        fusion (1: any origin).
+
+        A fuser that pools its decisions on cells counted from the tile's origin (the depth
+        surface's ``pool_step``) sees other cells in a tile that starts off that grid, which may
+        move a boundary between two near-tied planes.
+        """
+        return 1
+
+    @property
+    def block_halo(self) -> int:
+        """The halo of the blocks a whole image is fused in: the margin rounded up to whole
+        cells, so that a block whose corner is on the cell grid has its tile's on it too."""
+        return grid_halo(self.margin, self.cell_grid)
 
     @abstractmethod
     def fuse(self, stack: TileStack) -> FusionResult:

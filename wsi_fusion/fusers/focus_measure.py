@@ -76,7 +76,6 @@ from wsi_fusion.fusers._depth import (
 from wsi_fusion.fusers._filters import _LUMA, box_mean, guided_filter, luminance
 from wsi_fusion.fusers._registry import register_fuser
 from wsi_fusion.fusers.base import Fuser, FusionResult, one_hot_weights
-from wsi_fusion.tiling.plan import grid_halo
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -162,10 +161,17 @@ class FocusMeasureFuser(Fuser):
         return p.radius + p.step + depth_reach(p) + (2 * p.guided_radius if p.refine else 0)
 
     @property
-    def block_halo(self) -> int:
-        """The halo of the blocks a whole image is fused in: the margin rounded up to whole
-        depth-surface cells, so that every block's cell grid is the whole image's grid."""
-        return grid_halo(self.margin, self.params.pool_step)
+    def cell_grid(self) -> int:
+        """The depth surface's ``pool_step``: its cells are counted from the tile's origin (none
+        without a surface, ``depth_radius=0``)."""
+        p = self.params
+        return p.pool_step if p.depth_radius else 1
+
+    @property
+    def block_side(self) -> int:
+        """Side of the blocks a large image is fused in: ``_BLOCK`` rounded down to the cell
+        grid, so that every block, less its :attr:`block_halo`, starts on the grid."""
+        return _BLOCK - _BLOCK % self.cell_grid
 
     def decision(
         self, stack: TileStack, votes: Float32Array | None = None
@@ -202,12 +208,12 @@ class FocusMeasureFuser(Fuser):
         # A whole image goes through in blocks with a ``margin`` halo: the method is exactly
         # margin-bounded (and its window sums do not depend on where a block starts), so this
         # gives the same result while the ~30 float32 temporaries per pixel stay block-sized.
-        m = self.block_halo
+        m, side = self.block_halo, self.block_side
         fused = np.empty((c, h, w), dtype=np.float32)
         weights = np.empty((z, h, w), dtype=np.float32)
-        for y0 in range(0, h, _BLOCK):
-            for x0 in range(0, w, _BLOCK):
-                y1, x1 = min(y0 + _BLOCK, h), min(x0 + _BLOCK, w)
+        for y0 in range(0, h, side):
+            for x0 in range(0, w, side):
+                y1, x1 = min(y0 + side, h), min(x0 + side, w)
                 gy0, gx0 = max(0, y0 - m), max(0, x0 - m)
                 gy1, gx1 = min(h, y1 + m), min(w, x1 + m)
                 part = self._fuse_block(stack[:, :, gy0:gy1, gx0:gx1])

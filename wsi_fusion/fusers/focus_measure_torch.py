@@ -139,12 +139,11 @@ class FocusMeasureTorchFuser(FocusMeasureFuser):
     def fuse(self, stack: TileStack) -> FusionResult:
         stack = np.asarray(stack, dtype=np.float32)
         z, c, h, w = stack.shape
-        block = _reference._BLOCK
-        if h * w <= block * block * 2:
+        if h * w <= _reference._BLOCK**2 * 2:
             return self.fuse_batch([stack])[0]
         # As the reference: blocks with a margin halo (exactly margin-bounded), so device
         # memory stays bounded; interior blocks share one shape and go through in batches.
-        m = self.block_halo
+        m, block = self.block_halo, self.block_side
         fused = np.empty((c, h, w), dtype=np.float32)
         weights = np.empty((z, h, w), dtype=np.float32)
         parts: list[TileStack] = []

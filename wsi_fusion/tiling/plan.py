@@ -12,6 +12,7 @@ around it. Its tiles are not blended; each one's block is written straight into 
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass
 
 from wsi_fusion._types import Box
@@ -51,17 +52,32 @@ class TilePlan:
 
     @property
     def boxes(self) -> tuple[Box, ...]:
-        return tuple(Box(y, x, self.tile, self.tile) for y in self.ys for x in self.xs)
+        return tuple(self.box(i) for i in range(len(self)))
 
     def __len__(self) -> int:
         return len(self.ys) * len(self.xs)
 
     def box(self, index: int) -> Box:
         row, col = divmod(index, len(self.xs))
-        return Box(self.ys[row], self.xs[col], self.tile, self.tile)
+        h, w = self.shape
+        return Box(
+            self.ys[row],
+            self.xs[col],
+            self._extent(self.ys, row, h),
+            self._extent(self.xs, col, w),
+        )
+
+    def _extent(self, starts: tuple[int, ...], index: int, length: int) -> int:
+        """Size of tile ``index`` along an axis: ``tile``, except that a block plan's tiles moved
+        inward to the last start reach the slide edge (that start is rounded down onto the
+        fuser's cell grid, so ``tile`` px from it may end up to ``grid - 1`` px short)."""
+        if self.block and starts[index] == starts[-1]:
+            return max(self.tile, length - starts[index])
+        return self.tile
 
     def touching(self, block: Box) -> list[int]:
-        """Indices of the tiles that intersect ``block`` (in plan order)."""
+        """Indices of the tiles that intersect ``block`` (in plan order); for blended plans,
+        whose tiles are all ``tile`` px square."""
         rows = _overlapping(self.ys, self.tile, block.y, block.y1)
         cols = _overlapping(self.xs, self.tile, block.x, block.x1)
         return [r * len(self.xs) + c for r in rows for c in cols]
@@ -84,13 +100,15 @@ def fusion_plan(
     margin: int,
     learned: bool,
     block: int,
+    grid: int = 1,
 ) -> TilePlan:
     """The tiles of a run: the tiling given, else the one chosen for the fuser.
 
     Learned fusers get the design's 512/128 tiles, blended. A fuser whose output is exact beyond
     its ``margin`` gets a block plan: each ``block``-px output block is fused once, with a halo of
-    the margin rounded up to 4 px (the depth surface's grid), and written as it is, where 512/128
-    tiles compute every pixel 1.78 times and blending reads them all back.
+    the margin rounded up to the fuser's cell ``grid`` (:attr:`Fuser.cell_grid`, e.g. the depth
+    surface's ``pool_step``), and written as it is, where 512/128 tiles compute every pixel 1.78
+    times and blending reads them all back.
     """
     if tile is not None or overlap is not None or learned:
         return make_plan(
@@ -99,26 +117,47 @@ def fusion_plan(
             DEFAULT_OVERLAP if overlap is None else overlap,
             margin,
         )
-    return block_plan(shape, block, grid_halo(margin), margin)
+    return block_plan(shape, block, grid_halo(margin, grid), margin, grid)
 
 
-def block_plan(shape: tuple[int, int], block: int, halo: int, margin: int = 0) -> TilePlan:
-    """One ``block + 2 * halo`` px tile per ``block``-px output block, centred on it.
+def block_plan(
+    shape: tuple[int, int], block: int, halo: int, margin: int = 0, grid: int = 1
+) -> TilePlan:
+    """One tile per ``block``-px output block: the block with at least ``halo`` px around it.
 
-    A tile that would cross the slide edge is moved inward until it ends on it: the edge is then
-    the tile's own (mirrored in both, so the result is the same) and the block keeps at least
-    ``halo`` px of context on every inner side.
+    Every tile starts on the ``grid`` (a multiple of it, counted from the slide origin), so a
+    fuser whose decisions are pooled on ``grid``-px cells sees the same cells as when it fuses
+    the whole slide at once. Tiles are ``block + 2 * halo`` px, plus ``grid - 1`` px where
+    ``block`` is not a multiple of the grid (a block's tile start is then rounded down onto the
+    grid, and the extra px keep ``halo`` px of context after the block).
+
+    A tile that would cross the slide edge is moved inward, to the grid point at or before
+    ``length - tile``, and then reaches the edge (so it may be up to ``grid - 1`` px longer than
+    ``tile``): the edge is the tile's own (mirrored in both, so the result is the same), no tile
+    reads past the slide, and the block keeps at least ``halo`` px of context on every inner
+    side. A slide smaller than a tile is read in one tile from 0, padded past the slide.
+
+    Raises :class:`ConfigError` when the halo is below the margin or off the grid.
     """
     if halo < margin:
         raise ConfigError(f"halo {halo} px is smaller than the fuser's margin ({margin} px)")
+    if grid < 1 or halo % grid:
+        raise ConfigError(f"halo {halo} px is not a multiple of the fuser's {grid}-px cell grid")
     h, w = shape
     if h <= 0 or w <= 0:
         raise ConfigError(f"cannot tile an empty slide of shape {shape}")
-    tile = block + 2 * halo
+    # k * block - halo is on the grid for every k only if the block is a multiple of it;
+    # otherwise starts round down by up to grid - 1 px, which the tile makes up for.
+    tile = block + 2 * halo + (grid - 1 if block % grid else 0)
+
+    def on_grid(position: int) -> int:
+        return position - position % grid
 
     def starts(length: int) -> tuple[int, ...]:
-        last = max(length - tile, 0)
-        return tuple(min(max(k * block - halo, 0), last) for k in range(-(-length // block)))
+        last = max(on_grid(length - tile), 0)
+        return tuple(
+            min(max(on_grid(k * block - halo), 0), last) for k in range(-(-length // block))
+        )
 
     return TilePlan(
         shape=(h, w),
@@ -131,10 +170,29 @@ def block_plan(shape: tuple[int, int], block: int, halo: int, margin: int = 0) -
     )
 
 
-def grid_halo(margin: int, grid: int = 4) -> int:
-    """``margin`` rounded up to a ``grid``-px grid (default: the default fuser's 4-px depth-surface
-    grid): a tile or chunk whose corner is on that grid, extended by this halo, starts on it too."""
+def grid_halo(margin: int, grid: int) -> int:
+    """``margin`` rounded up to a ``grid``-px grid (a fuser's :attr:`~Fuser.cell_grid`): a tile
+    or chunk whose corner is on that grid, extended by this halo, starts on it too."""
     return -(-margin // grid) * grid
+
+
+def grid_chunks(chunks: tuple[int, ...], grid: int, minimum: int) -> tuple[int, ...]:
+    """Chunk sizes along one axis of the same total as ``chunks``, every chunk boundary moved
+    down onto the ``grid`` and no chunk smaller than ``minimum`` unless it is the only one.
+
+    A chunk left too small is merged with the one before it (the last one too), which keeps the
+    remaining boundaries on the grid; chunks already on the grid and large enough are kept.
+    """
+    length = sum(chunks)
+    bounds = [0]
+    for end in itertools.accumulate(chunks[:-1]):
+        end -= end % grid
+        if end - bounds[-1] >= max(minimum, 1):
+            bounds.append(end)
+    while len(bounds) > 1 and length - bounds[-1] < minimum:
+        bounds.pop()
+    bounds.append(length)
+    return tuple(b - a for a, b in itertools.pairwise(bounds))
 
 
 def make_plan(
