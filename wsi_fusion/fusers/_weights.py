@@ -68,14 +68,13 @@ def models_dir() -> Path:
 
 def resolve_weights(record: WeightsRecord, explicit: str | os.PathLike[str] | None = None) -> Path:
     """Path of the weights file for ``record`` (``explicit`` wins); raise if it is missing."""
-    path = Path(explicit) if explicit is not None else models_dir() / record.file
-    if not path.is_file():
-        raise WeightsError(
-            f"weights file for {record.model!r} not found: {path}. Reinstall wsi-fusion from its "
-            f"wheel or a full clone (the file ships in models/{record.file}), set "
-            f"${WEIGHTS_ENV} to a folder that holds it, or pass weights=PATH"
-        )
-    return path
+    return _existing(
+        record.file,
+        explicit,
+        f"weights file for {record.model!r} not found: {{path}}. Reinstall wsi-fusion from its "
+        f"wheel or a full clone (the file ships in models/{record.file}), set "
+        f"${WEIGHTS_ENV} to a folder that holds it, or pass weights=PATH",
+    )
 
 
 #: How to get paper-width weights, for the error of a missing file.
@@ -93,11 +92,19 @@ def resolve_paper_weights(
     """Path of the paper-width weights ``file`` (relative to the models folder) of ``model``
     (e.g. ``"msegnet.paper"``); ``explicit`` wins. Raise, naming the file and how to make it
     (``workflows/gpu_run.sh``), if it is missing."""
+    return _existing(
+        file,
+        explicit,
+        f"weights file for {model!r} (width paper) not found: {{path}}; {GPU_RUN_HINT}",
+    )
+
+
+def _existing(file: str, explicit: str | os.PathLike[str] | None, missing: str) -> Path:
+    """``explicit``, else ``file`` in the models folder; :class:`WeightsError` with the
+    ``missing`` message (its ``{path}`` filled in) if that is not a file."""
     path = Path(explicit) if explicit is not None else models_dir() / file
     if not path.is_file():
-        raise WeightsError(
-            f"weights file for {model!r} (width paper) not found: {path}; {GPU_RUN_HINT}"
-        )
+        raise WeightsError(missing.replace("{path}", str(path)))
     return path
 
 
