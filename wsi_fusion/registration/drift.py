@@ -492,11 +492,18 @@ def _measure_box(
     for z, nb in order:
         match = correlate_spectra(crop(nb), crop(z), upsample=upsample)
         step = np.array([match.dy, match.dx]) + (offsets[z] - offsets[nb])
-        if (
-            match.psr >= min_psr
-            and np.all(np.isfinite(step))
-            and not on_compression_grid(step, match.psr)
-        ):
+        confident = match.psr >= min_psr and bool(np.all(np.isfinite(step)))
+        if confident and on_compression_grid(step, match.psr):
+            logger.debug(
+                "plane %d vs %d in %s: step (%.2f, %.2f) px, PSR %.1f, is the JPEG block grid; "
+                "not used",
+                z,
+                nb,
+                box,
+                *step,
+                match.psr,
+            )
+        elif confident:
             steps[z] = step
         if _last_use(nb, z, order):
             del spectra[nb]
