@@ -115,11 +115,12 @@ def fuse_array(
     -------
     numpy.ndarray or dask.array.Array
         The fused image, in the input's layout without the Z axis. For a dask array: a dask
-        array with the input's chunks in y and x, each chunk fused with a halo of the fuser's
-        margin (rounded up to 4 px) from its neighbours (so a margin-bounded fuser gives exactly
-        the whole-image result for chunks in multiples of 4 px; chunks smaller than the margin
-        are enlarged, Z and channels made whole; ``tile`` is not used). Fuser names get one
-        fuser instance per thread.
+        array with the input's chunks in y and x, their boundaries moved down onto the fuser's
+        cell grid (:attr:`~wsi_fusion.fusers.base.Fuser.cell_grid`: 4 px for the default fuser)
+        and chunks smaller than the margin merged with a neighbour; each chunk is fused with a
+        halo of the margin rounded up to that grid, so a margin-bounded fuser gives exactly the
+        whole-image result (Z and channels made whole; ``tile`` is not used). Fuser names get
+        one fuser instance per thread.
 
     Raises
     ------
