@@ -310,7 +310,9 @@ def _fuse(
     cache = TileCache.prepare(
         dest.cache_dir,
         _fingerprint(input_paths, config),
-        n_tiles=len(plan),
+        # A block plan writes its tiles straight into the output: the cache keeps only which
+        # blocks are done, no tile arrays.
+        n_tiles=0 if plan.block else len(plan),
         channels=3,
         planes=stack.n_planes,
         tile=plan.tile,
