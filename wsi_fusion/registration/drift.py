@@ -58,9 +58,9 @@ _MIN_SIDE = 32
 #: JPEG's DCT block side, px: every plane of a scan is compressed on the same block grid.
 JPEG_BLOCK = 8
 #: A peak on the block lattice is taken as content only above this peak-to-sidelobe ratio. The
-#: block-grid peaks measured 11-15 on sparse crops of the algae stack; neighbouring planes of the
-#: blood smear give 11-1300, so a real drift of a whole number of blocks is kept where the tissue
-#: is textured and otherwise takes the other regions' estimate.
+#: block-grid peaks measured 11-20 on the algae stack and its sparse crops; neighbouring planes of
+#: the blood smear give 11-1300, so a real drift of a whole number of blocks is kept where the
+#: tissue is textured and otherwise takes the other regions' estimate.
 _GRID_PEAK_PSR = 30.0
 #: How close (px, per axis) to a lattice point a step must be to count as on the lattice.
 _GRID_TOLERANCE = 0.15
