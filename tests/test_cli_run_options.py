@@ -15,6 +15,7 @@ UNSET: dict[str, Any] = {
     "overlap": None,
     "lossless": False,
     "register": None,
+    "plane_order": None,
     "no_tissue": False,
     "batch_size": None,
     "precision": None,
@@ -41,6 +42,7 @@ def test_options_override_the_file_and_nested_sections(tmp_path: Path) -> None:
         "overlap": 32,
         "lossless": True,
         "register": "off",
+        "plane_order": "similarity",
         "no_tissue": True,
         "batch_size": 4,
         "precision": "bf16",
@@ -49,6 +51,7 @@ def test_options_override_the_file_and_nested_sections(tmp_path: Path) -> None:
     assert (config.tile, config.overlap, config.fuser) == (256, 32, "wavelet")
     assert config.compression == "deflate"
     assert config.registration.mode == "off"
+    assert config.plane_order == "similarity"
     assert not config.tissue.enabled
     assert (config.learned.batch_size, config.learned.precision) == (4, "bf16")
 

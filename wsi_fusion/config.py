@@ -78,6 +78,11 @@ class RunConfig(BaseModel):
     blur_mask: bool = False
     #: Plane copied for background tiles and used for the tissue thumbnail (None: middle plane).
     reference_plane: int | None = None
+    #: Order of per-plane files: ``given`` takes them in the order given (a warning when they look
+    #: out of focal order); ``similarity`` reorders them so that each plane's neighbours are the
+    #: planes most like it, for a focus sweep saved in capture order
+    #: (:mod:`wsi_fusion.registration.focal_order`).
+    plane_order: Literal["given", "similarity"] = "given"
     tissue: TissueConfig = Field(default_factory=TissueConfig)
     registration: RegistrationConfig = Field(default_factory=RegistrationConfig)
     #: Fusion tiles per Dask task (tasks of many tiles keep the graph small).

@@ -19,14 +19,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from wsi_fusion import __version__
 from wsi_fusion._types import PlaneStack
 from wsi_fusion.config import RunConfig
-from wsi_fusion.errors import OutputExists, UnsupportedInput
+from wsi_fusion.errors import ConfigError, OutputExists, UnsupportedInput
 from wsi_fusion.fusers import Fuser, create_fuser, fuser_class
 from wsi_fusion.fusers._registry import has_device_variant
 from wsi_fusion.io import ownership
@@ -48,6 +48,9 @@ from wsi_fusion.scheduling.tasks import FusionJob, blend_blocks, fuse_tiles
 from wsi_fusion.scheduling.tile_cache import TileCache
 from wsi_fusion.tiling.plan import TilePlan, fusion_plan
 from wsi_fusion.tiling.tissue import tile_fractions, tissue_mask
+
+if TYPE_CHECKING:
+    from wsi_fusion.io.readers._base import BaseStack
 
 logger = logging.getLogger(__name__)
 
@@ -232,13 +235,13 @@ def _fuse(
     runner: TaskRunner | None,
 ) -> RunReport:
     """:func:`fuse_slide` once the destination is known and checked."""
-    from wsi_fusion.io.readers import describe_stack, open_stack
+    from wsi_fusion.io.readers import describe_stack
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    input_paths = tuple(str(Path(p)) for p in inputs)
-
-    stack = open_stack(list(input_paths))
+    stack, input_paths, plane_order_info = _open_in_focal_order(
+        tuple(str(Path(p)) for p in inputs), config
+    )
     try:
         fuser_params = config.effective_fuser_params(fuser_class(config.fuser).needs_weights)
         fuser = create_fuser(config.fuser, **fuser_params)
@@ -294,6 +297,7 @@ def _fuse(
         # Every worker then loads exactly the weights whose hash run.json records.
         fuser_params = {**fuser_params, "weights_sha256": weights_sha256}
     provenance["registration"] = registration_info
+    provenance["plane_order"] = plane_order_info
     provenance["referenced_files"] = [
         shown_path(p, config.record_paths) for p in _referenced(input_paths)
     ]
@@ -418,6 +422,57 @@ def _fuse(
     if not keep_cache:
         cache.remove()
     return report
+
+
+def _open_in_focal_order(
+    input_paths: tuple[str, ...], config: RunConfig
+) -> tuple[BaseStack, tuple[str, ...], dict[str, Any]]:
+    """The open stack and its inputs, per-plane files reordered by similarity when
+    ``plane_order`` asks for it, and the record of the estimate for run.json.
+
+    In the default ``given`` order, files listed against the numbers in their names
+    (:mod:`wsi_fusion.io.readers.plane_order`) and a stack that looks out of focal order
+    (:mod:`wsi_fusion.registration.focal_order`) get a warning; the planes are fused as given.
+    """
+    from wsi_fusion.io.readers import open_stack
+    from wsi_fusion.io.readers.plane_order import warn_if_out_of_order
+    from wsi_fusion.registration.focal_order import estimate_focal_order
+
+    if config.plane_order == "given":
+        warn_if_out_of_order(input_paths)
+    stack = open_stack(list(input_paths))
+    if stack.n_planes < 3:
+        return stack, input_paths, {"mode": config.plane_order}
+    try:
+        focal = estimate_focal_order(stack)
+        if config.plane_order == "similarity" and stack.form != "layers":
+            raise ConfigError(
+                f"plane_order 'similarity' reorders per-plane files, but {input_paths[0]} holds "
+                f"its {stack.n_planes} planes in one {stack.form} in the order it records; drop "
+                "--plane-order similarity"
+            )
+    except BaseException:
+        stack.close()
+        raise
+    record = {"mode": config.plane_order, **focal.to_json()}
+    identity = focal.order == tuple(range(stack.n_planes))
+    if config.plane_order == "given":
+        if focal.looks_out_of_order:
+            logger.warning(
+                "the planes look out of focal order: consecutive planes differ %.2fx more than "
+                "in the order %s (planes numbered as given, from 0; neighbours in focus look "
+                "most alike), as in a focus sweep saved through focus and back. If so, pass "
+                "--plane-order similarity (plane_order: similarity) to fuse them in that order.",
+                focal.ratio,
+                ", ".join(map(str, focal.order)),
+            )
+        return stack, input_paths, record
+    if identity:
+        return stack, input_paths, record
+    stack.close()
+    reordered = tuple(input_paths[k] for k in focal.order)
+    logger.info("planes reordered by similarity: %s", ", ".join(map(str, focal.order)))
+    return open_stack(list(reordered)), reordered, record
 
 
 def _reference_plane(config: RunConfig, n_planes: int) -> int:

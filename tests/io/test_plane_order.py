@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from wsi_fusion.io.readers import open_stack
-from wsi_fusion.io.readers.plane_order import out_of_name_order
+from wsi_fusion.io.readers.plane_order import out_of_name_order, warn_if_out_of_order
 
 GLOB_ORDER = [f"scan/plane_{k}.png" for k in (1, 10, 11, 2, 3, 4, 5, 6, 7, 8, 9)]
 
@@ -33,23 +29,12 @@ def test_out_of_name_order(paths: list[str], expected: tuple[str, str] | None) -
     assert out_of_name_order(paths) == expected
 
 
-def test_open_stack_warns_about_a_glob_ordered_file_list(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    rng = np.random.default_rng(0)
-    files = []
-    for k in (1, 10, 2):
-        path = tmp_path / f"plane_{k}.png"
-        Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(path)
-        files.append(path)
-    with caplog.at_level(logging.WARNING, logger="wsi_fusion.io.readers"):
-        with open_stack(files) as stack:
-            assert stack.n_planes == 3  # the order given is kept: a warning, not a re-sort
-    message = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert "plane_2.png comes right after" in message and "plane_10.png" in message
-    assert "ls -v" in message
-
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="wsi_fusion.io.readers"):
-        open_stack(sorted(files, key=lambda p: int(p.stem.split("_")[1]))).close()
-    assert not [r for r in caplog.records if "focal order" in r.getMessage()]
+def test_the_warning_names_the_two_files_and_the_fix(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="wsi_fusion.io.readers.plane_order"):
+        warn_if_out_of_order(["run7/plane_1.png", "run7/plane_10.png", "run7/plane_2.png"])
+        warn_if_out_of_order(["run7/plane_1.png", "run7/plane_10.png", "run7/plane_2.png"])
+        warn_if_out_of_order(["run8/plane_1.png", "run8/plane_2.png", "run8/plane_10.png"])
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1  # once per file list, and none for the list in order
+    assert "run7/plane_2.png comes right after run7/plane_10.png" in messages[0]
+    assert "ls -v" in messages[0]

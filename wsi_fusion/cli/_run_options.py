@@ -48,6 +48,14 @@ _OPTIONS = [
         default=None,
         help="Align drifting planes: auto (default; when the measured drift > 0.5 px), on, off.",
     ),
+    click.option(
+        "--plane-order",
+        type=click.Choice(["given", "similarity"]),
+        default=None,
+        help="Per-plane files: take them in the order given (default; a warning when they look "
+        "out of focal order), or reorder them by similarity (a focus sweep saved through focus "
+        "and back).",
+    ),
     click.option("--no-tissue", is_flag=True, help="Fuse every tile, not only those with tissue."),
     click.option(
         "--batch-size",
@@ -102,9 +110,9 @@ _OPTIONS = [
 def run_options(command: F) -> F:
     """Add the shared run options (``--config`` ... ``--workers``) to a click command.
 
-    The command receives them as ``config_path, tile, overlap, lossless, register, no_tissue,
-    batch_size, precision, device, scheduler, workers, record_paths, no_label`` (collect them with
-    ``**run_settings``) and passes them on to :func:`run_config`.
+    The command receives them as ``config_path, tile, overlap, lossless, register, plane_order,
+    no_tissue, batch_size, precision, device, scheduler, workers, record_paths, no_label`` (collect
+    them with ``**run_settings``) and passes them on to :func:`run_config`.
     """
     for option in reversed(_OPTIONS):  # click applies decorators bottom-up
         command = option(command)

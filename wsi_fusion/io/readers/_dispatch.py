@@ -23,7 +23,6 @@ from wsi_fusion.io.readers.ndpi import open_ndpi_stack
 from wsi_fusion.io.readers.ome_files import referenced_files
 from wsi_fusion.io.readers.ome_tiff import TiffLayout, inspect_tiff, open_tiff_stack
 from wsi_fusion.io.readers.ome_zarr import is_zarr_dir, open_ome_zarr
-from wsi_fusion.io.readers.plane_order import warn_if_out_of_order
 from wsi_fusion.io.source_metadata import source_metadata
 
 logger = logging.getLogger(__name__)
@@ -169,7 +168,6 @@ def open_stack(inputs: Sequence[str | os.PathLike[str]]) -> BaseStack:
         for path, kind in zip(paths, kinds, strict=True):
             _check_single_plane(path, kind)
         stack = open_layers(paths)
-        warn_if_out_of_order(paths)
     logger.info(
         "opened %s (%s via %s): %d planes, %dx%d px (h x w), mpp %s",
         paths[0] if len(paths) == 1 else f"{len(paths)} files",

@@ -50,7 +50,7 @@ def out_of_name_order(paths: Sequence[str]) -> tuple[str, str] | None:
 
 def warn_if_out_of_order(paths: Sequence[str]) -> None:
     """Log a warning naming :func:`out_of_name_order`'s pair and the fix, once per process for
-    one file list (the pipeline's workers open the same list again)."""
+    one file list (a batch may run the same list again)."""
     pair = out_of_name_order(paths)
     if pair is not None:
         _warn_once(*pair)
