@@ -86,6 +86,9 @@ class RealStack:
     pattern: str
     #: Register the planes for the fusers (phase correlation); off where it is unsafe.
     register: bool = True
+    #: ``similarity``: the files are not in focal order; fuse them in the order the CLI's
+    #: ``--plane-order similarity`` estimates (:mod:`wsi_fusion.registration.focal_order`).
+    plane_order: str = "given"
     note: str = ""
 
 
@@ -110,8 +113,10 @@ REAL_STACKS: dict[str, RealStack] = {
     ),
     "pseudoscorpion": RealStack(
         "zstack_pseudoscorpion/frame_*.png",
+        plane_order="similarity",
         note="14 frames in CAPTURE order, not focal order (focus goes through and back; "
-        "sharpest 03, 05, 13); a sensor line artefact crosses every frame",
+        "sharpest 03, 05, 13), fused in the order --plane-order similarity estimates; a sensor "
+        "line artefact crosses every frame",
     ),
     "skeleton": RealStack(
         "zstack_skeleton_zeiss/plane_*.png", note="tiny 170 x 116 colour stack, 3 planes"
@@ -170,6 +175,13 @@ def real_stacks(crop: int, names: list[str] | None = None) -> dict[str, dict[str
             print(f"skipping real stack {name}: {SHARED / spec.pattern} not found")
             continue
         stack = open_stack(files)
+        if spec.plane_order == "similarity":
+            from wsi_fusion.registration.focal_order import estimate_focal_order
+
+            order = estimate_focal_order(stack).order
+            stack.close()
+            files = [files[k] for k in order]
+            stack = open_stack(files)
         try:
             h, w = stack.shape
             side_h, side_w = min(crop, h), min(crop, w)

@@ -79,12 +79,16 @@ def _ours_cli(case: StackCase, planes: list[str], out: Path) -> list[str]:
     # The whole pipeline: tiling, tissue detection, registration (auto), pyramid, lossless OME-TIFF.
     # Stacks whose planes must not be registered by phase correlation (the unstained cells)
     # run with registration off, as a user told so by the data's README would.
+    # Stacks saved out of focal order (a focus sweep through focus and back) run with
+    # ``--plane-order similarity`` for the same reason.
     register = ["--register", "off"] if case.notes.get("register") is False else []
+    order = ["--plane-order", "similarity"] if case.notes.get("plane_order") == "similarity" else []
     return [str(OUR_ENV / "wsi-fusion"), "fuse", *planes, "-o", str(out)] + [
         "--lossless",
         "--overwrite",
         "--quiet",
         *register,
+        *order,
     ]
 
 

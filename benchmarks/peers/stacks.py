@@ -47,6 +47,10 @@ ORIGINAL_FILES = ("blood_smear", "algae")
 #: near-focus planes agree to < 1 px). Their reference planes stay unregistered, and the CLI row
 #: runs with ``--register off``.
 NO_REGISTRATION = ("unstained_cells",)
+#: Stacks whose files are not in focal order (the pseudoscorpion sweep goes through focus and
+#: back): the CLI row runs with ``--plane-order similarity``, as a user told so by the data's
+#: README would; the peers get the frames as they are (their per-pixel picks ignore the order).
+CAPTURE_ORDER = ("pseudoscorpion",)
 SYNTH_PLANES = 5
 SYNTH_SEED = 7
 #: Mild read noise (intensity units) so that noise-amplifying methods are not flattered.
@@ -188,7 +192,11 @@ def real_case(workdir: Path, name: str, side: int | None) -> StackCase | None:
         width=sw,
         source=str(Path(files[0]).parent),
         box=(box.y, box.x, box.h, box.w),
-        notes={"planes": len(files), "register": name not in NO_REGISTRATION},
+        notes={
+            "planes": len(files),
+            "register": name not in NO_REGISTRATION,
+            "plane_order": "similarity" if name in CAPTURE_ORDER else "given",
+        },
     )
     case.save(meta)
     return case
