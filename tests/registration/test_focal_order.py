@@ -62,12 +62,10 @@ def test_a_sweep_in_capture_order_is_recognised_and_put_back_in_focal_order() ->
 
 
 def _write_sweep(folder: Path) -> list[Path]:
-    planes = _planes()[SWEEP]
-    files = []
-    for k, plane in enumerate(planes):
-        path = folder / f"frame_{k:02d}.png"
+    """The sweep as numbered frames, in capture order."""
+    files = [folder / f"frame_{k:02d}.png" for k in range(len(SWEEP))]
+    for path, plane in zip(files, _planes()[SWEEP], strict=True):
         Image.fromarray(plane).save(path)
-        files.append(path)
     return files
 
 
