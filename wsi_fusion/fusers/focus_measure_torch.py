@@ -226,7 +226,7 @@ class FocusMeasureTorchFuser(FocusMeasureFuser):
         planes = torch.nonzero(used.any(dim=0)).flatten()
         if planes.numel() < 2:
             return one_hot
-        guide = torch.gather(lum, 1, index[:, None])  # (B, 1, H, W)
+        guide = lum.mean(dim=1, keepdim=True)  # (B, 1, H, W), as the reference's _mean_guide
         maps = one_hot.index_select(1, planes)
         soft = _guided_filter(guide, maps, p.guided_radius, p.guided_eps)
         del maps
