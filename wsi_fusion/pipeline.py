@@ -444,18 +444,17 @@ def _open_in_focal_order(
     if stack.n_planes < 3:
         return stack, input_paths, {"mode": config.plane_order}
     try:
-        focal = estimate_focal_order(stack)
         if config.plane_order == "similarity" and stack.form != "layers":
             raise ConfigError(
                 f"plane_order 'similarity' reorders per-plane files, but {input_paths[0]} holds "
                 f"its {stack.n_planes} planes in one {stack.form} in the order it records; drop "
                 "--plane-order similarity"
             )
+        focal = estimate_focal_order(stack)
     except BaseException:
         stack.close()
         raise
     record = {"mode": config.plane_order, **focal.to_json()}
-    identity = focal.order == tuple(range(stack.n_planes))
     if config.plane_order == "given":
         if focal.looks_out_of_order:
             logger.warning(
@@ -467,7 +466,7 @@ def _open_in_focal_order(
                 ", ".join(map(str, focal.order)),
             )
         return stack, input_paths, record
-    if identity:
+    if focal.order == tuple(range(stack.n_planes)):
         return stack, input_paths, record
     stack.close()
     reordered = tuple(input_paths[k] for k in focal.order)
