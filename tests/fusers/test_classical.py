@@ -141,3 +141,24 @@ def test_blank_region_falls_back_to_middle_plane(
 def test_bad_parameters_are_config_errors(name: str, params: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         create_fuser(name, **params)
+
+
+def test_a_plane_switch_on_featureless_planes_is_a_soft_contour_not_a_staircase() -> None:
+    """Where no plane shows detail (a thick specimen out of focus everywhere), the depth
+    surface may switch between planes of very different brightness along its 4-px cells; the
+    refinement must not keep that staircase as a hard edge (terraces on the pseudoscorpion)."""
+    h = w = 64
+    yy, xx = np.mgrid[0:h, 0:w]
+    # A diagonal boundary on the surface's 4-px grid: the staircase of a cell-level decision.
+    index = ((xx // 4) > (yy // 4)).astype(np.intp)
+    rng = np.random.default_rng(0)
+    lum = np.stack([np.full((h, w), v) + rng.normal(0, 0.002, (h, w)) for v in (0.3, 0.6)])
+    fuser = create_fuser("focus_measure")
+    weights, _ = fuser._refine(index, lum.astype(np.float32), 2)
+    fused = (weights * lum).sum(axis=0)
+    # A hard staircase jumps by the planes' 0.3 difference between neighbouring pixels; the
+    # refinement spreads the switch over the guided filter's reach instead. Measured: 0.099 with
+    # the mean-luminance guide, 0.306 with the hard-pick guide it replaced.
+    jump = max(np.abs(np.diff(fused, axis=0)).max(), np.abs(np.diff(fused, axis=1)).max())
+    assert jump < 0.15, jump
+    np.testing.assert_allclose(weights.sum(axis=0), 1.0, atol=1e-6)
