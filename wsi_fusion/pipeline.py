@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from wsi_fusion import __version__
-from wsi_fusion._types import PlaneStack
+from wsi_fusion._types import PlaneStack, RGBRegion
 from wsi_fusion.config import RunConfig
 from wsi_fusion.errors import ConfigError, OutputExists, UnsupportedInput
 from wsi_fusion.fusers import Fuser, create_fuser, fuser_class
@@ -239,7 +239,7 @@ def _fuse(
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    stack, input_paths, plane_order_info = _open_in_focal_order(
+    stack, input_paths, plane_order_info, thumbnails = _open_in_focal_order(
         tuple(str(Path(p)) for p in inputs), config
     )
     try:
@@ -274,7 +274,7 @@ def _fuse(
         stack_info = describe_stack(stack)
         mpp = stack.mpp
         t0 = time.perf_counter()
-        drift, registration_info = _registration(stack, config, reference)
+        drift, registration_info = _registration(stack, config, reference, thumbnails)
         if drift is not None:
             fuser_params, fuser = _for_registered_planes(config, fuser_params, fuser)
         timings["register"] = time.perf_counter() - t0
@@ -426,9 +426,10 @@ def _fuse(
 
 def _open_in_focal_order(
     input_paths: tuple[str, ...], config: RunConfig
-) -> tuple[BaseStack, tuple[str, ...], dict[str, Any]]:
+) -> tuple[BaseStack, tuple[str, ...], dict[str, Any], list[RGBRegion] | None]:
     """The open stack and its inputs, per-plane files reordered by similarity when
-    ``plane_order`` asks for it, and the record of the estimate for run.json.
+    ``plane_order`` asks for it, the record of the estimate for run.json, and the planes'
+    thumbnails it read (in the stack's order; registration reuses them).
 
     In the default ``given`` order, files listed against the numbers in their names
     (:mod:`wsi_fusion.io.readers.plane_order`) and a stack that looks out of focal order
@@ -436,13 +437,13 @@ def _open_in_focal_order(
     """
     from wsi_fusion.io.readers import open_stack
     from wsi_fusion.io.readers.plane_order import warn_if_out_of_order
-    from wsi_fusion.registration.focal_order import estimate_focal_order
+    from wsi_fusion.registration.focal_order import THUMBNAIL_SIDE, estimate_focal_order
 
     if config.plane_order == "given":
         warn_if_out_of_order(input_paths)
     stack = open_stack(list(input_paths))
     if stack.n_planes < 3:
-        return stack, input_paths, {"mode": config.plane_order}
+        return stack, input_paths, {"mode": config.plane_order}, None
     try:
         if config.plane_order == "similarity" and stack.form != "layers":
             raise ConfigError(
@@ -450,7 +451,8 @@ def _open_in_focal_order(
                 f"its {stack.n_planes} planes in one {stack.form} in the order it records; drop "
                 "--plane-order similarity"
             )
-        focal = estimate_focal_order(stack)
+        thumbnails = [stack.thumbnail(z, THUMBNAIL_SIDE) for z in range(stack.n_planes)]
+        focal = estimate_focal_order(stack, thumbnails=thumbnails)
     except BaseException:
         stack.close()
         raise
@@ -465,13 +467,13 @@ def _open_in_focal_order(
                 focal.ratio,
                 ", ".join(map(str, focal.order)),
             )
-        return stack, input_paths, record
+        return stack, input_paths, record, thumbnails
     if focal.order == tuple(range(stack.n_planes)):
-        return stack, input_paths, record
+        return stack, input_paths, record, thumbnails
     stack.close()
     reordered = tuple(input_paths[k] for k in focal.order)
     logger.info("planes reordered by similarity: %s", ", ".join(map(str, focal.order)))
-    return open_stack(list(reordered)), reordered, record
+    return open_stack(list(reordered)), reordered, record, [thumbnails[k] for k in focal.order]
 
 
 def _reference_plane(config: RunConfig, n_planes: int) -> int:
@@ -486,16 +488,28 @@ def _reference_plane(config: RunConfig, n_planes: int) -> int:
 
 
 def _registration(
-    stack: PlaneStack, config: RunConfig, reference: int
+    stack: PlaneStack,
+    config: RunConfig,
+    reference: int,
+    thumbnails: Sequence[RGBRegion] | None = None,
 ) -> tuple[DriftField | None, dict[str, Any]]:
-    """Measure the planes' lateral drift; return the field to correct (or None) and its record."""
+    """Measure the planes' lateral drift; return the field to correct (or None) and its record.
+
+    ``thumbnails``: the planes' 1024-px thumbnails when the focal-order check read them already.
+    """
     settings = config.registration
     if settings.mode == "off" or stack.n_planes < 2:
         return None, {"mode": settings.mode, "applied": False}
     # In auto mode a stack whose drift stays below half the threshold on a 2 x 2 grid is taken
     # as still and not registered: the full grid is not measured (its record has a 2 x 2 grid).
     early_stop = settings.threshold_px / 2 if settings.mode == "auto" else None
-    field = estimate_drift(stack, reference=reference, grid=settings.grid, early_stop_px=early_stop)
+    field = estimate_drift(
+        stack,
+        reference=reference,
+        grid=settings.grid,
+        early_stop_px=early_stop,
+        thumbnails=thumbnails,
+    )
     applied = should_apply(field, settings.mode, settings.threshold_px)
     logger.info(
         "plane drift vs plane %d, max |shift| px per plane: %s; %s",

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
-from wsi_fusion._types import Box, PlaneStack
+from wsi_fusion._types import Box, PlaneStack, RGBRegion
 from wsi_fusion.errors import ConfigError
 from wsi_fusion.registration._correlate import (
     GreyImage,
@@ -219,6 +219,7 @@ def estimate_drift(
     min_psr: float = 10.0,
     outlier_px: float = 1.0,
     early_stop_px: float | None = None,
+    thumbnails: Sequence[RGBRegion] | None = None,
 ) -> DriftField:
     """Measure each plane's lateral drift relative to ``reference`` (see the module docstring).
 
@@ -251,6 +252,10 @@ def estimate_drift(
         measure the whole grid as without it, reusing those crops (same result, same cost). The
         pipeline sets it to half the ``auto`` threshold, so a still stack, which would not be
         registered anyway, measures 5 of the 17 crops of the default 4 x 4 grid.
+    thumbnails
+        The planes' ``thumbnail_side`` thumbnails when the caller has read them already (the
+        pipeline reads them once for the focal-order check and this): a thumbnail of a plane
+        without a pyramid is a pass over the whole plane.
 
     Returns
     -------
@@ -269,7 +274,11 @@ def estimate_drift(
     if n == 1:
         return DriftField.zero(1, reference, (h, w))
     order = _chain(n, reference)  # (plane, neighbour toward the reference), nearest first
-    thumbs = [grey(stack.thumbnail(z, thumbnail_side)) for z in range(n)]
+    if thumbnails is not None and len(thumbnails) != n:
+        raise ConfigError(f"{len(thumbnails)} thumbnails given for {n} planes")
+    if thumbnails is None:
+        thumbnails = [stack.thumbnail(z, thumbnail_side) for z in range(n)]
+    thumbs = [grey(thumb) for thumb in thumbnails]
     coarse = _coarse_offsets(thumbs, order, (h, w), upsample, min_psr, min_texture)
 
     textured = _textured_box(thumbs[reference], (h, w), sample_side)
