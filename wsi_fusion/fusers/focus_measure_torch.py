@@ -204,14 +204,12 @@ class FocusMeasureTorchFuser(FocusMeasureFuser):
         index = _depth_decision(focus, focus, p, p.blank_threshold, energy)
         one_hot = _one_hot(index, z)
         if p.refine:
-            weights = self._refine_tensor(index, lum, one_hot)
+            weights = self._refine_tensor(lum, one_hot)
         else:
             weights = one_hot
         return _weighted_sum(x, weights), weights.to(torch.float32)
 
-    def _refine_tensor(
-        self, index: torch.Tensor, lum: torch.Tensor, one_hot: torch.Tensor
-    ) -> torch.Tensor:
+    def _refine_tensor(self, lum: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
         """Guided-filter refinement of the one-hot maps, as ``FocusMeasureFuser._refine``.
 
         The maps of every plane picked somewhere in the batch are filtered; a plane absent
@@ -226,7 +224,11 @@ class FocusMeasureTorchFuser(FocusMeasureFuser):
         planes = torch.nonzero(used.any(dim=0)).flatten()
         if planes.numel() < 2:
             return one_hot
-        guide = lum.mean(dim=1, keepdim=True)  # (B, 1, H, W), as the reference's _mean_guide
+        # The reference's _mean_guide, in its order: planes summed one by one, then divided.
+        guide = lum[:, :1].clone()  # (B, 1, H, W)
+        for k in range(1, z):
+            guide += lum[:, k : k + 1]
+        guide /= _f32(z)
         maps = one_hot.index_select(1, planes)
         soft = _guided_filter(guide, maps, p.guided_radius, p.guided_eps)
         del maps
