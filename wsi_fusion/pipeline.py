@@ -437,7 +437,8 @@ def _open_in_focal_order(
     """
     from wsi_fusion.io.readers import open_stack
     from wsi_fusion.io.readers.plane_order import warn_if_out_of_order
-    from wsi_fusion.registration.focal_order import THUMBNAIL_SIDE, estimate_focal_order
+    from wsi_fusion.registration.drift import THUMBNAIL_SIDE
+    from wsi_fusion.registration.focal_order import estimate_focal_order
 
     if config.plane_order == "given":
         warn_if_out_of_order(input_paths)

@@ -54,6 +54,9 @@ FloatArray = npt.NDArray[np.float64]
 
 #: Crops smaller than this (in either direction) are not correlated.
 _MIN_SIDE = 32
+#: Longer side of the thumbnails behind the coarse offsets (px); the pipeline reads them once for
+#: this and for the focal-order check (:mod:`.focal_order`).
+THUMBNAIL_SIDE = 1024
 
 #: JPEG's DCT block side, px: every plane of a scan is compressed on the same block grid.
 JPEG_BLOCK = 8
@@ -214,7 +217,7 @@ def estimate_drift(
     grid: int = 4,
     sample_side: int = 1024,
     upsample: int = 20,
-    thumbnail_side: int = 1024,
+    thumbnail_side: int = THUMBNAIL_SIDE,
     min_texture: float = 1.5,
     min_psr: float = 10.0,
     outlier_px: float = 1.0,

@@ -35,11 +35,10 @@ from scipy import ndimage as ndi
 
 from wsi_fusion._types import PlaneStack, RGBRegion
 from wsi_fusion.registration._correlate import grey
+from wsi_fusion.registration.drift import THUMBNAIL_SIDE
 
 #: Given order this many times longer than the shortest path: the planes look out of order.
 OUT_OF_ORDER_RATIO = 1.25
-#: Longer side of the thumbnails compared (px): registration's, so the pipeline reads them once.
-THUMBNAIL_SIDE = 1024
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class FocalOrder:
 
 def estimate_focal_order(
     stack: PlaneStack,
-    thumbnail_side: int = THUMBNAIL_SIDE,
+    thumbnail_side: int = THUMBNAIL_SIDE,  # registration's: the pipeline reads them once
     thumbnails: Sequence[RGBRegion] | None = None,
 ) -> FocalOrder:
     """The planes' focal order from their thumbnails (see the module docstring); ``thumbnails``:
