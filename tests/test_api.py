@@ -115,8 +115,10 @@ def test_default_fuser_tiled_differs_from_whole_only_where_planes_tie() -> None:
     whole = wsi_fusion.fuse_array(planes).astype(int)
     tiled = wsi_fusion.fuse_array(planes, tile=tile, overlap=overlap).astype(int)
     differs = np.abs(tiled - whole).max(axis=-1)
-    # Measured: 0.02 % of pixels differ, by at most 7 grey levels.
-    assert (differs > 0).mean() < 1e-3
+    # Measured: 0.4 % of pixels differ, 0.01 % by more than 1 grey level, at most by 10: where
+    # a tied boundary moves, the low band (fusers._low_band) shifts along with it over ~15 px.
+    assert (differs > 0).mean() < 1e-2
+    assert (differs > 1).mean() < 1e-3
     assert (differs > 2).mean() < 2e-4
 
 

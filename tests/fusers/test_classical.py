@@ -31,7 +31,7 @@ def fuse_tiled(fuser: Fuser, stack: FloatArray, tile: int = 160) -> FloatArray:
     shape = stack.shape[-2:]
     # Tile origins on the depth surface's 4-px grid, as the pipeline's tiling keeps them.
     overlap = grid_halo(2 * fuser.margin + 8, 4)
-    plan = make_plan(shape, tile=tile, overlap=overlap, margin=fuser.margin)
+    plan = make_plan(shape, tile=max(tile, overlap + 64), overlap=overlap, margin=fuser.margin)
     tiles = [
         fuser.fuse(stack[(slice(None), slice(None), *box.slices())]).fused for box in plan.boxes
     ]

@@ -159,7 +159,9 @@ def test_device_parameter_selects_the_implementation(monkeypatch: pytest.MonkeyP
     assert type(create_fuser("focus_measure", device="numpy")) is fm.FocusMeasureFuser
     torch_fuser = create_fuser("focus_measure", device="cpu", radius=3)
     assert isinstance(torch_fuser, fmt.FocusMeasureTorchFuser)
-    assert torch_fuser.name == "focus_measure" and torch_fuser.margin == 3 + 2 + 51 + 4
+    # The decision's reach (3 + 2 + 51 + 4) or, farther, the low band's along the surface
+    # (surface 51 + low band 15 - the cell counted twice 3 + gradient 1).
+    assert torch_fuser.name == "focus_measure" and torch_fuser.margin == 51 + 15 - 3 + 1
     monkeypatch.setattr(fmt, "_cuda_available", lambda: False)
     auto = create_fuser("focus_measure", device="auto", batch_size=8)
     assert type(auto) is fm.FocusMeasureFuser  # no CUDA: the numpy reference

@@ -109,6 +109,10 @@ class DepthParams(FuserParams):
     #: and the blank test use the focus measure either way. The functions' docstrings say why
     #: and what each measured.
     surface_measure: Literal["gradient_od", "gradient", "focus"] = "gradient_od"
+    #: Radius (px, rounded to whole ``pool_step`` cells) over which the planes' low band is
+    #: blended along the depth surface while the detail stays picked (:mod:`._low_band`); 0
+    #: composes the picked pixels as they are (the behaviour before it existed).
+    low_band_radius: int = Field(default=4, ge=0, le=16)
 
 
 #: ``clearly_sharper`` for planes that registration had to move (unless one is given). Aligned by a
@@ -282,7 +286,21 @@ def depth_decision(
     blank_threshold: float = 0.0,
     surface_energy: Float32Array | None = None,
 ) -> IndexMap:
-    """Plane index ``(H, W)`` from a smooth depth surface with clearly-sharper fine picks.
+    """Plane index ``(H, W)`` from a smooth depth surface with clearly-sharper fine picks
+    (:func:`decide_on_surface` without the surface)."""
+    return decide_on_surface(coarse, fine, params, blank_threshold, surface_energy)[0]
+
+
+def decide_on_surface(
+    coarse: Float32Array,
+    fine: Float32Array,
+    params: DepthParams,
+    blank_threshold: float = 0.0,
+    surface_energy: Float32Array | None = None,
+) -> tuple[IndexMap, IndexMap | None]:
+    """Plane index ``(H, W)`` from a smooth depth surface with clearly-sharper fine picks, and
+    the surface itself: the plane of each ``pool_step`` cell, ``(ceil(H/k), ceil(W/k))`` (``None``
+    without a surface, ``depth_radius=0``).
 
     Parameters
     ----------
@@ -302,6 +320,7 @@ def depth_decision(
         :func:`gradient_energy`); ``None`` pools ``coarse ** 2``.
     """
     z = coarse.shape[0]
+    cells_surface = None
     if params.depth_radius == 0:
         index, best = first_argmax(fine)
     else:
@@ -315,31 +334,34 @@ def depth_decision(
             cells = cell_means(surface_energy, params.pool_step)
             surface, _ = first_argmax(box_mean(box_mean(cells, r), r))
         np.sqrt(best, out=best)
+        cells_surface = surface
         surface = to_pixels(surface, params.pool_step, coarse.shape[1:])
         best = to_pixels(best, params.pool_step, coarse.shape[1:])
         index = _leave_surface(surface, fine, params)
     index[~(best > blank_threshold)] = z // 2
-    return index
+    return index, cells_surface
 
 
 def cell_means(values: Float32Array, k: int) -> Float32Array:
-    """Means of ``k x k`` cells of ``(Z, H, W)`` values, ``(Z, ceil(H/k), ceil(W/k))``.
+    """Means of ``k x k`` cells of ``(..., H, W)`` values, ``(..., ceil(H/k), ceil(W/k))``.
 
     The cells start at the tile's first pixel; a partial last cell is completed by mirroring, as
-    the filters treat borders. The ``k**2`` shifted views are summed in a fixed order, so the
-    torch port gets the same float32 values.
+    the filters treat borders. The ``k`` rows of each cell are summed first (whole rows: one
+    pass over the image), then the ``k`` columns of those sums, in a fixed order, so the torch
+    port gets the same float32 values.
     """
     if k == 1:
         return values
-    z, h, w = values.shape
-    pad = ((0, 0), (0, -h % k), (0, -w % k))
-    if any(p[1] for p in pad):
+    h, w = values.shape[-2:]
+    pad = [(0, 0)] * (values.ndim - 2) + [(0, -h % k), (0, -w % k)]
+    if pad[-2][1] or pad[-1][1]:
         values = np.pad(values, pad, mode="symmetric")
-    out = values[:, ::k, ::k].copy()
-    for dy in range(k):
-        for dx in range(k):
-            if dy or dx:
-                out += values[:, dy::k, dx::k]
+    rows = values[..., ::k, :].copy()
+    for dy in range(1, k):
+        rows += values[..., dy::k, :]
+    out = rows[..., ::k].copy()
+    for dx in range(1, k):
+        out += rows[..., dx::k]
     out *= np.float32(1.0 / (k * k))
     return out
 

@@ -64,8 +64,8 @@ fuser says how to get it. The halo is the same at both widths (the layer count i
 Margin: every layer is a 3×3 convolution at full resolution, so the network's output depends
 on inputs within ``receptive_halo`` pixels (24 for the shipped model). On the surface the
 margin is the decision-map fusers' (:func:`~wsi_fusion.fusers.surface.surface_margin` of the
-network's reach + 1 for the vote window: 61 px); tiles whose origins lie on the surface's 4-px
-grid equal the whole image beyond it.
+network's reach + 1 for the vote window, or the low band along the surface: 64 px); tiles whose
+origins lie on the surface's 4-px grid equal the whole image beyond it.
 """
 
 from __future__ import annotations

@@ -31,6 +31,11 @@ Method
    X. Kang and J. Hu, "Image Fusion with Guided Filtering", IEEE TIP 22(7):2864-2875, 2013), so
    that decision boundaries snap to image edges instead of following the blocky window of the
    focus measure or the depth surface's 4-px cells (:func:`_mean_guide`).
+4. Composition in two bands (``low_band_radius``, :mod:`._low_band`): the detail of each pixel
+   comes from the planes its weights pick, the low band (brightness, colour) from the planes
+   along the depth surface, blended over ~15 px, so a change of plane between planes of
+   different brightness is a soft ramp instead of a band edge. Where the surface keeps one
+   plane, the output is the picked pixel.
 
 Deviations from Li, Kang & Hu (2013) and why
 --------------------------------------------
@@ -44,17 +49,19 @@ Deviations from Li, Kang & Hu (2013) and why
   saliency; windowed Laplacian energy is available too (``measure``), 0.4-0.6 dB lower here.
 - The filtered weights are clipped to [0, 1] and renormalised; wherever the strongest plane has
   at least ``hard_above`` of the weight the pixel becomes one-hot on it. Weights are therefore
-  one-hot except in a narrow band along decision boundaries (~5 % of pixels on the test stacks),
-  and the output is a convex combination of source pixels (no geometry or brightness change, no
-  ringing).
+  one-hot except in a narrow band along decision boundaries (~5 % of pixels on the test stacks).
+  Each band of the output is a convex combination of the planes' bands (no geometry change, no
+  ringing); with ``low_band_radius=0`` the output itself is one of source pixels.
 - Blank or saturated glass (pooled focus measure below ``blank_threshold`` on every plane) takes
   the middle plane instead of an arbitrary argmax over noise; no NaN is possible.
 
-Margin: the output at a pixel depends on inputs within ``radius + step`` (focus measure) plus
-``2 * depth_radius`` (depth surface) plus ``2 * guided_radius`` (guided filter):
-``margin = radius + step + depth_reach + 2 * guided_radius`` (61 px with the defaults, so the
-default 128-px overlap holds it). Within the margin the method is bounded; tiles whose origins
-are not on the depth surface's 4-px grid may differ where two planes tie (:mod:`._depth`).
+Margin: the decision at a pixel depends on inputs within ``radius + step`` (focus measure) plus
+``2 * depth_radius`` (depth surface) plus ``2 * guided_radius`` (guided filter), 61 px with the
+defaults; the low band follows the depth surface a few cells farther (64 px: the surface's
+reach, the low band's 15 px less the 3 px of a cell counted in both, and the 1 px of the
+gradient it pools). The margin is the larger, 64 px, so the 512/128 tiling still holds it.
+Within the margin the method is bounded; tiles whose origins are not on the depth surface's
+4-px grid may differ where two planes tie (:mod:`._depth`).
 """
 
 from __future__ import annotations
@@ -68,13 +75,14 @@ from pydantic import Field
 from wsi_fusion._types import PlaneWeights, TileStack
 from wsi_fusion.fusers._depth import (
     DepthParams,
-    depth_decision,
+    decide_on_surface,
     depth_reach,
     first_argmax,
     gradient_energy,
     od_gradient_energy,
 )
 from wsi_fusion.fusers._filters import _LUMA, box_mean, guided_filter, luminance
+from wsi_fusion.fusers._low_band import low_band_cells, low_band_reach, two_band_sum
 from wsi_fusion.fusers._registry import register_fuser
 from wsi_fusion.fusers.base import Fuser, FusionResult, one_hot_weights
 
@@ -159,12 +167,20 @@ class FocusMeasureFuser(Fuser):
     @property
     def margin(self) -> int:
         p = self.params
-        return p.radius + p.step + depth_reach(p) + (2 * p.guided_radius if p.refine else 0)
+        decision = p.radius + p.step + depth_reach(p) + (2 * p.guided_radius if p.refine else 0)
+        cells = low_band_cells(p)
+        if not cells:
+            return decision
+        # The low band's smooth weights follow the depth surface: its cells' reach, widened by
+        # the low band's, plus the reach of the scores the surface pools.
+        scores = 1 if p.surface_measure != "focus" else p.radius + p.step
+        surface = depth_reach(p) + low_band_reach(p.pool_step, cells) - (p.pool_step - 1)
+        return max(decision, surface + scores)
 
     @property
     def cell_grid(self) -> int:
-        """The depth surface's ``pool_step``: its cells are counted from the tile's origin (none
-        without a surface, ``depth_radius=0``)."""
+        """The depth surface's ``pool_step``: its cells, and the low band's, are counted from the
+        tile's origin (none without a surface, ``depth_radius=0``)."""
         p = self.params
         return p.pool_step if p.depth_radius else 1
 
@@ -177,7 +193,16 @@ class FocusMeasureFuser(Fuser):
     def decision(
         self, stack: TileStack, votes: Float32Array | None = None
     ) -> tuple[npt.NDArray[np.intp], Float32Array]:
-        """Hard plane index ``(H, W)`` and the luminance planes ``(Z, H, W)`` of ``stack``.
+        """Hard plane index ``(H, W)`` and the luminance planes ``(Z, H, W)`` of ``stack``
+        (:meth:`decide`, without the surface)."""
+        index, lum, _ = self.decide(np.asarray(stack, dtype=np.float32), votes)
+        return index, lum
+
+    def decide(
+        self, stack: Float32Array, votes: Float32Array | None = None
+    ) -> tuple[npt.NDArray[np.intp], Float32Array, npt.NDArray[np.intp] | None]:
+        """Hard plane index ``(H, W)``, luminance planes ``(Z, H, W)`` and the depth surface's
+        plane per ``pool_step`` cell (``None`` without a surface).
 
         ``votes`` (``(Z, H, W)`` in [0, 1]: a network's local share of decisions per plane) scale
         the focus measure by up to ``clearly_sharper`` as the evidence that moves a pixel off the
@@ -199,7 +224,8 @@ class FocusMeasureFuser(Fuser):
             energy = gradient_energy(lum)
             if p.surface_measure == "gradient_od":
                 energy += od_gradient_energy(stack)
-        return depth_decision(focus, fine, p, p.blank_threshold, energy), lum
+        index, surface = decide_on_surface(focus, fine, p, p.blank_threshold, energy)
+        return index, lum, surface
 
     def fuse(self, stack: TileStack) -> FusionResult:
         stack = np.asarray(stack, dtype=np.float32)
@@ -230,13 +256,18 @@ class FocusMeasureFuser(Fuser):
 
     def _fuse_block(self, stack: Float32Array, votes: Float32Array | None = None) -> FusionResult:
         z = stack.shape[0]
-        index, lum = self.decision(stack, votes)
+        index, lum, surface = self.decide(stack, votes)
         if self.params.refine:
             weights, present = self._refine(index, lum, z)
         else:
             weights = one_hot_weights(index, z)
             present = np.flatnonzero(np.bincount(index.ravel(), minlength=z))
-        return FusionResult(fused=_weighted_sum(stack, weights, present), weights=weights)
+        cells = low_band_cells(self.params)
+        if surface is not None and cells and not _one_plane(present, surface):
+            fused = two_band_sum(stack, weights, present, surface, self.params.pool_step, cells)
+        else:
+            fused = _weighted_sum(stack, weights, present)
+        return FusionResult(fused=fused, weights=weights)
 
     def _refine(
         self, index: npt.NDArray[np.intp], lum: Float32Array, z: int
@@ -256,7 +287,7 @@ class FocusMeasureFuser(Fuser):
         soft = guided_filter(guide, maps, p.guided_radius, p.guided_eps)
         del maps
         # The filter is linear and the maps sum to 1, so ``soft`` sums to 1 already; clipping its
-        # small overshoots keeps the output a convex combination of source pixels.
+        # small overshoots keeps the weights convex.
         np.clip(soft, 0.0, 1.0, out=soft)
         total = soft.sum(axis=0)
         soft /= np.maximum(total, np.float32(1e-6))
@@ -272,6 +303,12 @@ class FocusMeasureFuser(Fuser):
         out = np.zeros((z, *index.shape), dtype=np.float32)
         out[present] = soft
         return out, present
+
+
+def _one_plane(present: npt.NDArray[np.intp], surface: npt.NDArray[np.intp]) -> bool:
+    """Whether the weights and the depth surface use one and the same plane throughout: then the
+    two bands are that plane's and the picked pixels are the result as they are."""
+    return present.size == 1 and bool((surface == present[0]).all())
 
 
 def _mean_guide(lum: Float32Array) -> Float32Array:

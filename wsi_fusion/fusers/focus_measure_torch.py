@@ -61,6 +61,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from wsi_fusion._types import TileStack
+from wsi_fusion.fusers import _low_band
 from wsi_fusion.fusers import focus_measure as _reference
 from wsi_fusion.fusers._depth import OD_FLOOR, OD_WEIGHT, pooled_radius
 from wsi_fusion.fusers._filters import _LUMA
@@ -201,13 +202,23 @@ class FocusMeasureTorchFuser(FocusMeasureFuser):
             energy = _gradient_energy(lum)
             if p.surface_measure == "gradient_od":
                 energy += _od_gradient_energy(x)
-        index = _depth_decision(focus, focus, p, p.blank_threshold, energy)
+        index, surface = _depth_decision(focus, focus, p, p.blank_threshold, energy)
         one_hot = _one_hot(index, z)
         if p.refine:
             weights = self._refine_tensor(lum, one_hot)
         else:
             weights = one_hot
-        return _weighted_sum(x, weights), weights.to(torch.float32)
+        cells = _low_band.low_band_cells(p)
+        fused = _weighted_sum(x, weights)
+        if surface is not None and cells:
+            two_band = _two_band_sum(x, weights, surface, p.pool_step, cells)
+            # As the reference: a tile whose weights and surface use one and the same plane
+            # keeps its pixels.
+            used = weights.flatten(2).amax(dim=2) > 0  # (B, Z)
+            one = used.sum(dim=1) == 1
+            same = (surface == used.to(torch.int64).argmax(dim=1)[:, None, None]).flatten(1).all(1)
+            fused = torch.where((one & same)[:, None, None, None], fused, two_band)
+        return fused, weights.to(torch.float32)
 
     def _refine_tensor(self, lum: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
         """Guided-filter refinement of the one-hot maps, as ``FocusMeasureFuser._refine``.
@@ -397,11 +408,13 @@ def _depth_decision(
     params: FocusMeasureParams,
     blank: float,
     surface_energy: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``_depth.depth_decision`` on ``(B, Z, H, W)`` scores: plane index ``(B, H, W)``."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``_depth.decide_on_surface`` on ``(B, Z, H, W)`` scores: plane index ``(B, H, W)`` and
+    the surface's plane per cell ``(B, h', w')`` (``None`` without a surface)."""
     import torch
 
     z = coarse.shape[1]
+    surface = None
     if params.depth_radius == 0:
         index, best = _first_argmax(fine)
     else:
@@ -414,15 +427,16 @@ def _depth_decision(
             index, _ = _first_argmax(_box_mean(_box_mean(cells, r), r))
         best = torch.sqrt(best)
         h, w = coarse.shape[-2:]
+        surface = index
         index = _to_pixels(index, k, h, w)
         best = _to_pixels(best, k, h, w)
         index = _leave_surface(index, fine, params)
     index.masked_fill_(~(best > _f32(blank)), z // 2)
-    return index
+    return index, surface
 
 
 def _cell_means(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``_depth.cell_means`` on ``(B, Z, H, W)``: means of ``k x k`` cells, same summing order."""
+    """``_depth.cell_means`` on ``(..., H, W)``: means of ``k x k`` cells, same summing order."""
     if k == 1:
         return x
     h, w = x.shape[-2:]
@@ -430,11 +444,12 @@ def _cell_means(x: torch.Tensor, k: int) -> torch.Tensor:
         x = x.index_select(-2, _mirror_index(h, 0, -h % k, x.device))
     if w % k:
         x = x.index_select(-1, _mirror_index(w, 0, -w % k, x.device))
-    out = x[..., ::k, ::k].clone()
-    for dy in range(k):
-        for dx in range(k):
-            if dy or dx:
-                out += x[..., dy::k, dx::k]
+    rows = x[..., ::k, :].clone()
+    for dy in range(1, k):
+        rows += x[..., dy::k, :]
+    out = rows[..., ::k].clone()
+    for dx in range(1, k):
+        out += rows[..., dx::k]
     out *= _f32(1.0 / (k * k))
     return out
 
@@ -496,6 +511,59 @@ def _guided_filter(guide: torch.Tensor, source: torch.Tensor, r: int, eps: float
     out *= guide
     out += _box_mean(b, r)
     return out
+
+
+def _two_band_sum(
+    x: torch.Tensor, weights: torch.Tensor, surface: torch.Tensor, cell: int, radius: int
+) -> torch.Tensor:
+    """``_low_band.two_band_sum`` on a batch, ``(B, Z, C, H, W)`` by ``(B, Z, H, W)`` and the
+    surface ``(B, h', w')``: the same float32 operations in the same order, over the planes in
+    use somewhere in the batch (a plane unused in a tile adds exact zeros there), on whole
+    images instead of strips."""
+    import torch
+
+    used = (weights != 0).flatten(2).any(dim=2).any(dim=0)
+    used[torch.unique(surface)] = True
+    planes = torch.nonzero(used).flatten().tolist()
+    h, w = x.shape[-2:]
+    low = _box_mean(_box_mean(_cell_means(x[:, planes], cell), radius), radius)
+    shares = torch.stack([(surface == k).to(torch.float32) for k in planes], dim=1)
+    smooth = _box_mean(_box_mean(shares, radius), radius)
+    blend = smooth[:, 0, None] * low[:, 0]
+    for j in range(1, len(planes)):
+        blend += smooth[:, j, None] * low[:, j]
+    taps = [
+        [torch.from_numpy(t).to(x.device) for t in _low_band.interpolation_taps(size, cell, n)]
+        for size, n in ((low.shape[-2], h), (low.shape[-1], w))
+    ]
+    fused = _upsample(blend, taps)
+    for j, k in enumerate(planes):
+        detail = x[:, k] - _upsample(low[:, j], taps)
+        detail *= weights[:, k, None]
+        fused += detail
+    return torch.clamp_(fused, 0.0, 1.0)
+
+
+def _upsample(cells: torch.Tensor, taps: list[list[torch.Tensor]]) -> torch.Tensor:
+    """``_low_band``'s bilinear interpolation of the last two axes, ``a0 + (a1 - a0) * f`` along
+    x, then along y, with the reference's taps ``[[rows, row weights], [columns, weights]]``."""
+    (rows, row_frac), (columns, column_frac) = taps
+    along_x = _differences(cells, -1).index_select(-1, columns)
+    along_x *= column_frac
+    along_x += cells.index_select(-1, columns)
+    out = _differences(along_x, -2).index_select(-2, rows)
+    out *= row_frac[:, None]
+    out += along_x.index_select(-2, rows)
+    return out
+
+
+def _differences(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``a[i + 1] - a[i]`` along ``dim``, 0 at the last index (``_low_band._differences``)."""
+    import torch
+
+    n = x.shape[dim]
+    after = torch.clamp_max(torch.arange(1, n + 1, device=x.device), n - 1)
+    return x.index_select(dim, after) - x
 
 
 def _weighted_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

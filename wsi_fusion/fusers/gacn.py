@@ -58,7 +58,7 @@ Deviations from the paper and why
   on a quarter of the pixels, and its logit is upsampled bilinearly before the projection.
   Measured on the held-out synthetic stacks and real 1024² crops against the full path: see
   the model card ("CPU speed"). The reach grows from 26 to 44 px (``DM_HALO_HALF``); without
-  the smoothing's 8 px the fuser's margin stays the depth surface's 61 px (512/128 tiling).
+  the smoothing's 8 px the fuser's margin stays the depth surface's 64 px (512/128 tiling).
   ``depth_radius=0`` (the network's own decisions, which the stored reference pins) keeps
   the paper's full-resolution, smoothed DM; ``half_resolution=False, smooth=True`` restores
   it on the surface.

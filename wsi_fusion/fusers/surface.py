@@ -16,6 +16,9 @@ plane of focus).
 Measured (768² crops, :func:`~wsi_fusion.metrics.block_fidelity` p10 on the blood smear, raw
 network -> on the surface): gacn 0.83 -> 0.94, acnn 0.94 -> 0.94, msegnet 0.59 -> 0.94.
 The weights returned are the decision really used, so ``--focus-map`` shows it.
+
+The picked pixels are composed as the default fuser composes them, the planes' low band blended
+along the depth surface (:mod:`._low_band`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ def surface_margin(decision_margin: int, params: DepthParams) -> int:
     """Margin of a decision-map fuser whose own decisions reach ``decision_margin`` px."""
     if params.depth_radius == 0:
         return decision_margin
-    surface = FocusMeasureFuser(depth_radius=params.depth_radius)
+    surface = FocusMeasureFuser(
+        depth_radius=params.depth_radius, low_band_radius=params.low_band_radius
+    )
     # The votes reach as far as the network plus the vote window; the focus measure and its
     # surface as far as the default fuser; the guided filter adds its reach to both.
     votes = decision_margin + VOTE_RADIUS + 2 * surface.params.guided_radius
@@ -57,6 +62,7 @@ def on_depth_surface(
         depth_radius=params.depth_radius,
         clearly_sharper=params.clearly_sharper,
         surface_measure=params.surface_measure,
+        low_band_radius=params.low_band_radius,
     )
     votes: npt.NDArray[np.float32] = box_mean(weights, VOTE_RADIUS)
     return surface.fuse_on_surface(np.asarray(stack, dtype=np.float32), votes)
