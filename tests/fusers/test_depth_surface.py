@@ -12,7 +12,7 @@ from wsi_fusion.fusers._depth import (
     OD_WEIGHT,
     DepthParams,
     cell_means,
-    depth_decision,
+    decide_on_surface,
     depth_reach,
     gradient_energy,
     od_gradient_energy,
@@ -96,12 +96,14 @@ def test_depth_decision_known_answers() -> None:
     fine[3, 30:40, 10:20] = 2.0 * 1.2  # one plane away, not clearly sharper: stays
     fine[0, 10:20, 30:40] = 2.0 * 1.6  # two planes away, 1.6 < 1.3 ** 2 = 1.69: stays
     fine[0, 30:40, 30:40] = 2.0 * 1.75  # two planes away, above 1.69: leaves
-    index = depth_decision(coarse, fine, params)
+    index, surface = decide_on_surface(coarse, fine, params)
     assert index[15, 15] == 3 and index[35, 15] == 2
     assert index[15, 35] == 2 and index[35, 35] == 0
     assert (index[:5, :5] == 2).all()
+    # The surface itself, per 4-px cell: plane 2 throughout.
+    assert surface is not None and surface.shape == (12, 12) and (surface == 2).all()
     # Blank: nothing above the threshold takes the middle plane.
-    blank = depth_decision(np.zeros_like(coarse), np.zeros_like(fine), params, 1e-3)
+    blank, _ = decide_on_surface(np.zeros_like(coarse), np.zeros_like(fine), params, 1e-3)
     assert (blank == z // 2).all()
 
 
@@ -136,7 +138,7 @@ def test_depth_reach_is_exact() -> None:
     for distance, moves in ((reach, True), (reach + 1, False)):
         far = coarse.copy()
         far[1, 100 + distance :] = 100.0  # overwhelming focus on plane 1 from that row on
-        index = depth_decision(far, coarse, params)
+        index, _ = decide_on_surface(far, coarse, params)
         assert bool((index[100] == 1).all()) is moves
         assert (index[:100] == 0).all()
 
@@ -160,10 +162,10 @@ def test_depth_decision_pools_the_surface_energy_and_keeps_the_blank_test() -> N
     coarse[1] = 2.0  # the focus measure's surface: plane 1
     energy = np.ones_like(coarse)
     energy[2] = 3.0  # the surface energy's: plane 2
-    assert (depth_decision(coarse, coarse, params) == 1).all()
-    assert (depth_decision(coarse, coarse, params, 0.0, energy) == 2).all()
+    assert (decide_on_surface(coarse, coarse, params)[0] == 1).all()
+    assert (decide_on_surface(coarse, coarse, params, 0.0, energy)[0] == 2).all()
     # Blank pixels are still judged by the focus measure: all blank -> the middle plane.
-    blank = depth_decision(coarse * 0, coarse * 0, params, 1e-3, energy)
+    blank, _ = decide_on_surface(coarse * 0, coarse * 0, params, 1e-3, energy)
     assert (blank == 1).all()
 
 

@@ -279,18 +279,6 @@ def od_gradient_energy(stack: Float32Array) -> Float32Array:
     return energy
 
 
-def depth_decision(
-    coarse: Float32Array,
-    fine: Float32Array,
-    params: DepthParams,
-    blank_threshold: float = 0.0,
-    surface_energy: Float32Array | None = None,
-) -> IndexMap:
-    """Plane index ``(H, W)`` from a smooth depth surface with clearly-sharper fine picks
-    (:func:`decide_on_surface` without the surface)."""
-    return decide_on_surface(coarse, fine, params, blank_threshold, surface_energy)[0]
-
-
 def decide_on_surface(
     coarse: Float32Array,
     fine: Float32Array,

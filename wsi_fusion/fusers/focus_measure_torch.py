@@ -5,8 +5,9 @@ sum-modified-Laplacian (or Laplacian energy) with mirrored borders, the depth su
 :mod:`._depth` (luminance and optical-density gradient energy averaged over 4-px cells, two box
 passes, first argmax, pixels leave the surface only for a plane ``clearly_sharper ** n``
 sharper, blank glass to the middle plane), the guided-filter refinement with ``hard_above``
-snapping, and the weighted sum. It is reached through the default fuser's ``device`` parameter
-(:func:`select_class`):
+snapping, and the two-band composition (:mod:`._low_band`: detail by the weights, low band along
+the surface) or, with ``low_band_radius=0``, the weighted sum. It is reached through the default
+fuser's ``device`` parameter (:func:`select_class`):
 
 - ``numpy`` -- the numpy reference (:class:`.focus_measure.FocusMeasureFuser`, what
   ``focus_measure`` without ``device`` is);
