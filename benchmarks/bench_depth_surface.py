@@ -1,14 +1,17 @@
 """CPU time per tile of the default fuser: per-pixel pick vs depth surface, side by side.
 
 The real-scan issue's budget: the depth surface (``fusers/_depth.py``) may cost at most 1.2x the
-per-pixel pick it replaced. Four variants of ``focus_measure`` fuse the same 512² tiles of 5
+per-pixel pick it replaced. Five variants of ``focus_measure`` fuse the same 512² tiles of 5
 planes (held-out synthetic stacks), interleaved round by round, one thread, CPU seconds:
 
 - ``per-pixel``: ``depth_radius=0``, the decision before the surface;
 - ``surface, full resolution``: ``pool_step=1``, the surface pooled at every pixel;
 - ``surface, 4-px grid, luminance only``: ``surface_measure="gradient"``, the surface before it
   pooled the optical density too;
-- ``surface, 4-px grid``: the default (``pool_step=4``, ``surface_measure="gradient_od"``).
+- ``surface, 4-px grid, hard composition``: ``low_band_radius=0``, the picked pixels as they are
+  (before the two-band composition, ``fusers/_low_band.py``);
+- ``surface, 4-px grid``: the default (``pool_step=4``, ``surface_measure="gradient_od"``, the
+  low band blended along the surface).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_depth_surface.py [--rounds 7] [--tiles 4]
 
@@ -29,6 +32,7 @@ VARIANTS = {
     "per-pixel": {"depth_radius": 0},
     "surface, full resolution": {"pool_step": 1},
     "surface, 4-px grid, luminance only": {"surface_measure": "gradient"},
+    "surface, 4-px grid, hard composition": {"low_band_radius": 0},
     "surface, 4-px grid": {},
 }
 
