@@ -65,6 +65,9 @@ def test_fuser_contract(name: str) -> None:
     assert isinstance(fuser.margin, int) and fuser.margin >= 0
     # The default tile plan (512 px tiles, 128 px overlap) must accept the default margin.
     make_plan((2048, 2048), tile=512, overlap=128, margin=fuser.margin)
+    # Fusers on the depth surface pool on its 4-px cells: tiles must start on that grid.
+    on_surface = getattr(fuser.params, "depth_radius", 0) > 0
+    assert fuser.cell_grid == (4 if on_surface else 1)
     assert isinstance(cls.min_planes, int) and cls.min_planes >= 1
     assert fuser.paper
     stack = structured_stack()

@@ -94,10 +94,13 @@ class Fuser(ABC):
         fusion (1: any origin).
 
         A fuser that pools its decisions on cells counted from the tile's origin (the depth
-        surface's ``pool_step``) sees other cells in a tile that starts off that grid, which may
-        move a boundary between two near-tied planes.
+        surface's ``pool_step``, and the low band that follows it) sees other cells in a tile that
+        starts off that grid, which may move a boundary between two near-tied planes. Every fuser
+        on the depth surface (parameters with ``depth_radius`` and ``pool_step``: the default and
+        the decision-map fusers) has that grid while the surface is on.
         """
-        return 1
+        p = self.params
+        return int(getattr(p, "pool_step", 1)) if getattr(p, "depth_radius", 0) else 1
 
     @property
     def block_halo(self) -> int:

@@ -178,13 +178,6 @@ class FocusMeasureFuser(Fuser):
         return max(decision, surface + scores)
 
     @property
-    def cell_grid(self) -> int:
-        """The depth surface's ``pool_step``: its cells, and the low band's, are counted from the
-        tile's origin (none without a surface, ``depth_radius=0``)."""
-        p = self.params
-        return p.pool_step if p.depth_radius else 1
-
-    @property
     def block_side(self) -> int:
         """Side of the blocks a large image is fused in: ``_BLOCK`` rounded down to the cell
         grid, so that every block, less its :attr:`block_halo`, starts on the grid."""
