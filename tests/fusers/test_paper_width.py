@@ -144,6 +144,10 @@ def test_paper_weights_load_and_fuse(case: str, stack: FloatArray, tmp_path: Pat
     weights = fuser.describe()["weights"]
     assert weights["sha256"] == sha and weights["pinned"] is False
     assert weights["model"].endswith(".paper")
+    if CASES[case][0] == "cgan_blurmask":  # only the mode's generator is built
+        mode = CASES[case][1]["mode"]
+        built = {name for name in ("single", "few") if name in fuser.model._modules}
+        assert built == {mode}
     # The recorded hash is what the pipeline hands every worker: it loads that file only.
     assert _fuser(case, width="paper", weights=str(path), weights_sha256=sha).model is not None
 

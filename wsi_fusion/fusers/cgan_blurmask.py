@@ -197,9 +197,20 @@ class CganBlurMaskFuser(TorchFuser):
 
         # The paper-width generators behind the lite BM they are trained against (preset).
         model = CganBlurMask(self.params.width, bm_variant="deeplab_v3_lite")
-        if self.params.gate_threshold is not None:
-            model.single.gate_threshold = self.params.gate_threshold
+        model.single.gate_threshold = self._single_gate_threshold
+        if self.paper_width:
+            # Only the mode's generator gets weights (load_weights): the other would hold tens of
+            # MB of random parameters for nothing.
+            delattr(model, "few" if self.params.mode == "single" else "single")
         return model
+
+    @property
+    def _single_gate_threshold(self) -> float:
+        """The single-plane gate's calibration: ``gate_threshold`` or the shipped one."""
+        from wsi_fusion.nets.cgan_blurmask import GATE_THRESHOLD_SINGLE
+
+        given = self.params.gate_threshold
+        return GATE_THRESHOLD_SINGLE if given is None else given
 
     def paper_weights_file(self) -> str:
         """The ``h100-8min`` preset's output for the generator of ``mode``."""
@@ -333,12 +344,10 @@ class CganBlurMaskFuser(TorchFuser):
         import torch
 
         from wsi_fusion.fusers import create_fuser
-        from wsi_fusion.nets.cgan_blurmask import CganBlurMask, calibrated_gate
+        from wsi_fusion.nets.cgan_blurmask import calibrated_gate
 
         base = create_fuser("focus_measure").fuse(stack[self.input_planes(stack)]).fused
-        model = self.model
-        assert isinstance(model, CganBlurMask)
-        gate = calibrated_gate(torch.from_numpy(blurred), model.single.gate_threshold).numpy()
+        gate = calibrated_gate(torch.from_numpy(blurred), self._single_gate_threshold).numpy()
         return base + gate[None] * (generated - base)
 
     def blur_mask(self, stack: TileStack) -> Float32Array:
