@@ -6,7 +6,20 @@ import numpy as np
 import pytest
 
 from wsi_fusion.fusers import create_fuser
-from wsi_fusion.fusers._low_band import low_band_reach, two_band_sum, upsample
+from wsi_fusion.fusers._low_band import (
+    _interpolate,
+    interpolation_taps,
+    low_band_reach,
+    two_band_sum,
+)
+
+
+def upsample(cells: np.ndarray, cell: int, h: int, w: int) -> np.ndarray:
+    """``two_band_sum``'s interpolation of cell values to ``(h, w)`` pixels, in one strip."""
+    out = np.empty((h, w), dtype=np.float32)
+    rows, frac = interpolation_taps(cells.shape[0], cell, h)
+    _interpolate(cells, interpolation_taps(cells.shape[1], cell, w), (rows, frac[:, None]), out)
+    return out
 
 
 def test_upsample_is_bilinear_with_cell_centres() -> None:

@@ -107,7 +107,8 @@ def two_band_sum(
     # the ~6 passes per plane then run on arrays that stay in cache.
     columns = interpolation_taps(low.shape[-1], cell, w)
     above, frac = interpolation_taps(low.shape[-2], cell, h)
-    has_weight = np.asarray(weights[planes].any(axis=2))  # (planes, H)
+    # Rows where each plane has weight, (planes, H), without copying the weights.
+    has_weight = np.stack([weights[k].any(axis=1) for k in planes])
     fused = np.empty((c, h, w), dtype=np.float32)
     detail = np.empty((c, _STRIP, w), dtype=np.float32)
     for y0 in range(0, h, _STRIP):
@@ -147,16 +148,6 @@ def _interpolate(cells: Float32Array, columns: Taps, rows: Taps, out: Float32Arr
     np.take(_differences(along_x, axis=-2), rows[0], axis=-2, out=out, mode="clip")
     out *= rows[1]
     out += np.take(along_x, rows[0], axis=-2, mode="clip")
-
-
-def upsample(cells: Float32Array, cell: int, h: int, w: int) -> Float32Array:
-    """Bilinear interpolation of ``(..., h', w')`` cell values to ``(..., h, w)`` pixels (cell
-    centres at ``cell * i + (cell - 1) / 2``, edge cells held), as :func:`two_band_sum` does."""
-    out = np.empty((*cells.shape[:-2], h, w), dtype=np.float32)
-    rows, frac = interpolation_taps(cells.shape[-2], cell, h)
-    columns = interpolation_taps(cells.shape[-1], cell, w)
-    _interpolate(cells, columns, (rows, frac[:, None]), out)
-    return out
 
 
 def _differences(values: Float32Array, axis: int) -> Float32Array:

@@ -527,7 +527,9 @@ def _two_band_sum(
     used[torch.unique(surface)] = True
     planes = torch.nonzero(used).flatten().tolist()
     h, w = x.shape[-2:]
-    low = _box_mean(_box_mean(_cell_means(x[:, planes], cell), radius), radius)
+    # Cell means of every plane, then the planes in use: no full-size copy of the planes.
+    low = _cell_means(x, cell)[:, planes]
+    low = _box_mean(_box_mean(low, radius), radius)
     shares = torch.stack([(surface == k).to(torch.float32) for k in planes], dim=1)
     smooth = _box_mean(_box_mean(shares, radius), radius)
     blend = smooth[:, 0, None] * low[:, 0]

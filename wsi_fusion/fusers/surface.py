@@ -36,13 +36,18 @@ from wsi_fusion.fusers.focus_measure import FocusMeasureFuser
 VOTE_RADIUS = 8
 
 
+def _surface_fuser(params: DepthParams) -> FocusMeasureFuser:
+    """The default fuser with the decision-map fuser's depth-surface settings (every
+    :class:`~._depth.DepthParams` field: radius, ``clearly_sharper``, cell size, measure, low
+    band), so that its decisions, margin and cell grid are the ones the fuser reports."""
+    return FocusMeasureFuser(**params.model_dump(include=set(DepthParams.model_fields)))
+
+
 def surface_margin(decision_margin: int, params: DepthParams) -> int:
     """Margin of a decision-map fuser whose own decisions reach ``decision_margin`` px."""
     if params.depth_radius == 0:
         return decision_margin
-    surface = FocusMeasureFuser(
-        depth_radius=params.depth_radius, low_band_radius=params.low_band_radius
-    )
+    surface = _surface_fuser(params)
     # The votes reach as far as the network plus the vote window; the focus measure and its
     # surface as far as the default fuser; the guided filter adds its reach to both.
     votes = decision_margin + VOTE_RADIUS + 2 * surface.params.guided_radius
@@ -58,11 +63,6 @@ def on_depth_surface(
     """
     if params.depth_radius == 0 or weights is None:
         return None
-    surface = FocusMeasureFuser(
-        depth_radius=params.depth_radius,
-        clearly_sharper=params.clearly_sharper,
-        surface_measure=params.surface_measure,
-        low_band_radius=params.low_band_radius,
-    )
+    surface = _surface_fuser(params)
     votes: npt.NDArray[np.float32] = box_mean(weights, VOTE_RADIUS)
     return surface.fuse_on_surface(np.asarray(stack, dtype=np.float32), votes)
