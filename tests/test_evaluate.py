@@ -392,3 +392,18 @@ def test_workflow_options(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     wf.SHARED = tmp_path
     assert wf.real_stacks(256, ["wbc", "unstained"]) == {}
     assert "skipping real stack wbc" in capsys.readouterr().out
+
+
+def test_workflow_oracle_and_its_gaps() -> None:
+    wf = _workflow()
+    planes = np.stack([np.full((2, 3, 3), v, dtype=np.uint8) for v in (10, 20, 30)])
+    focus_index = np.array([[0, 1, 2], [2, 2, 0]], dtype=np.uint8)
+    assert wf.oracle_fusion(planes, focus_index)[..., 0].tolist() == [[10, 20, 30], [30, 30, 10]]
+    synthetic = {
+        "a": {"focus_measure": {"psnr": 39.8}, wf.ORACLE: {"psnr": 40.0}},
+        "b": {"focus_measure": {"psnr": 39.5}, wf.ORACLE: {"psnr": 40.0}},
+    }
+    rows = {line.split(" | ")[0]: line for line in wf.oracle_gap_lines({"synthetic": synthetic})}
+    # Per stack 0.2 and 0.5 dB under the oracle: the largest gap, one stack over 0.3 dB.
+    assert rows["| focus_measure"] == "| focus_measure | 39.80 | 39.50 | 0.50 | 1 |"
+    assert rows[f"| {wf.ORACLE}"].endswith("| 40.00 | 40.00 | – | – |")
