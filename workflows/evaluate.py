@@ -359,9 +359,7 @@ def summary_rows(results: dict[str, Any]) -> dict[str, dict[str, float]]:
             else []
         )
         real = (
-            [results["real"][s]["metrics"][name] for s in results["real"]]
-            if name != ORACLE
-            else []
+            [results["real"][s]["metrics"][name] for s in results["real"]] if name != ORACLE else []
         )
         pipe = results["pipeline"].get(name, {})
         rows[name] = {
@@ -687,7 +685,10 @@ def main(argv: list[str] | None = None) -> int:
                 fused, list(st.planes), st.ground_truth, SYNTH_METRICS
             )
         results["synthetic"][stack_name][ORACLE] = tile_metrics(
-            oracle_fusion(st.planes, st.focus_index), list(st.planes), st.ground_truth, SYNTH_METRICS
+            oracle_fusion(st.planes, st.focus_index),
+            list(st.planes),
+            st.ground_truth,
+            SYNTH_METRICS,
         )
         print(f"  synthetic {stack_name}: done")
     registered_fusers = fusers
