@@ -41,12 +41,17 @@ Method (shape from focus with a smoothness prior, coarse to fine)
 Measured effect (``../shared/data`` stacks, :func:`~wsi_fusion.metrics.block_fidelity`, README
 "Real stacks" table): on 1024² crops the blood smear's fidelity p10 goes from 0.84 to 0.93 and
 the unstained cells' median from 0.75 to 0.95 with the default focus measure, while held-out
-synthetic stacks lose 0.18 dB (38.59 -> 38.41, ``workflows/results/synthetic_issue9.md``) and
-stay within 0.25 dB of the per-pixel oracle. The literature behind it: depth-map focus
-stacking (Nayar & Nakagawa 1994's shape from focus; the depth-map mode of commercial stackers),
-with the multi-scale regularisation of the decision map that Li, Kang & Hu (2013) do with a guided
-filter replaced by an explicit smoothness prior, because a guided filter steered by the image
-keeps exactly the edges that a patchwork creates.
+synthetic stacks lose 0.18 dB (38.59 -> 38.41, ``workflows/results/synthetic_issue9.md``):
+0.29 dB under the per-pixel oracle on average but 0.09-0.58 dB per stack (the oracle table of
+``workflows/evaluate.py``). A pixel near a synthetic depth step whose pooled boundary lands a few
+px off keeps the neighbouring plane unless the true one is 1.3x sharper. Letting pixels within
+8-16 px of the surface's own boundaries take the neighbouring plane on weaker evidence recovers
+that, but costs the unstained cells' fidelity p10 (0.973 -> 0.92-0.97) and widens the reach past
+the 64-px margin: not adopted (``docs/PEERS.md``, ninth session). The literature behind it:
+depth-map focus stacking (Nayar & Nakagawa 1994's shape from focus; the depth-map mode of
+commercial stackers), with the multi-scale regularisation of the decision map that Li, Kang & Hu
+(2013) do with a guided filter replaced by an explicit smoothness prior, because a guided filter
+steered by the image keeps exactly the edges that a patchwork creates.
 
 Small objects on a plane boundary of the surface. With the luminance gradient alone the pooled
 argmax changed plane along the edge of a strong feature's pooling window, a straight line that
