@@ -210,15 +210,17 @@ class FocusMeasureTorchFuser(FocusMeasureFuser):
         else:
             weights = one_hot
         cells = _low_band.low_band_cells(p)
-        fused = _weighted_sum(x, weights)
-        if surface is not None and cells:
-            two_band = _two_band_sum(x, weights, surface, p.pool_step, cells)
-            # As the reference: a tile whose weights and surface use one and the same plane
-            # keeps its pixels.
-            used = weights.flatten(2).amax(dim=2) > 0  # (B, Z)
-            one = used.sum(dim=1) == 1
-            same = (surface == used.to(torch.int64).argmax(dim=1)[:, None, None]).flatten(1).all(1)
-            fused = torch.where((one & same)[:, None, None, None], fused, two_band)
+        if surface is None or not cells:
+            return _weighted_sum(x, weights), weights.to(torch.float32)
+        fused = _two_band_sum(x, weights, surface, p.pool_step, cells)
+        # As the reference: a tile whose weights and surface use one and the same plane keeps
+        # its pixels (the weighted sum only for the batches that have such a tile).
+        used = weights.flatten(2).amax(dim=2) > 0  # (B, Z)
+        one = used.sum(dim=1) == 1
+        same = (surface == used.to(torch.int64).argmax(dim=1)[:, None, None]).flatten(1).all(1)
+        picked = one & same
+        if bool(picked.any()):
+            fused = torch.where(picked[:, None, None, None], _weighted_sum(x, weights), fused)
         return fused, weights.to(torch.float32)
 
     def _refine_tensor(self, lum: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
